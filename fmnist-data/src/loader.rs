@@ -1,0 +1,396 @@
+//! Normalization, augmentation, and the seeded batch iterator that yields candle tensors.
+use candle::{Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::dataset::ImageSet;
+use crate::error::Result;
+
+/// How pixel bytes become model inputs.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Normalization {
+    /// `p / 255`, in [0, 1].
+    #[default]
+    Unit,
+    /// `p / 127.5 - 1`, in [-1, 1].
+    Symmetric,
+    /// `(p / 255 - mean) / std` with the mean and std of the training images.
+    Standard,
+}
+
+/// The affine map `x = p * scale + shift` from a pixel byte to a model input.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Normalizer {
+    pub scale: f32,
+    pub shift: f32,
+}
+
+impl Normalizer {
+    /// The normalizer of `kind`; `Standard` takes its statistics from `train`.
+    pub fn fit(kind: Normalization, train: &ImageSet) -> Self {
+        match kind {
+            Normalization::Unit => Normalizer {
+                scale: 1.0 / 255.0,
+                shift: 0.0,
+            },
+            Normalization::Symmetric => Normalizer {
+                scale: 1.0 / 127.5,
+                shift: -1.0,
+            },
+            Normalization::Standard => {
+                let n = train.pixels.len().max(1) as f64;
+                let sum: f64 = train.pixels.iter().map(|&p| p as f64).sum();
+                let sq: f64 = train.pixels.iter().map(|&p| (p as f64) * (p as f64)).sum();
+                let mean = sum / n / 255.0;
+                let var = (sq / n / (255.0 * 255.0) - mean * mean).max(1e-12);
+                let std = var.sqrt();
+                Normalizer {
+                    scale: (1.0 / (255.0 * std)) as f32,
+                    shift: (-mean / std) as f32,
+                }
+            }
+        }
+    }
+
+    pub fn apply(&self, pixel: u8) -> f32 {
+        pixel as f32 * self.scale + self.shift
+    }
+}
+
+/// Training-time augmentations, each drawn from the loader's seeded generator. All off by default.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Augment {
+    /// Random translation by up to this many pixels in each direction (zero padding, then crop).
+    pub translate: usize,
+    /// Mirror left-right with probability 1/2.
+    pub hflip: bool,
+    /// Probability of erasing one random rectangle (2-20% of the image, set to background).
+    pub erase: f32,
+}
+
+impl Augment {
+    pub fn is_off(&self) -> bool {
+        self.translate == 0 && !self.hflip && self.erase <= 0.0
+    }
+
+    /// Writes an augmented copy of `src` (`rows x cols` bytes) into `dst`.
+    pub fn apply(&self, src: &[u8], dst: &mut [u8], rows: usize, cols: usize, rng: &mut impl Rng) {
+        let t = self.translate as i64;
+        let (dy, dx) = if t > 0 {
+            (
+                rng.random_range(-t..=t) as isize,
+                rng.random_range(-t..=t) as isize,
+            )
+        } else {
+            (0, 0)
+        };
+        let flip = self.hflip && rng.random_bool(0.5);
+        for r in 0..rows {
+            for c in 0..cols {
+                let sr = r as isize + dy;
+                let mut sc = c as isize + dx;
+                if flip {
+                    sc = cols as isize - 1 - sc;
+                }
+                dst[r * cols + c] =
+                    if sr >= 0 && sr < rows as isize && sc >= 0 && sc < cols as isize {
+                        src[sr as usize * cols + sc as usize]
+                    } else {
+                        0
+                    };
+            }
+        }
+        if self.erase > 0.0 && rng.random_bool(self.erase.min(1.0) as f64) {
+            let area = (rows * cols) as f64 * rng.random_range(0.02..0.2);
+            let aspect: f64 = rng.random_range(0.3f64.ln()..3.3f64.ln()).exp();
+            let h = ((area * aspect).sqrt().round() as usize).clamp(1, rows);
+            let w = ((area / aspect).sqrt().round() as usize).clamp(1, cols);
+            let top = rng.random_range(0..=(rows - h) as u64) as usize;
+            let left = rng.random_range(0..=(cols - w) as u64) as usize;
+            for r in top..top + h {
+                dst[r * cols + left..r * cols + left + w].fill(0);
+            }
+        }
+    }
+}
+
+/// One mini-batch: images `[B, 1, rows, cols]` f32 and labels `[B]` u32, on the loader's device.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub images: Tensor,
+    pub labels: Tensor,
+    /// The dataset indices of the batch's images, in order.
+    pub indices: Vec<u32>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+}
+
+/// Yields batches of one [`ImageSet`]: indices shuffled per epoch by a seed, bytes normalized
+/// and (optionally) augmented on the host into one buffer per batch, then uploaded.
+#[derive(Debug, Clone)]
+pub struct Loader<'a> {
+    set: &'a ImageSet,
+    normalizer: Normalizer,
+    batch_size: usize,
+    device: Device,
+    augment: Augment,
+    seed: u64,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(
+        set: &'a ImageSet,
+        normalizer: Normalizer,
+        batch_size: usize,
+        device: &Device,
+    ) -> Self {
+        Loader {
+            set,
+            normalizer,
+            batch_size: batch_size.max(1),
+            device: device.clone(),
+            augment: Augment::default(),
+            seed: 0,
+        }
+    }
+
+    /// Augmentations applied to every batch of [`Loader::epoch`] (not to [`Loader::in_order`]).
+    pub fn with_augment(mut self, augment: Augment) -> Self {
+        self.augment = augment;
+        self
+    }
+
+    /// The seed of the per-epoch shuffles and augmentations.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    pub fn num_batches(&self) -> usize {
+        self.set.len().div_ceil(self.batch_size)
+    }
+
+    /// The batches of training epoch `epoch`: shuffled and augmented, the same for the same seed and epoch.
+    pub fn epoch(&self, epoch: u64) -> Batches<'_> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(epoch);
+        let mut order: Vec<u32> = (0..self.set.len() as u32).collect();
+        order.shuffle(&mut rng);
+        Batches {
+            loader: self,
+            order,
+            next: 0,
+            rng,
+            augment: self.augment,
+        }
+    }
+
+    /// The batches in dataset order, without augmentation (for evaluation).
+    pub fn in_order(&self) -> Batches<'_> {
+        Batches {
+            loader: self,
+            order: (0..self.set.len() as u32).collect(),
+            next: 0,
+            rng: ChaCha8Rng::seed_from_u64(self.seed),
+            augment: Augment::default(),
+        }
+    }
+
+    /// Builds the batch of the given dataset indices.
+    pub fn batch_of(
+        &self,
+        indices: &[u32],
+        augment: &Augment,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Batch> {
+        let (rows, cols) = (self.set.rows, self.set.cols);
+        let n = rows * cols;
+        let mut images = Vec::with_capacity(indices.len() * n);
+        let mut labels = Vec::with_capacity(indices.len());
+        let mut scratch = vec![0u8; n];
+        for &i in indices {
+            let i = i as usize;
+            let src = &self.set.pixels[i * n..(i + 1) * n];
+            let pixels = if augment.is_off() {
+                src
+            } else {
+                augment.apply(src, &mut scratch, rows, cols, rng);
+                &scratch
+            };
+            images.extend(pixels.iter().map(|&p| self.normalizer.apply(p)));
+            labels.push(self.set.labels[i] as u32);
+        }
+        let b = indices.len();
+        Ok(Batch {
+            images: Tensor::from_vec(images, (b, 1, rows, cols), &self.device)?,
+            labels: Tensor::from_vec(labels, b, &self.device)?,
+            indices: indices.to_vec(),
+        })
+    }
+}
+
+/// Iterator over the batches of one pass; the last batch may be smaller.
+pub struct Batches<'a> {
+    loader: &'a Loader<'a>,
+    order: Vec<u32>,
+    next: usize,
+    rng: ChaCha8Rng,
+    augment: Augment,
+}
+
+impl Iterator for Batches<'_> {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.order.len() {
+            return None;
+        }
+        let end = (self.next + self.loader.batch_size).min(self.order.len());
+        let indices = &self.order[self.next..end];
+        self.next = end;
+        Some(self.loader.batch_of(indices, &self.augment, &mut self.rng))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = (self.order.len() - self.next).div_ceil(self.loader.batch_size);
+        (left, Some(left))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(n: usize) -> ImageSet {
+        ImageSet {
+            rows: 4,
+            cols: 4,
+            pixels: (0..n * 16).map(|i| (i % 256) as u8).collect(),
+            labels: (0..n).map(|i| (i % 10) as u8).collect(),
+        }
+    }
+
+    #[test]
+    fn batches_have_the_right_shapes_and_cover_every_image_once() {
+        let s = set(10);
+        let norm = Normalizer::fit(Normalization::Unit, &s);
+        let loader = Loader::new(&s, norm, 4, &Device::Cpu).with_seed(7);
+        let batches: Vec<Batch> = loader.epoch(0).collect::<Result<_>>().unwrap();
+        assert_eq!(batches.len(), 3);
+        assert_eq!(batches[0].images.dims(), &[4, 1, 4, 4]);
+        assert_eq!(batches[2].labels.dims(), &[2]);
+        let mut seen: Vec<u32> = batches.iter().flat_map(|b| b.indices.clone()).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        let labels = batches[0].labels.to_vec1::<u32>().unwrap();
+        let expect: Vec<u32> = batches[0].indices.iter().map(|i| i % 10).collect();
+        assert_eq!(labels, expect);
+    }
+
+    #[test]
+    fn shuffle_is_seeded_per_epoch() {
+        let s = set(50);
+        let norm = Normalizer::fit(Normalization::Unit, &s);
+        let a = Loader::new(&s, norm, 50, &Device::Cpu).with_seed(1);
+        let order = |l: &Loader, e| l.epoch(e).next().unwrap().unwrap().indices;
+        assert_eq!(order(&a, 0), order(&a, 0));
+        assert_ne!(order(&a, 0), order(&a, 1));
+        let b = Loader::new(&s, norm, 50, &Device::Cpu).with_seed(2);
+        assert_ne!(order(&a, 0), order(&b, 0));
+    }
+
+    #[test]
+    fn normalizations_map_the_pixel_range() {
+        let s = ImageSet {
+            rows: 1,
+            cols: 2,
+            pixels: vec![0, 255],
+            labels: vec![0],
+        };
+        let unit = Normalizer::fit(Normalization::Unit, &s);
+        assert_eq!((unit.apply(0), unit.apply(255)), (0.0, 1.0));
+        let sym = Normalizer::fit(Normalization::Symmetric, &s);
+        assert_eq!((sym.apply(0), sym.apply(255)), (-1.0, 1.0));
+        // mean 0.5, std 0.5: 0 -> -1, 255 -> 1.
+        let std = Normalizer::fit(Normalization::Standard, &s);
+        assert!((std.apply(0) + 1.0).abs() < 1e-6 && (std.apply(255) - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn translation_shifts_and_pads_with_zero() {
+        let src: Vec<u8> = (1..=9).collect();
+        let mut dst = vec![0; 9];
+        let aug = Augment {
+            translate: 1,
+            ..Default::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        // Over many draws every output is a shifted window of the input with zero fill.
+        for _ in 0..20 {
+            aug.apply(&src, &mut dst, 3, 3, &mut rng);
+            let kept: Vec<u8> = dst.iter().copied().filter(|&p| p != 0).collect();
+            assert!(kept.windows(2).all(|w| w[0] < w[1]));
+            assert!(dst[4] != 0, "the centre pixel always comes from the image");
+        }
+    }
+
+    #[test]
+    fn flip_mirrors_rows() {
+        let src: Vec<u8> = vec![1, 2, 3, 4, 5, 6];
+        let aug = Augment {
+            hflip: true,
+            ..Default::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let mut seen_flip = false;
+        for _ in 0..20 {
+            let mut dst = vec![0; 6];
+            aug.apply(&src, &mut dst, 2, 3, &mut rng);
+            assert!(dst == src || dst == vec![3, 2, 1, 6, 5, 4]);
+            seen_flip |= dst != src;
+        }
+        assert!(seen_flip);
+    }
+
+    #[test]
+    fn erasing_blanks_a_rectangle() {
+        let src = vec![200u8; 28 * 28];
+        let mut dst = vec![0; 28 * 28];
+        let aug = Augment {
+            erase: 1.0,
+            ..Default::default()
+        };
+        aug.apply(&src, &mut dst, 28, 28, &mut ChaCha8Rng::seed_from_u64(5));
+        let zeros = dst.iter().filter(|&&p| p == 0).count();
+        assert!((10..=200).contains(&zeros), "{zeros} erased pixels");
+    }
+}

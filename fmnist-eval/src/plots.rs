@@ -1,0 +1,386 @@
+//! Plots with plotters: training curves, the confusion heatmap, calibration, probability bars,
+//! image grids (samples, mistakes), first-layer filters and feature maps, and the comparison.
+//!
+//! Charts are written as PNG and SVG; image grids as PNG. Text uses the DejaVu Sans font
+//! embedded in the binary, so plots look the same on machines without fonts.
+use std::path::Path;
+use std::sync::Once;
+
+use fmnist_train::EpochRecord;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::metrics::{Calibration, ConfusionMatrix};
+
+const FONT: &str = "sans-serif";
+static REGISTER: Once = Once::new();
+
+/// Registers the embedded font (once per process).
+fn register_font() {
+    REGISTER.call_once(|| {
+        let bytes: &'static [u8] = include_bytes!("../assets/DejaVuSans.ttf");
+        for style in [FontStyle::Normal, FontStyle::Bold] {
+            // The font is compiled in and known to parse.
+            let _ = plotters::style::register_font(FONT, style, bytes);
+        }
+    });
+}
+
+type Area<DB> = DrawingArea<DB, Shift>;
+
+/// Runs a generic drawing function on a PNG and an SVG backend: `stem.png`, `stem.svg`.
+macro_rules! png_and_svg {
+    ($stem:expr, $size:expr, $draw:expr) => {{
+        register_font();
+        let png = $stem.with_extension("png");
+        let root = BitMapBackend::new(&png, $size).into_drawing_area();
+        root.fill(&WHITE)?;
+        $draw(&root)?;
+        root.present()?;
+        drop(root);
+        let svg = $stem.with_extension("svg");
+        let root = SVGBackend::new(&svg, $size).into_drawing_area();
+        root.fill(&WHITE)?;
+        $draw(&root)?;
+        root.present()?;
+        anyhow::Ok(())
+    }};
+}
+
+/// Draws `draw` into `path` (PNG only: for image grids).
+fn png_only<F>(path: &Path, size: (u32, u32), draw: F) -> anyhow::Result<()>
+where
+    F: FnOnce(&Area<BitMapBackend>) -> anyhow::Result<()>,
+{
+    register_font();
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE)?;
+    draw(&root)?;
+    root.present()?;
+    Ok(())
+}
+
+const TRAIN_COLOR: RGBColor = RGBColor(31, 119, 180);
+const VAL_COLOR: RGBColor = RGBColor(255, 127, 14);
+
+/// Loss and accuracy per epoch, train against validation.
+pub fn curves(stem: &Path, title: &str, history: &[EpochRecord]) -> anyhow::Result<()> {
+    png_and_svg!(stem, (1100, 420), |root: &Area<_>| draw_curves(root, title, history))
+}
+
+fn draw_curves<DB: DrawingBackend>(root: &Area<DB>, title: &str, h: &[EpochRecord]) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let root = root.titled(title, (FONT, 22))?;
+    let (left, right) = root.split_horizontally(550);
+    let epochs = h.len().max(1) as f64;
+    let x_range = 0.5..epochs + 0.5;
+    let panels: [(&Area<DB>, &str, Box<dyn Fn(&EpochRecord) -> (f64, f64)>); 2] = [
+        (&left, "loss", Box::new(|r: &EpochRecord| (r.train_loss, r.val_loss))),
+        (&right, "accuracy (%)", Box::new(|r: &EpochRecord| (100.0 * r.train_acc, 100.0 * r.val_acc))),
+    ];
+    for (area, label, get) in panels {
+        let values: Vec<f64> = h.iter().flat_map(|r| {
+            let (a, b) = get(r);
+            [a, b]
+        }).collect();
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let pad = ((hi - lo) * 0.08).max(1e-3);
+        let (lo, hi) = if lo.is_finite() { (lo - pad, hi + pad) } else { (0.0, 1.0) };
+        let mut chart = ChartBuilder::on(area)
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x_range.clone(), lo..hi)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc(label)
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 15))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .draw()?;
+        for (series, color, name) in [(0, TRAIN_COLOR, "train"), (1, VAL_COLOR, "validation")] {
+            let points: Vec<(f64, f64)> = h.iter().map(|r| {
+                let (a, b) = get(r);
+                (r.epoch as f64, if series == 0 { a } else { b })
+            }).collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .label_font((FONT, 14))
+            .draw()?;
+    }
+    Ok(())
+}
+
+/// A blue scale from white (0) to dark blue (1).
+fn heat(v: f64) -> RGBColor {
+    let v = v.clamp(0.0, 1.0);
+    let lerp = |a: f64, b: f64| (a + (b - a) * v) as u8;
+    RGBColor(lerp(247.0, 8.0), lerp(251.0, 48.0), lerp(255.0, 107.0))
+}
+
+/// The confusion matrix as a heatmap: colour by row share, counts in the cells.
+pub fn confusion(stem: &Path, title: &str, m: &ConfusionMatrix, classes: &[String]) -> anyhow::Result<()> {
+    png_and_svg!(stem, (900, 820), |root: &Area<_>| draw_confusion(root, title, m, classes))
+}
+
+fn centered(size: u32, color: RGBColor) -> TextStyle<'static> {
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    TextStyle::from((FONT, size).into_font()).color(&color).pos(Pos::new(HPos::Center, VPos::Center))
+}
+
+/// The name of the class at segment `v` of a class axis drawn top to bottom (`flip`) or left to right.
+fn class_label(names: &[String], v: &SegmentValue<usize>, flip: bool) -> String {
+    match v {
+        SegmentValue::CenterOf(i) => {
+            let i = if flip { names.len().saturating_sub(1 + i) } else { *i };
+            names.get(i).cloned().unwrap_or_default()
+        }
+        _ => String::new(),
+    }
+}
+
+fn draw_confusion<DB: DrawingBackend>(root: &Area<DB>, title: &str, m: &ConfusionMatrix, classes: &[String]) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let k = m.classes();
+    let root = root.titled(title, (FONT, 22))?;
+    let mut chart = ChartBuilder::on(&root)
+        .margin(10)
+        .x_label_area_size(110)
+        .y_label_area_size(110)
+        .build_cartesian_2d((0..k).into_segmented(), (0..k).into_segmented())?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(k)
+        .y_labels(k)
+        .x_desc("predicted")
+        .y_desc("actual")
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 15))
+        .x_label_style((FONT, 13).into_font().transform(FontTransform::Rotate90))
+        .x_label_formatter(&|v| class_label(classes, v, false))
+        .y_label_formatter(&|v| class_label(classes, v, true))
+        .draw()?;
+    // Row `actual` is drawn at y = k-1-actual so that the first class is at the top.
+    let cells: Vec<(usize, usize)> = (0..k).flat_map(|t| (0..k).map(move |p| (t, p))).collect();
+    chart.draw_series(cells.iter().map(|&(t, p)| {
+        let share = m.normalized_row(t)[p];
+        let y = k - 1 - t;
+        Rectangle::new(
+            [(SegmentValue::Exact(p), SegmentValue::Exact(y)), (SegmentValue::Exact(p + 1), SegmentValue::Exact(y + 1))],
+            heat(share.sqrt()).filled(),
+        )
+    }))?;
+    chart.draw_series(cells.iter().filter(|&&(t, p)| m.get(t, p) > 0).map(|&(t, p)| {
+        let color = if m.normalized_row(t)[p].sqrt() > 0.55 { WHITE } else { BLACK };
+        Text::new(m.get(t, p).to_string(), (SegmentValue::CenterOf(p), SegmentValue::CenterOf(k - 1 - t)), centered(14, color))
+    }))?;
+    Ok(())
+}
+
+/// The reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration.
+pub fn reliability(stem: &Path, title: &str, c: &Calibration) -> anyhow::Result<()> {
+    png_and_svg!(stem, (620, 560), |root: &Area<_>| draw_reliability(root, title, c))
+}
+
+fn draw_reliability<DB: DrawingBackend>(root: &Area<DB>, title: &str, c: &Calibration) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let root = root.titled(&format!("{title} (ECE {:.2}%)", 100.0 * c.ece), (FONT, 20))?;
+    let mut chart = ChartBuilder::on(&root)
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..1.0f64, 0.0..1.0f64)?;
+    chart
+        .configure_mesh()
+        .x_desc("confidence (largest probability)")
+        .y_desc("accuracy")
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 15))
+        .draw()?;
+    chart
+        .draw_series(c.bins.iter().filter(|b| b.count > 0).map(|b| {
+            Rectangle::new([(b.lower, 0.0), (b.upper, b.accuracy)], TRAIN_COLOR.mix(0.75).filled())
+        }))?
+        .label("accuracy of the bin")
+        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], TRAIN_COLOR.mix(0.75).filled()));
+    chart
+        .draw_series(c.bins.iter().filter(|b| b.count > 0).map(|b| {
+            Rectangle::new([(b.lower, b.accuracy.min(b.mean_confidence)), (b.upper, b.accuracy.max(b.mean_confidence))], RED.mix(0.3).filled())
+        }))?
+        .label("gap to mean confidence")
+        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], RED.mix(0.3).filled()));
+    chart
+        .draw_series(LineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.6).stroke_width(1)))?
+        .label("perfect calibration")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK.mix(0.6)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .label_font((FONT, 13))
+        .draw()?;
+    Ok(())
+}
+
+/// One grayscale image to draw: `rows x cols` values in [0, 1], and a caption.
+pub struct Tile<'a> {
+    pub pixels: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub caption: String,
+    /// Red caption (a mistake).
+    pub alert: bool,
+}
+
+fn draw_tile<DB: DrawingBackend>(area: &Area<DB>, tile: &Tile, caption_height: u32) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let (w, h) = area.dim_in_pixel();
+    let side = w.min(h.saturating_sub(caption_height)).max(1);
+    let scale = side as f64 / tile.rows.max(tile.cols) as f64;
+    let x0 = (w - side) as f64 / 2.0;
+    for r in 0..tile.rows {
+        for c in 0..tile.cols {
+            let v = (tile.pixels[r * tile.cols + c].clamp(0.0, 1.0) * 255.0) as u8;
+            let (xa, ya) = ((x0 + c as f64 * scale) as i32, (r as f64 * scale) as i32);
+            let (xb, yb) = ((x0 + (c + 1) as f64 * scale) as i32, ((r + 1) as f64 * scale) as i32);
+            area.draw(&Rectangle::new([(xa, ya), (xb, yb)], RGBColor(v, v, v).filled()))?;
+        }
+    }
+    if caption_height > 0 {
+        let color = if tile.alert { RGBColor(200, 0, 0) } else { BLACK };
+        let style = TextStyle::from((FONT, 12).into_font()).color(&color).pos(plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Center,
+            plotters::style::text_anchor::VPos::Top,
+        ));
+        for (i, line) in tile.caption.lines().enumerate() {
+            area.draw(&Text::new(line.to_string(), ((w / 2) as i32, side as i32 + 2 + 14 * i as i32), style.clone()))?;
+        }
+    }
+    Ok(())
+}
+
+/// A grid of images with captions (PNG), `columns` per row, each tile `tile_px` wide.
+pub fn image_grid(path: &Path, title: &str, tiles: &[Tile], columns: usize, tile_px: u32, caption_lines: u32) -> anyhow::Result<()> {
+    let rows = tiles.len().div_ceil(columns.max(1)).max(1);
+    let caption_h = 15 * caption_lines + if caption_lines > 0 { 4 } else { 0 };
+    let size = (columns as u32 * (tile_px + 8) + 10, rows as u32 * (tile_px + caption_h + 8) + 40);
+    png_only(path, size, |root| {
+        let root = root.titled(title, (FONT, 20))?;
+        let root = root.margin(4, 4, 4, 4);
+        let areas = root.split_evenly((rows, columns));
+        for (area, tile) in areas.iter().zip(tiles) {
+            draw_tile(&area.margin(2, 2, 2, 2), tile, caption_h)?;
+        }
+        Ok(())
+    })
+}
+
+/// For each image, the image and a bar chart of its ten class probabilities (true class green,
+/// a wrong prediction red).
+pub fn probability_bars(path: &Path, title: &str, items: &[(Tile, Vec<f32>, usize)], classes: &[String]) -> anyhow::Result<()> {
+    let rows = items.len().max(1);
+    png_only(path, (900, 190 * rows as u32 + 40), |root| {
+        let root = root.titled(title, (FONT, 20))?;
+        for (area, (tile, probs, truth)) in root.split_evenly((rows, 1)).iter().zip(items) {
+            let (img, bars) = area.split_horizontally(200);
+            draw_tile(&img.margin(5, 5, 5, 5), tile, 18)?;
+            let predicted = fmnist_train::scoring::argmax(probs);
+            let k = classes.len();
+            let mut chart = ChartBuilder::on(&bars)
+                .margin(8)
+                .x_label_area_size(22)
+                .y_label_area_size(100)
+                .build_cartesian_2d(0.0..1.0f64, (0..k).into_segmented())?;
+            chart
+                .configure_mesh()
+                .disable_y_mesh()
+                .y_labels(k)
+                .label_style((FONT, 12))
+                .y_label_formatter(&|v| class_label(classes, v, true))
+                .draw()?;
+            chart.draw_series(probs.iter().enumerate().map(|(c, &p)| {
+                let y = k - 1 - c;
+                let color = if c == *truth {
+                    RGBColor(44, 160, 44)
+                } else if c == predicted {
+                    RGBColor(214, 39, 40)
+                } else {
+                    RGBColor(150, 150, 150)
+                };
+                Rectangle::new([(0.0, SegmentValue::Exact(y)), (p as f64, SegmentValue::Exact(y + 1))], color.filled())
+            }))?;
+        }
+        Ok(())
+    })
+}
+
+/// Test accuracy per run as horizontal bars (the comparison at a glance).
+pub fn comparison(stem: &Path, rows: &[(String, f64, f64)]) -> anyhow::Result<()> {
+    let height = 90 + 38 * rows.len().max(1) as u32;
+    png_and_svg!(stem, (900, height), |root: &Area<_>| draw_comparison(root, rows))
+}
+
+fn draw_comparison<DB: DrawingBackend>(root: &Area<DB>, rows: &[(String, f64, f64)]) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let root = root.titled("Test accuracy (mean ± std over seeds where several)", (FONT, 20))?;
+    let n = rows.len().max(1);
+    let lo = rows.iter().map(|r| r.1 - r.2).fold(1.0f64, f64::min);
+    let lo = ((lo * 100.0 - 2.0).floor() / 100.0).clamp(0.0, 0.98);
+    let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(150)
+        .build_cartesian_2d(100.0 * lo..100.0, (0..n).into_segmented())?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n)
+        .x_desc("test accuracy (%)")
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 14))
+        .y_label_formatter(&|v| class_label(&names, v, true))
+        .draw()?;
+    chart.draw_series(rows.iter().enumerate().map(|(i, (_, acc, _))| {
+        let y = n - 1 - i;
+        Rectangle::new(
+            [(100.0 * lo, SegmentValue::Exact(y)), (100.0 * acc, SegmentValue::Exact(y + 1))],
+            TRAIN_COLOR.mix(0.8).filled(),
+        )
+    }))?;
+    for (i, (_, acc, std)) in rows.iter().enumerate() {
+        let y = n - 1 - i;
+        let label = if *std > 0.0 {
+            format!("{:.2} ± {:.2}", 100.0 * acc, 100.0 * std)
+        } else {
+            format!("{:.2}", 100.0 * acc)
+        };
+        let x = 100.0 * acc - 0.06 * (100.0 - 100.0 * lo);
+        chart.draw_series(std::iter::once(Text::new(label, (x, SegmentValue::CenterOf(y)), centered(13, WHITE))))?;
+    }
+    Ok(())
+}

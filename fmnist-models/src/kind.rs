@@ -1,0 +1,83 @@
+//! The registry of model names: what each is, where it comes from.
+use serde::{Deserialize, Serialize};
+
+/// A model of the registry, by its command-line name.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// The CNN/LSTM study's CNN: conv 32, pool, conv 32, pool, dense 100, dense 10 (90,678 params).
+    Cnn,
+    /// The CNN/LSTM study's LSTM: 128 units reading the 28 rows, dense 10 (82,186 params).
+    Lstm,
+    /// The ANN-vs-CNN study's MLP: 784-256-128-10 with dropout 0.2 (235,146 params).
+    Mlp,
+    /// The depth study's CNN: conv 32, conv 64 (padded), dense 128, dropout 0.5 (421,642 params).
+    CnnWide,
+    /// Three conv stages 32-64-128 with BatchNorm and dropout (538,346 params).
+    CnnDeep,
+    /// A small residual network with BatchNorm, our accuracy flagship.
+    Resnet,
+}
+
+impl ModelKind {
+    pub const ALL: [ModelKind; 6] = [
+        ModelKind::Cnn,
+        ModelKind::Lstm,
+        ModelKind::Mlp,
+        ModelKind::CnnWide,
+        ModelKind::CnnDeep,
+        ModelKind::Resnet,
+    ];
+
+    /// The registry name (`cnn`, `cnn-wide`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Cnn => "cnn",
+            ModelKind::Lstm => "lstm",
+            ModelKind::Mlp => "mlp",
+            ModelKind::CnnWide => "cnn-wide",
+            ModelKind::CnnDeep => "cnn-deep",
+            ModelKind::Resnet => "resnet",
+        }
+    }
+
+    /// Whether the first layers are convolutions (filters and feature maps can be shown).
+    pub fn is_convolutional(self) -> bool {
+        matches!(
+            self,
+            ModelKind::Cnn | ModelKind::CnnWide | ModelKind::CnnDeep | ModelKind::Resnet
+        )
+    }
+}
+
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ModelKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ModelKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = ModelKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown model '{s}' (known: {})", names.join(", "))
+            })
+    }
+}

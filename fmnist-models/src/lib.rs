@@ -1,0 +1,14 @@
+//! The Fashion-MNIST models of the studies, in candle, built from a seed.
+//!
+//! Every model maps images `[B, 1, 28, 28]` to logits `[B, 10]` through
+//! [`Model::forward_t`], whose `train` flag switches dropout and BatchNorm.
+//! Parameters are drawn from a seeded generator (PyTorch's default schemes), so the
+//! same seed gives the same network on every machine.
+pub mod builder;
+pub mod kind;
+pub mod model;
+pub mod nets;
+
+pub use builder::{Builder, Dropout};
+pub use kind::ModelKind;
+pub use model::Model;

@@ -1,0 +1,307 @@
+//! The six architectures. Each maps `[B, 1, 28, 28]` to logits `[B, 10]`.
+//!
+//! Max-pooling comes before ReLU where both follow a layer: the two commute (ReLU is
+//! monotone), and ReLU then touches a quarter of the elements.
+use candle::{Module, ModuleT, Tensor};
+use candle_nn::rnn::RNN;
+use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear, LSTM};
+
+use crate::builder::{Builder, Dropout};
+
+/// A network of the registry.
+pub trait Net: Send + Sync {
+    /// Logits `[B, 10]` of images `[B, 1, 28, 28]`; `train` switches dropout and BatchNorm.
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor>;
+
+    /// The activations of the first convolution (`[B, C, H, W]`, before pooling), for CNNs.
+    fn first_feature_maps(&self, _x: &Tensor) -> candle::Result<Option<Tensor>> {
+        Ok(None)
+    }
+}
+
+const PAD1: Conv2dConfig = Conv2dConfig {
+    padding: 1,
+    stride: 1,
+    dilation: 1,
+    groups: 1,
+    cudnn_fwd_algo: None,
+};
+
+const STRIDE2: Conv2dConfig = Conv2dConfig {
+    padding: 1,
+    stride: 2,
+    dilation: 1,
+    groups: 1,
+    cudnn_fwd_algo: None,
+};
+
+/// conv3x3(32) - pool - relu - conv3x3(32) - pool - relu - dense 100 - relu - dense 10.
+pub struct Cnn {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Cnn {
+    pub fn new(b: &mut Builder) -> candle::Result<Self> {
+        let valid = Conv2dConfig::default();
+        Ok(Cnn {
+            conv1: b.conv2d("conv1", 1, 32, 3, valid, true)?,
+            conv2: b.conv2d("conv2", 32, 32, 3, valid, true)?,
+            fc1: b.linear("fc1", 32 * 5 * 5, 100)?,
+            fc2: b.linear("fc2", 100, 10)?,
+        })
+    }
+}
+
+impl Net for Cnn {
+    fn forward_t(&self, x: &Tensor, _train: bool) -> candle::Result<Tensor> {
+        let x = self.conv1.forward(x)?.max_pool2d(2)?.relu()?; // 32x13x13
+        let x = self.conv2.forward(&x)?.max_pool2d(2)?.relu()?; // 32x5x5
+        let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
+        self.fc2.forward(&x)
+    }
+
+    fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
+        Ok(Some(self.conv1.forward(x)?.relu()?))
+    }
+}
+
+/// LSTM(128) over the 28 rows (28 time steps of 28 features), last hidden state - dense 10.
+pub struct Lstm {
+    lstm: LSTM,
+    fc: Linear,
+}
+
+impl Lstm {
+    pub fn new(b: &mut Builder) -> candle::Result<Self> {
+        Ok(Lstm {
+            lstm: b.lstm("lstm", 28, 128)?,
+            fc: b.linear("fc", 128, 10)?,
+        })
+    }
+}
+
+impl Net for Lstm {
+    fn forward_t(&self, x: &Tensor, _train: bool) -> candle::Result<Tensor> {
+        let rows = x.squeeze(1)?; // [B, 28 steps, 28 features]
+        let states = self.lstm.seq(&rows)?;
+        let last = states
+            .last()
+            .ok_or_else(|| candle::Error::Msg("empty sequence".into()))?;
+        self.fc.forward(&last.h)
+    }
+}
+
+/// 784 - 256 - 128 - 10 with ReLU and dropout 0.2 after each hidden layer.
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    fc3: Linear,
+    dropout: Dropout,
+}
+
+impl Mlp {
+    pub fn new(b: &mut Builder) -> candle::Result<Self> {
+        Ok(Mlp {
+            fc1: b.linear("fc1", 784, 256)?,
+            fc2: b.linear("fc2", 256, 128)?,
+            fc3: b.linear("fc3", 128, 10)?,
+            dropout: b.dropout(0.2),
+        })
+    }
+}
+
+impl Net for Mlp {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
+        let x = self.dropout.forward_t(&x, train)?;
+        let x = self.fc2.forward(&x)?.relu()?;
+        let x = self.dropout.forward_t(&x, train)?;
+        self.fc3.forward(&x)
+    }
+}
+
+/// conv3x3(32, pad 1) - pool - conv3x3(64, pad 1) - pool - dense 128 - dropout 0.5 - dense 10.
+pub struct CnnWide {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    fc1: Linear,
+    fc2: Linear,
+    dropout: Dropout,
+}
+
+impl CnnWide {
+    pub fn new(b: &mut Builder) -> candle::Result<Self> {
+        Ok(CnnWide {
+            conv1: b.conv2d("conv1", 1, 32, 3, PAD1, true)?,
+            conv2: b.conv2d("conv2", 32, 64, 3, PAD1, true)?,
+            fc1: b.linear("fc1", 64 * 7 * 7, 128)?,
+            fc2: b.linear("fc2", 128, 10)?,
+            dropout: b.dropout(0.5),
+        })
+    }
+}
+
+impl Net for CnnWide {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let x = self.conv1.forward(x)?.max_pool2d(2)?.relu()?; // 32x14x14
+        let x = self.conv2.forward(&x)?.max_pool2d(2)?.relu()?; // 64x7x7
+        let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
+        self.fc2.forward(&self.dropout.forward_t(&x, train)?)
+    }
+
+    fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
+        Ok(Some(self.conv1.forward(x)?.relu()?))
+    }
+}
+
+/// A convolution without bias followed by BatchNorm.
+struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl ConvBn {
+    fn new(
+        b: &mut Builder,
+        name: &str,
+        input: usize,
+        output: usize,
+        config: Conv2dConfig,
+    ) -> candle::Result<Self> {
+        Ok(ConvBn {
+            conv: b.conv2d(&format!("{name}.conv"), input, output, 3, config, false)?,
+            bn: b.batch_norm(&format!("{name}.bn"), output)?,
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        self.bn.forward_t(&self.conv.forward(x)?, train)
+    }
+}
+
+/// Three stages 32-64-128 (conv-BN, pool, ReLU; stage 3 has two convolutions),
+/// dropout 0.25 after each stage, dense 256 - dropout 0.5 - dense 10.
+pub struct CnnDeep {
+    stage1: ConvBn,
+    stage2: ConvBn,
+    stage3a: ConvBn,
+    stage3b: ConvBn,
+    fc1: Linear,
+    fc2: Linear,
+    drop_conv: Dropout,
+    drop_fc: Dropout,
+}
+
+impl CnnDeep {
+    pub fn new(b: &mut Builder) -> candle::Result<Self> {
+        Ok(CnnDeep {
+            stage1: ConvBn::new(b, "stage1", 1, 32, PAD1)?,
+            stage2: ConvBn::new(b, "stage2", 32, 64, PAD1)?,
+            stage3a: ConvBn::new(b, "stage3a", 64, 128, PAD1)?,
+            stage3b: ConvBn::new(b, "stage3b", 128, 128, PAD1)?,
+            fc1: b.linear("fc1", 128 * 3 * 3, 256)?,
+            fc2: b.linear("fc2", 256, 10)?,
+            drop_conv: b.dropout(0.25),
+            drop_fc: b.dropout(0.5),
+        })
+    }
+}
+
+impl Net for CnnDeep {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let x = self.stage1.forward_t(x, train)?.max_pool2d(2)?.relu()?; // 32x14x14
+        let x = self.drop_conv.forward_t(&x, train)?;
+        let x = self.stage2.forward_t(&x, train)?.max_pool2d(2)?.relu()?; // 64x7x7
+        let x = self.drop_conv.forward_t(&x, train)?;
+        let x = self.stage3a.forward_t(&x, train)?.relu()?;
+        let x = self.stage3b.forward_t(&x, train)?.max_pool2d(2)?.relu()?; // 128x3x3
+        let x = self.drop_conv.forward_t(&x, train)?;
+        let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
+        self.fc2.forward(&self.drop_fc.forward_t(&x, train)?)
+    }
+
+    fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
+        Ok(Some(self.stage1.forward_t(x, false)?.relu()?))
+    }
+}
+
+/// A basic residual block: two conv-BN, identity or strided 1x1-conv-BN shortcut.
+struct Block {
+    a: ConvBn,
+    b: ConvBn,
+    shortcut: Option<(Conv2d, BatchNorm)>,
+}
+
+impl Block {
+    fn new(b: &mut Builder, name: &str, input: usize, output: usize) -> candle::Result<Self> {
+        let downsample = input != output;
+        let first = if downsample { STRIDE2 } else { PAD1 };
+        let shortcut = if downsample {
+            let cfg = Conv2dConfig {
+                stride: 2,
+                ..Default::default()
+            };
+            Some((
+                b.conv2d(&format!("{name}.down.conv"), input, output, 1, cfg, false)?,
+                b.batch_norm(&format!("{name}.down.bn"), output)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Block {
+            a: ConvBn::new(b, &format!("{name}.a"), input, output, first)?,
+            b: ConvBn::new(b, &format!("{name}.b"), output, output, PAD1)?,
+            shortcut,
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let y = self.a.forward_t(x, train)?.relu()?;
+        let y = self.b.forward_t(&y, train)?;
+        let skip = match &self.shortcut {
+            Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
+            None => x.clone(),
+        };
+        (y + skip)?.relu()
+    }
+}
+
+/// Stem conv-BN(32) at 28x28, residual blocks 32 / 64 (14x14) / 128 (7x7),
+/// global average pooling, dense 10.
+pub struct Resnet {
+    stem: ConvBn,
+    blocks: Vec<Block>,
+    fc: Linear,
+}
+
+impl Resnet {
+    pub fn new(b: &mut Builder) -> candle::Result<Self> {
+        Ok(Resnet {
+            stem: ConvBn::new(b, "stem", 1, 32, PAD1)?,
+            blocks: vec![
+                Block::new(b, "block1", 32, 32)?,
+                Block::new(b, "block2", 32, 64)?,
+                Block::new(b, "block3", 64, 128)?,
+            ],
+            fc: b.linear("fc", 128, 10)?,
+        })
+    }
+}
+
+impl Net for Resnet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let mut x = self.stem.forward_t(x, train)?.relu()?;
+        for block in &self.blocks {
+            x = block.forward_t(&x, train)?;
+        }
+        let pooled = x.mean((2, 3))?; // [B, 128]
+        self.fc.forward(&pooled)
+    }
+
+    fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
+        Ok(Some(self.stem.forward_t(x, false)?.relu()?))
+    }
+}

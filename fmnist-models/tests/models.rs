@@ -1,0 +1,178 @@
+//! Every model of the registry: output shape, exact parameter count, train/eval modes, seeding,
+//! checkpoint round trip, and that a few Adam steps on a fixed batch lower the loss.
+use candle::{DType, Device, Tensor};
+use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
+use fmnist_models::{Model, ModelKind};
+
+fn batch(b: usize) -> Tensor {
+    let v: Vec<f32> = (0..b * 784)
+        .map(|i| ((i * 7919) % 256) as f32 / 255.0)
+        .collect();
+    Tensor::from_vec(v, (b, 1, 28, 28), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn shapes_and_exact_parameter_counts() {
+    let expected = [
+        (ModelKind::Cnn, 90_678),
+        (ModelKind::Lstm, 82_186),
+        (ModelKind::Mlp, 235_146),
+        (ModelKind::CnnWide, 421_642),
+        (ModelKind::CnnDeep, 538_346),
+        (ModelKind::Resnet, 308_074),
+    ];
+    for (kind, params) in expected {
+        let m = Model::new(kind, 0, &Device::Cpu).unwrap();
+        assert_eq!(m.param_count(), params, "{kind}");
+        let y = m.forward_t(&batch(3), false).unwrap();
+        assert_eq!(y.dims(), &[3, 10], "{kind}");
+    }
+}
+
+#[test]
+fn same_seed_same_parameters_other_seed_other_parameters() {
+    let logits = |seed| {
+        Model::new(ModelKind::Cnn, seed, &Device::Cpu)
+            .unwrap()
+            .forward_t(&batch(2), false)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(logits(7), logits(7));
+    assert_ne!(logits(7), logits(8));
+}
+
+#[test]
+fn eval_mode_is_deterministic_and_differs_from_train_mode() {
+    for kind in [
+        ModelKind::Mlp,
+        ModelKind::CnnWide,
+        ModelKind::CnnDeep,
+        ModelKind::Resnet,
+    ] {
+        let m = Model::new(kind, 1, &Device::Cpu).unwrap();
+        let x = batch(4);
+        let out = |train| {
+            m.forward_t(&x, train)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let e1 = out(false);
+        let t = out(true);
+        let e2 = out(false);
+        assert_ne!(e1, t, "{kind}: train mode equals eval mode");
+        if matches!(kind, ModelKind::Mlp | ModelKind::CnnWide) {
+            assert_eq!(e1, e2, "{kind}: eval output changed");
+        } else {
+            // BatchNorm: the train-mode pass moved the running statistics, eval sees them.
+            assert_ne!(
+                e1, e2,
+                "{kind}: running statistics were not updated in train mode"
+            );
+            assert_eq!(e2, out(false), "{kind}: eval output changed");
+        }
+    }
+}
+
+#[test]
+fn checkpoint_round_trip_gives_identical_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    let a = Model::new(ModelKind::CnnDeep, 3, &Device::Cpu).unwrap();
+    a.forward_t(&batch(4), true).unwrap(); // move BN statistics away from their init
+    a.save(&path).unwrap();
+    let mut b = Model::new(ModelKind::CnnDeep, 99, &Device::Cpu).unwrap();
+    b.load(&path).unwrap();
+    let x = batch(5);
+    let la = a
+        .forward_t(&x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let lb = b
+        .forward_t(&x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(la, lb);
+}
+
+#[test]
+fn loading_another_models_checkpoint_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cnn.safetensors");
+    Model::new(ModelKind::Cnn, 0, &Device::Cpu)
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    let mut wide = Model::new(ModelKind::CnnWide, 0, &Device::Cpu).unwrap();
+    let msg = wide.load(&path).unwrap_err().to_string();
+    assert!(
+        msg.contains("tensor 'conv2.bias' has shape [32], model 'cnn-wide' expects [64]"),
+        "{msg}"
+    );
+    let mut lstm = Model::new(ModelKind::Lstm, 0, &Device::Cpu).unwrap();
+    let msg = lstm.load(&path).unwrap_err().to_string();
+    assert!(
+        msg.contains("is missing: the checkpoint is not a 'lstm' model"),
+        "{msg}"
+    );
+    std::fs::write(&path, b"not a checkpoint").unwrap();
+    let msg = lstm.load(&path).unwrap_err().to_string();
+    assert!(
+        msg.contains("not a readable safetensors checkpoint"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_few_adam_steps_lower_the_loss_of_every_model() {
+    let x = batch(16);
+    let y = Tensor::from_vec(
+        (0..16u32).map(|i| i % 10).collect::<Vec<_>>(),
+        16,
+        &Device::Cpu,
+    )
+    .unwrap();
+    for kind in ModelKind::ALL {
+        let m = Model::new(kind, 5, &Device::Cpu).unwrap();
+        let vars = m.trainable_vars().into_iter().map(|(_, v)| v).collect();
+        let mut opt = AdamW::new(
+            vars,
+            ParamsAdamW {
+                lr: 1e-3,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let loss =
+            |train| candle_nn::loss::cross_entropy(&m.forward_t(&x, train).unwrap(), &y).unwrap();
+        // Train mode with the same dropout masks before and after: BatchNorm uses the batch's
+        // statistics, so the two losses differ only by the parameters.
+        let measure = || {
+            m.reseed_dropout(0);
+            loss(true)
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let before = measure();
+        for _ in 0..8 {
+            opt.backward_step(&loss(true)).unwrap();
+        }
+        let after = measure();
+        assert!(after < before, "{kind}: loss {before} -> {after}");
+    }
+}

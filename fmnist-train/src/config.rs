@@ -1,0 +1,363 @@
+//! What a run is: the resolved training configuration, the presets, and the overrides that
+//! flags and config files apply on top of a preset.
+use std::path::Path;
+
+use anyhow::Context;
+use fmnist_data::{Augment, Normalization};
+use fmnist_models::ModelKind;
+use serde::{Deserialize, Serialize};
+
+/// A starting point for every knob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// The studies' setup: Adam lr 1e-3, batch 256, 8 epochs, 80/20 split, seed 42.
+    Study,
+    /// Our per-model recipe: augmentation, AdamW, one-cycle schedule, label smoothing, more epochs.
+    Best,
+}
+
+/// The optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// Adam; weight decay, if any, is added to the gradient (L2), as PyTorch's Adam does.
+    Adam,
+    /// Adam with decoupled weight decay (not applied to biases or BatchNorm parameters).
+    Adamw,
+    /// SGD with (heavy-ball) momentum and L2 weight decay.
+    Sgd,
+}
+
+/// How the learning rate moves over the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleKind {
+    /// Constant.
+    None,
+    /// Multiplied by `gamma` every `step-size` epochs.
+    Step,
+    /// Cosine decay to zero over the run, per batch, after `warmup-epochs` of linear warm-up.
+    Cosine,
+    /// One-cycle: up from lr/25 to lr over 30% of the batches, then cosine down to lr/1e4.
+    OneCycle,
+    /// Multiplied by `gamma` when the validation loss has not improved for `step-size` epochs.
+    Plateau,
+}
+
+/// The resolved configuration of one training run (saved as `config.json` beside the checkpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelKind,
+    pub preset: Preset,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub optimizer: OptimizerKind,
+    pub momentum: f64,
+    pub schedule: ScheduleKind,
+    pub warmup_epochs: usize,
+    pub step_size: usize,
+    pub gamma: f64,
+    /// Stop when validation accuracy has not improved for this many epochs.
+    pub patience: Option<usize>,
+    pub label_smoothing: f64,
+    pub seed: u64,
+    pub val_frac: f64,
+    pub normalization: Normalization,
+    pub augment: Augment,
+    /// Train and validate on a class-balanced subset of this many of the 60,000 images.
+    pub subset: Option<usize>,
+}
+
+impl TrainConfig {
+    /// The preset's configuration for `model`.
+    pub fn preset(model: ModelKind, preset: Preset) -> Self {
+        let study = TrainConfig {
+            model,
+            preset,
+            epochs: 8,
+            batch_size: 256,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            optimizer: OptimizerKind::Adam,
+            momentum: 0.9,
+            schedule: ScheduleKind::None,
+            warmup_epochs: 0,
+            step_size: 10,
+            gamma: 0.1,
+            patience: None,
+            label_smoothing: 0.0,
+            seed: 42,
+            val_frac: 0.2,
+            normalization: Normalization::Unit,
+            augment: Augment::default(),
+            subset: None,
+        };
+        if preset == Preset::Study {
+            return study;
+        }
+        // Translation by up to 2 pixels and mirroring keep a garment a garment; erasing
+        // regularizes the larger models. An LSTM reads rows in order: no mirroring for it.
+        let (epochs, lr, augment) = match model {
+            ModelKind::Lstm => (
+                30,
+                3e-3,
+                Augment {
+                    translate: 2,
+                    hflip: false,
+                    erase: 0.0,
+                },
+            ),
+            ModelKind::Mlp => (
+                40,
+                2e-3,
+                Augment {
+                    translate: 1,
+                    hflip: true,
+                    erase: 0.0,
+                },
+            ),
+            ModelKind::Cnn => (
+                30,
+                3e-3,
+                Augment {
+                    translate: 2,
+                    hflip: true,
+                    erase: 0.0,
+                },
+            ),
+            ModelKind::CnnWide | ModelKind::CnnDeep | ModelKind::Resnet => (
+                30,
+                3e-3,
+                Augment {
+                    translate: 2,
+                    hflip: true,
+                    erase: 0.5,
+                },
+            ),
+        };
+        TrainConfig {
+            epochs,
+            lr,
+            batch_size: 128,
+            optimizer: OptimizerKind::Adamw,
+            weight_decay: 5e-4,
+            schedule: ScheduleKind::OneCycle,
+            label_smoothing: 0.1,
+            augment,
+            ..study
+        }
+    }
+
+    /// Checks values that would otherwise fail deep inside training.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.epochs >= 1, "epochs must be at least 1");
+        anyhow::ensure!(
+            self.batch_size >= 2,
+            "batch size must be at least 2 (BatchNorm needs 2)"
+        );
+        anyhow::ensure!(
+            self.lr > 0.0 && self.lr.is_finite(),
+            "learning rate must be positive"
+        );
+        anyhow::ensure!(
+            self.weight_decay >= 0.0,
+            "weight decay must not be negative"
+        );
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.label_smoothing),
+            "label smoothing must be in [0, 1)"
+        );
+        anyhow::ensure!(
+            self.val_frac > 0.0 && self.val_frac < 1.0,
+            "validation fraction must be in (0, 1): the validation set drives every choice"
+        );
+        anyhow::ensure!(self.gamma > 0.0, "gamma must be positive");
+        anyhow::ensure!(self.step_size >= 1, "step size must be at least 1");
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.augment.erase),
+            "erase probability must be in [0, 1]"
+        );
+        Ok(())
+    }
+}
+
+/// Knobs that override the preset: the command-line flags, and the same keys in a JSON config file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Overrides {
+    /// Number of passes over the training set.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Images per training step.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Learning rate (the peak of a one-cycle schedule).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Weight decay (decoupled for adamw, L2 for adam and sgd).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Optimizer.
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerKind>,
+    /// Momentum of sgd.
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleKind>,
+    /// Epochs of linear warm-up before a cosine schedule.
+    #[arg(long)]
+    pub warmup_epochs: Option<usize>,
+    /// Epochs between decays (step), or epochs without improvement before a decay (plateau).
+    #[arg(long)]
+    pub step_size: Option<usize>,
+    /// Decay factor of the step and plateau schedules.
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    /// Early stopping: epochs without a better validation accuracy before the run stops.
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Label smoothing of the cross-entropy loss, in [0, 1).
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Seed of the weights, the split, the shuffles, the augmentations and the dropout masks.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Fraction of the 60,000 training images held out for validation (stratified).
+    #[arg(long)]
+    pub val_frac: Option<f64>,
+    /// Input normalization.
+    #[arg(long, value_enum)]
+    pub normalization: Option<Normalization>,
+    /// Augmentation: random translation by up to N pixels (0 turns it off).
+    #[arg(long, value_name = "PIXELS")]
+    pub translate: Option<usize>,
+    /// Augmentation: random horizontal flip (true/false).
+    #[arg(long, value_name = "BOOL")]
+    pub hflip: Option<bool>,
+    /// Augmentation: probability of random erasing (0 turns it off).
+    #[arg(long, value_name = "PROB")]
+    pub erase: Option<f64>,
+    /// Use a class-balanced subset of N of the 60,000 training images (quick runs, tests).
+    #[arg(long, value_name = "N")]
+    pub subset: Option<usize>,
+}
+
+impl Overrides {
+    /// Reads overrides from a JSON file (the same keys as the flags, e.g. `{"epochs": 3}`).
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// Applies every override that is set.
+    pub fn apply(&self, c: &mut TrainConfig) {
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = v; } )* };
+        }
+        set!(
+            epochs,
+            batch_size,
+            lr,
+            weight_decay,
+            optimizer,
+            momentum,
+            schedule,
+            warmup_epochs,
+            step_size,
+            gamma,
+            label_smoothing,
+            seed,
+            val_frac,
+            normalization
+        );
+        if self.patience.is_some() {
+            c.patience = self.patience;
+        }
+        if self.subset.is_some() {
+            c.subset = self.subset;
+        }
+        if let Some(t) = self.translate {
+            c.augment.translate = t;
+        }
+        if let Some(f) = self.hflip {
+            c.augment.hflip = f;
+        }
+        if let Some(e) = self.erase {
+            c.augment.erase = e as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn study_preset_is_the_studies_setup() {
+        let c = TrainConfig::preset(ModelKind::Cnn, Preset::Study);
+        assert_eq!(
+            (c.epochs, c.batch_size, c.lr, c.seed, c.val_frac),
+            (8, 256, 1e-3, 42, 0.2)
+        );
+        assert_eq!(
+            (c.optimizer, c.weight_decay, c.schedule),
+            (OptimizerKind::Adam, 0.0, ScheduleKind::None)
+        );
+        assert!(c.augment.is_off());
+    }
+
+    #[test]
+    fn overrides_apply_over_the_preset() {
+        let mut c = TrainConfig::preset(ModelKind::Lstm, Preset::Study);
+        let o: Overrides =
+            serde_json::from_str(r#"{"epochs": 3, "lr": 0.01, "translate": 2}"#).unwrap();
+        o.apply(&mut c);
+        assert_eq!(
+            (c.epochs, c.lr, c.augment.translate, c.batch_size),
+            (3, 0.01, 2, 256)
+        );
+    }
+
+    #[test]
+    fn unknown_or_mistyped_config_keys_are_clear_errors() {
+        let e = serde_json::from_str::<Overrides>(r#"{"epoch": 3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("unknown field `epoch`, expected one of `epochs`"),
+            "{e}"
+        );
+        let e = serde_json::from_str::<Overrides>(r#"{"lr": "fast"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("invalid type: string \"fast\", expected f64"),
+            "{e}"
+        );
+        let e = serde_json::from_str::<Overrides>(r#"{"optimizer": "adagrad"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("unknown variant `adagrad`, expected one of `adam`, `adamw`, `sgd`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn validation_rejects_nonsense() {
+        let mut c = TrainConfig::preset(ModelKind::Cnn, Preset::Study);
+        c.val_frac = 0.0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("validation fraction"));
+    }
+}

@@ -1,0 +1,64 @@
+//! Choosing the device: `auto` tries CUDA, then Metal, then the CPU, and says why.
+use anyhow::bail;
+use candle::Device;
+
+/// Where tensors live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// CUDA if built with `--features cuda` and a GPU answers, else Metal likewise, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+/// The device for `choice`, and a line saying which was picked and why.
+pub fn select_device(choice: DeviceChoice) -> anyhow::Result<(Device, String)> {
+    match choice {
+        DeviceChoice::Cpu => Ok((Device::Cpu, "cpu (asked for)".into())),
+        DeviceChoice::Cuda => {
+            if !cfg!(feature = "cuda") {
+                bail!("--device cuda needs a build with `--features cuda`");
+            }
+            Ok((Device::new_cuda(0)?, "cuda:0 (asked for)".into()))
+        }
+        DeviceChoice::Metal => {
+            if !cfg!(feature = "metal") {
+                bail!("--device metal needs a build with `--features metal`");
+            }
+            Ok((Device::new_metal(0)?, "metal:0 (asked for)".into()))
+        }
+        DeviceChoice::Auto => {
+            let mut why = Vec::new();
+            if cfg!(feature = "cuda") {
+                match Device::new_cuda(0) {
+                    Ok(d) => return Ok((d, "cuda:0 (auto)".into())),
+                    Err(e) => why.push(format!("cuda unavailable: {e}")),
+                }
+            } else {
+                why.push("built without cuda".into());
+            }
+            if cfg!(feature = "metal") {
+                match Device::new_metal(0) {
+                    Ok(d) => return Ok((d, "metal:0 (auto)".into())),
+                    Err(e) => why.push(format!("metal unavailable: {e}")),
+                }
+            }
+            Ok((Device::Cpu, format!("cpu (auto: {})", why.join("; "))))
+        }
+    }
+}
+
+/// Sets the CPU thread count before candle first reads it (it reads `RAYON_NUM_THREADS` once).
+pub fn set_threads(threads: Option<usize>) {
+    if let Some(n) = threads {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    }
+}
+
+/// The thread count candle uses on the CPU.
+pub fn cpu_threads() -> usize {
+    candle::utils::get_num_threads()
+}

@@ -1,0 +1,15 @@
+//! Training of the fmnist models: configuration and presets, optimizers with saveable state,
+//! learning-rate schedules, the loop with checkpoints and resume, and run directories.
+pub mod config;
+pub mod device;
+pub mod optim;
+pub mod run;
+pub mod schedule;
+pub mod scoring;
+pub mod trainer;
+
+pub use config::{OptimizerKind, Overrides, Preset, ScheduleKind, TrainConfig};
+pub use device::{select_device, DeviceChoice};
+pub use run::{EpochRecord, RunConfig, RunDir, RunState, RunSummary};
+pub use scoring::Score;
+pub use trainer::{prepare, resume, train, RunOptions};

@@ -1,0 +1,156 @@
+//! `fmnist-train`: trains one model (or one per seed) into a run directory.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use fmnist_data::DataArgs;
+use fmnist_models::ModelKind;
+use fmnist_train::{
+    select_device, DeviceChoice, Overrides, Preset, RunOptions, RunSummary, TrainConfig,
+};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Trains a Fashion-MNIST classifier. Starts from a preset, then applies --config FILE, then
+/// the flags. Writes config.json, model.safetensors (best on validation), last.safetensors,
+/// optimizer state, history.csv and summary.json (with the test score of the best epoch).
+#[derive(Parser, Debug)]
+#[command(name = "fmnist-train", version)]
+struct Cli {
+    /// Model to train.
+    #[arg(long, value_enum, required_unless_present = "resume")]
+    model: Option<ModelKind>,
+    /// Starting point for every knob: `study` (Adam 1e-3, batch 256, 8 epochs) or `best` (our recipe).
+    #[arg(long, value_enum, default_value = "study")]
+    preset: Preset,
+    /// JSON file of overrides, with the flags' names as keys (e.g. {"epochs": 3, "lr": 0.002}).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+    /// Train one run per seed (e.g. 42,43,44), each in OUT/seed-N, and print mean ± std.
+    #[arg(long, value_delimiter = ',', value_name = "SEEDS")]
+    seeds: Option<Vec<u64>>,
+    /// Run directory. Default: RESULTS/MODEL (study preset) or RESULTS/MODEL-best.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Folder of the default run directories.
+    #[arg(long, value_name = "DIR", default_value = "results")]
+    results: PathBuf,
+    /// Replace a run directory that already holds a run.
+    #[arg(long)]
+    force: bool,
+    /// Continue the interrupted run in DIR from its last completed epoch (its config is used).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["model", "seeds", "config"])]
+    resume: Option<PathBuf>,
+    /// Device to train on.
+    #[arg(long, value_enum, default_value_t)]
+    device: DeviceChoice,
+    /// CPU threads (default: candle's choice, the physical cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// No progress bar (one line per epoch is still printed).
+    #[arg(long)]
+    no_progress: bool,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    fmnist_train::device::set_threads(cli.threads);
+    let (device, why) = select_device(cli.device)?;
+    let data = cli.data.load()?;
+    println!(
+        "data: {} ({}); device: {why}; threads: {}",
+        data.source.dir.display(),
+        data.source.origin,
+        fmnist_train::device::cpu_threads()
+    );
+    let options = RunOptions {
+        force: cli.force,
+        progress: !cli.no_progress,
+        verbose: true,
+        interrupt_after: None,
+    };
+    if let Some(dir) = &cli.resume {
+        let summary =
+            fmnist_train::resume(dir, &data, &device, &options)?.context("interrupted")?;
+        report(&summary, dir);
+        return Ok(());
+    }
+    let model = cli.model.context("--model is required")?;
+    let mut config = TrainConfig::preset(model, cli.preset);
+    if let Some(path) = &cli.config {
+        Overrides::from_file(path)?.apply(&mut config);
+    }
+    cli.overrides.apply(&mut config);
+    config.validate()?;
+    let out = cli.out.clone().unwrap_or_else(|| {
+        let name = match cli.preset {
+            Preset::Study => model.name().to_string(),
+            Preset::Best => format!("{}-best", model.name()),
+        };
+        cli.results.join(name)
+    });
+    let seeds = cli.seeds.clone().unwrap_or_default();
+    if seeds.len() <= 1 {
+        if let Some(&s) = seeds.first() {
+            config.seed = s;
+        }
+        let summary =
+            fmnist_train::train(&config, &data, &out, &device, &options)?.context("interrupted")?;
+        report(&summary, &out);
+        return Ok(());
+    }
+    let mut accuracies = Vec::new();
+    for seed in seeds {
+        let dir = out.join(format!("seed-{seed}"));
+        let config = TrainConfig {
+            seed,
+            ..config.clone()
+        };
+        let summary =
+            fmnist_train::train(&config, &data, &dir, &device, &options)?.context("interrupted")?;
+        report(&summary, &dir);
+        accuracies.push(summary.test.accuracy);
+    }
+    let n = accuracies.len() as f64;
+    let mean = accuracies.iter().sum::<f64>() / n;
+    let std = (accuracies.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    println!(
+        "{model}: test accuracy over {} seeds: {:.2}% ± {:.2}% (mean ± sample std)",
+        accuracies.len(),
+        100.0 * mean,
+        100.0 * std
+    );
+    Ok(())
+}
+
+fn report(s: &RunSummary, dir: &std::path::Path) {
+    println!(
+        "{}: best epoch {}/{}{} val acc {:.2}%  test acc {:.2}% (loss {:.4})  {} params  {:.0} s  -> {}",
+        s.model,
+        s.best_epoch,
+        s.epochs_run,
+        if s.stopped_early { " (early stop)" } else { "" },
+        100.0 * s.val.accuracy,
+        100.0 * s.test.accuracy,
+        s.test.loss,
+        s.param_count,
+        s.train_seconds,
+        dir.display()
+    );
+}

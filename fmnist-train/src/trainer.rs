@@ -1,0 +1,374 @@
+//! The training loop: epochs over the training part, validation after each, checkpoints,
+//! early stopping, resume, and the one test-set score at the end.
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle::{DType, Device};
+use fmnist_data::{
+    stratified_split, stratified_subset, FashionMnist, ImageSet, Loader, Normalizer,
+};
+use fmnist_models::Model;
+
+use crate::config::TrainConfig;
+use crate::optim::{Optimizer, OptimizerConfig};
+use crate::run::{write_json, EpochRecord, RunConfig, RunDir, RunState, RunSummary};
+use crate::schedule::{Plateau, Schedule};
+use crate::scoring::{logits, score, smoothed_cross_entropy, Score};
+
+/// How a call to [`train`] or [`resume`] behaves (not part of the run's configuration).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Replace a run directory that already holds a run.
+    pub force: bool,
+    /// Show a progress bar per epoch (when stderr is a terminal).
+    pub progress: bool,
+    /// Print one line per epoch.
+    pub verbose: bool,
+    /// Stop after this many epochs of this call, as an interrupt would (for tests of resume).
+    pub interrupt_after: Option<usize>,
+}
+
+/// The train and validation parts of the 60,000 training images, and the normalizer fitted on train.
+pub struct Prepared {
+    pub train: ImageSet,
+    pub val: ImageSet,
+    pub normalizer: Normalizer,
+}
+
+/// SplitMix64: independent seeds for the different random streams of one run.
+pub fn derive_seed(seed: u64, stream: u64) -> u64 {
+    let mut z = seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Splits the training images as `config` says (optionally a class-balanced subset first).
+pub fn prepare(config: &TrainConfig, data: &FashionMnist) -> anyhow::Result<Prepared> {
+    let k = data.num_classes();
+    let pool = match config.subset {
+        Some(n) => data
+            .train
+            .select(&stratified_subset(&data.train.labels, k, n, config.seed)),
+        None => data.train.clone(),
+    };
+    let split = stratified_split(&pool.labels, k, config.val_frac, config.seed)?;
+    let train = pool.select(&split.train);
+    let val = pool.select(&split.val);
+    anyhow::ensure!(
+        !train.is_empty() && !val.is_empty(),
+        "the split left an empty train or validation set (subset too small?)"
+    );
+    let normalizer = Normalizer::fit(config.normalization, &train);
+    Ok(Prepared {
+        train,
+        val,
+        normalizer,
+    })
+}
+
+fn optimizer_config(c: &TrainConfig) -> OptimizerConfig {
+    OptimizerConfig {
+        kind: c.optimizer,
+        lr: c.lr,
+        weight_decay: c.weight_decay,
+        momentum: c.momentum,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+    }
+}
+
+/// Trains a new run into `dir` and returns its summary (`None` if interrupted by `interrupt_after`).
+pub fn train(
+    config: &TrainConfig,
+    data: &FashionMnist,
+    dir: &Path,
+    device: &Device,
+    options: &RunOptions,
+) -> anyhow::Result<Option<RunSummary>> {
+    config.validate()?;
+    let run = RunDir::new(dir);
+    if run.config().exists() || run.state().exists() {
+        if !options.force {
+            bail!(
+                "{} already holds a run: pass --force to replace it, or --resume {} to continue it",
+                dir.display(),
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let prepared = prepare(config, data)?;
+    let model = Model::new(config.model, config.seed, device)?;
+    let run_config = RunConfig {
+        train: config.clone(),
+        normalizer: prepared.normalizer,
+        class_names: data.class_names.clone(),
+        param_count: model.param_count(),
+        device: format!("{device:?}"),
+        threads: crate::device::cpu_threads(),
+        fmnist_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    write_json(&run.config(), &run_config)?;
+    let optimizer = Optimizer::new(optimizer_config(config), model.trainable_vars())?;
+    let state = RunState {
+        epochs_done: 0,
+        steps: 0,
+        best_epoch: 0,
+        best_val: None,
+        epochs_since_best: 0,
+        plateau: Plateau::default(),
+        train_seconds: 0.0,
+    };
+    Session {
+        run,
+        config: run_config,
+        prepared,
+        model,
+        optimizer,
+        state,
+        history: Vec::new(),
+        data,
+        device,
+    }
+    .run(options)
+}
+
+/// Continues the run in `dir` from its last completed epoch, exactly as if it had not stopped.
+pub fn resume(
+    dir: &Path,
+    data: &FashionMnist,
+    device: &Device,
+    options: &RunOptions,
+) -> anyhow::Result<Option<RunSummary>> {
+    let run = RunDir::new(dir);
+    let run_config = run
+        .read_config()
+        .with_context(|| format!("{} is not a run directory to resume", dir.display()))?;
+    let state: RunState = crate::run::read_json(&run.state())?;
+    let config = &run_config.train;
+    let prepared = prepare(config, data)?;
+    let mut model = Model::new(config.model, config.seed, device)?;
+    model.load(&run.last_model())?;
+    let mut optimizer = Optimizer::new(optimizer_config(config), model.trainable_vars())?;
+    optimizer.load(&run.optimizer(), state.steps)?;
+    let mut history = run.read_history()?;
+    history.truncate(state.epochs_done);
+    Session {
+        run,
+        config: run_config,
+        prepared,
+        model,
+        optimizer,
+        state,
+        history,
+        data,
+        device,
+    }
+    .run(options)
+}
+
+struct Session<'a> {
+    run: RunDir,
+    config: RunConfig,
+    prepared: Prepared,
+    model: Model,
+    optimizer: Optimizer,
+    state: RunState,
+    history: Vec<EpochRecord>,
+    data: &'a FashionMnist,
+    device: &'a Device,
+}
+
+impl Session<'_> {
+    fn run(mut self, options: &RunOptions) -> anyhow::Result<Option<RunSummary>> {
+        let c = self.config.train.clone();
+        let batches_per_epoch = self.prepared.train.len().div_ceil(c.batch_size);
+        let schedule = Schedule::new(&c, batches_per_epoch);
+        let mut stopped_early = false;
+        let mut epochs_this_call = 0;
+        while self.state.epochs_done < c.epochs {
+            let epoch = self.state.epochs_done;
+            let start = Instant::now();
+            let (train_loss, train_acc, lr) = self.train_epoch(epoch, &schedule, options)?;
+            let val_logits = logits(
+                &self.model,
+                &self.prepared.val,
+                self.prepared.normalizer,
+                self.device,
+            )?;
+            let val = score(&val_logits, &self.prepared.val.labels);
+            let seconds = start.elapsed().as_secs_f64();
+            let improved = self
+                .state
+                .best_val
+                .is_none_or(|b| val.accuracy > b.accuracy);
+            if improved {
+                self.model.save(&self.run.best_model())?;
+                self.state.best_val = Some(val);
+                self.state.best_epoch = epoch + 1;
+                self.state.epochs_since_best = 0;
+            } else {
+                self.state.epochs_since_best += 1;
+            }
+            schedule.observe(&mut self.state.plateau, val.loss);
+            self.history.push(EpochRecord {
+                epoch: epoch + 1,
+                train_loss,
+                train_acc,
+                val_loss: val.loss,
+                val_acc: val.accuracy,
+                lr,
+                seconds,
+            });
+            self.state.epochs_done = epoch + 1;
+            self.state.steps = self.optimizer.steps();
+            self.state.train_seconds += seconds;
+            // The state file is written last: it is what makes the epoch count as done.
+            self.model.save(&self.run.last_model())?;
+            self.optimizer.save(&self.run.optimizer())?;
+            self.run.write_history(&self.history)?;
+            write_json(&self.run.state(), &self.state)?;
+            if options.verbose {
+                println!(
+                    "{} epoch {:>3}/{}  train loss {:.4} acc {:6.2}%  val loss {:.4} acc {:6.2}%  lr {:.2e}  {:6.1} s  {:>6.0} img/s{}",
+                    c.model,
+                    epoch + 1,
+                    c.epochs,
+                    train_loss,
+                    100.0 * train_acc,
+                    val.loss,
+                    100.0 * val.accuracy,
+                    lr,
+                    seconds,
+                    self.prepared.train.len() as f64 / seconds,
+                    if improved { "  *" } else { "" }
+                );
+            }
+            epochs_this_call += 1;
+            if c.patience
+                .is_some_and(|p| self.state.epochs_since_best >= p)
+            {
+                stopped_early = true;
+                break;
+            }
+            if options
+                .interrupt_after
+                .is_some_and(|n| epochs_this_call >= n)
+            {
+                return Ok(None);
+            }
+        }
+        self.finish(stopped_early).map(Some)
+    }
+
+    fn train_epoch(
+        &mut self,
+        epoch: usize,
+        schedule: &Schedule,
+        options: &RunOptions,
+    ) -> anyhow::Result<(f64, f64, f64)> {
+        let c = &self.config.train;
+        self.model
+            .reseed_dropout(derive_seed(c.seed, 1000 + epoch as u64));
+        let loader = Loader::new(
+            &self.prepared.train,
+            self.prepared.normalizer,
+            c.batch_size,
+            self.device,
+        )
+        .with_augment(c.augment)
+        .with_seed(derive_seed(c.seed, 1));
+        let bar = if options.progress {
+            indicatif::ProgressBar::new(loader.num_batches() as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:25}] {pos}/{len} {msg} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{} epoch {}/{}", c.model, epoch + 1, c.epochs));
+        let start = Instant::now();
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0.0f64, 0usize);
+        let mut lr = self.optimizer.lr();
+        for (i, batch) in loader.epoch(epoch as u64).enumerate() {
+            let batch = batch?;
+            lr = schedule.lr(epoch, i, &self.state.plateau);
+            self.optimizer.set_lr(lr);
+            let out = self.model.forward_t(&batch.images, true)?;
+            let loss = smoothed_cross_entropy(&out, &batch.labels, c.label_smoothing)?;
+            let loss_value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
+            if !loss_value.is_finite() {
+                bar.abandon();
+                bail!(
+                    "the loss became {loss_value} at epoch {} batch {}: training stopped. The last good checkpoint is {} ({} epochs done); try a lower --lr (now {lr:.2e})",
+                    epoch + 1,
+                    i + 1,
+                    self.run.last_model().display(),
+                    self.state.epochs_done
+                );
+            }
+            self.optimizer.step(&loss.backward()?)?;
+            let hits = out
+                .argmax(1)?
+                .eq(&batch.labels)?
+                .to_dtype(DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()?;
+            let n = batch.len();
+            loss_sum += loss_value * n as f64;
+            correct += hits as f64;
+            seen += n;
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4} acc {:.2}% {:.0} img/s",
+                loss_sum / seen as f64,
+                100.0 * correct / seen as f64,
+                seen as f64 / start.elapsed().as_secs_f64()
+            ));
+        }
+        bar.finish_and_clear();
+        Ok((
+            loss_sum / seen.max(1) as f64,
+            correct / seen.max(1) as f64,
+            lr,
+        ))
+    }
+
+    fn finish(mut self, stopped_early: bool) -> anyhow::Result<RunSummary> {
+        let c = &self.config.train;
+        self.model.load(&self.run.best_model())?;
+        let test_logits = logits(
+            &self.model,
+            &self.data.test,
+            self.prepared.normalizer,
+            self.device,
+        )?;
+        let test = score(&test_logits, &self.data.test.labels);
+        let images = (self.prepared.train.len() * self.state.epochs_done) as f64;
+        let summary = RunSummary {
+            model: c.model,
+            seed: c.seed,
+            param_count: self.config.param_count,
+            epochs_run: self.state.epochs_done,
+            best_epoch: self.state.best_epoch,
+            stopped_early,
+            val: self.state.best_val.unwrap_or(Score {
+                loss: f64::NAN,
+                accuracy: 0.0,
+            }),
+            test,
+            train_seconds: self.state.train_seconds,
+            train_images_per_second: images / self.state.train_seconds.max(1e-9),
+        };
+        write_json(&self.run.summary(), &summary)?;
+        Ok(summary)
+    }
+}

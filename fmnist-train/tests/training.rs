@@ -1,0 +1,224 @@
+//! The training loop end to end on small data: learning on real Fashion-MNIST, bit-for-bit
+//! repeatability, resume equal to an uninterrupted run, a NaN stop that keeps the last good
+//! checkpoint, and a run directory that is never overwritten by accident.
+use std::path::Path;
+
+use candle::Device;
+use fmnist_data::{DataArgs, DataSource, FashionMnist, ImageSet, Origin, FASHION_MNIST_CLASSES};
+use fmnist_models::ModelKind;
+use fmnist_train::{EpochRecord, Preset, RunDir, RunOptions, TrainConfig};
+
+/// 500 images whose class is a bright 4-pixel-high band at row 2c, plus pseudo-random noise.
+fn synthetic() -> FashionMnist {
+    let set = |n: usize, salt: usize| {
+        let mut pixels = Vec::with_capacity(n * 784);
+        let mut labels = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = i % 10;
+            for p in 0..784 {
+                let noise = ((p * 7919 + i * 104_729 + salt) % 97) as u8;
+                let row = p / 28;
+                pixels.push(if row >= 2 * c && row < 2 * c + 4 {
+                    200
+                } else {
+                    noise
+                });
+            }
+            labels.push(c as u8);
+        }
+        ImageSet {
+            rows: 28,
+            cols: 28,
+            pixels,
+            labels,
+        }
+    };
+    FashionMnist {
+        source: DataSource {
+            dir: "synthetic".into(),
+            origin: Origin::Flag,
+        },
+        train: set(500, 0),
+        test: set(100, 1),
+        class_names: FASHION_MNIST_CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        verified: false,
+    }
+}
+
+fn small(model: ModelKind, epochs: usize) -> TrainConfig {
+    let mut c = TrainConfig::preset(model, Preset::Best);
+    c.epochs = epochs;
+    c.batch_size = 50;
+    c
+}
+
+fn quiet() -> RunOptions {
+    RunOptions::default()
+}
+
+/// The history without the wall-clock column.
+fn history(dir: &Path) -> Vec<EpochRecord> {
+    RunDir::new(dir)
+        .read_history()
+        .unwrap()
+        .into_iter()
+        .map(|r| EpochRecord { seconds: 0.0, ..r })
+        .collect()
+}
+
+#[test]
+fn short_real_data_run_beats_chance_by_far() {
+    let data = match (DataArgs {
+        no_download: true,
+        ..DataArgs::default()
+    })
+    .load()
+    {
+        Ok(d) => d,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: Fashion-MNIST not installed ({e})");
+            return;
+        }
+        Err(e) => panic!("CI is set but Fashion-MNIST is missing: {e}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TrainConfig::preset(ModelKind::Cnn, Preset::Study);
+    c.epochs = 1;
+    c.subset = Some(4000);
+    c.batch_size = 64;
+    let s = fmnist_train::train(&c, &data, dir.path(), &Device::Cpu, &quiet())
+        .unwrap()
+        .unwrap();
+    assert!(
+        s.val.accuracy > 0.60,
+        "validation accuracy {}",
+        s.val.accuracy
+    );
+    assert!(s.test.accuracy > 0.60, "test accuracy {}", s.test.accuracy);
+}
+
+#[test]
+fn same_seed_same_history_bit_for_bit() {
+    let data = synthetic();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // The MLP exercises dropout masks and augmentation, both drawn from the run's seed.
+    let c = small(ModelKind::Mlp, 2);
+    fmnist_train::train(&c, &data, a.path(), &Device::Cpu, &quiet()).unwrap();
+    fmnist_train::train(&c, &data, b.path(), &Device::Cpu, &quiet()).unwrap();
+    assert_eq!(history(a.path()), history(b.path()));
+    let weights = |d: &Path| std::fs::read(RunDir::new(d).last_model()).unwrap();
+    assert_eq!(weights(a.path()), weights(b.path()));
+    let other = tempfile::tempdir().unwrap();
+    let c43 = TrainConfig { seed: 43, ..c };
+    fmnist_train::train(&c43, &data, other.path(), &Device::Cpu, &quiet()).unwrap();
+    assert_ne!(history(a.path()), history(other.path()));
+}
+
+#[test]
+fn synthetic_bands_are_learned() {
+    let data = synthetic();
+    let dir = tempfile::tempdir().unwrap();
+    let s = fmnist_train::train(
+        &small(ModelKind::Cnn, 3),
+        &data,
+        dir.path(),
+        &Device::Cpu,
+        &quiet(),
+    )
+    .unwrap()
+    .unwrap();
+    assert!(s.test.accuracy > 0.9, "{}", s.test.accuracy);
+    assert_eq!(history(dir.path()).len(), 3);
+}
+
+#[test]
+fn resume_after_an_interrupt_equals_the_uninterrupted_run() {
+    let data = synthetic();
+    let (whole, split) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = small(ModelKind::CnnDeep, 3); // BatchNorm statistics, dropout, augmentation, AdamW, one-cycle
+    let full = fmnist_train::train(&c, &data, whole.path(), &Device::Cpu, &quiet())
+        .unwrap()
+        .unwrap();
+    let interrupted = RunOptions {
+        interrupt_after: Some(1),
+        ..quiet()
+    };
+    assert!(
+        fmnist_train::train(&c, &data, split.path(), &Device::Cpu, &interrupted)
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(history(split.path()).len(), 1);
+    let resumed = fmnist_train::resume(split.path(), &data, &Device::Cpu, &quiet())
+        .unwrap()
+        .unwrap();
+    assert_eq!(history(whole.path()), history(split.path()));
+    for file in [
+        "model.safetensors",
+        "last.safetensors",
+        "optimizer.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(whole.path().join(file)).unwrap(),
+            std::fs::read(split.path().join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    assert_eq!(full.test, resumed.test);
+}
+
+#[test]
+fn a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint() {
+    let data = synthetic();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = small(ModelKind::Mlp, 3);
+    c.optimizer = fmnist_train::OptimizerKind::Sgd;
+    c.schedule = fmnist_train::ScheduleKind::None;
+    let one = RunOptions {
+        interrupt_after: Some(1),
+        ..quiet()
+    };
+    fmnist_train::train(&c, &data, dir.path(), &Device::Cpu, &one).unwrap();
+    let good = std::fs::read(RunDir::new(dir.path()).last_model()).unwrap();
+    // Make the rest of the run diverge: an absurd learning rate.
+    let run = RunDir::new(dir.path());
+    let mut config = run.read_config().unwrap();
+    config.train.lr = 1e30;
+    fmnist_train::run::write_json(&run.config(), &config).unwrap();
+    let msg = fmnist_train::resume(dir.path(), &data, &Device::Cpu, &quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.starts_with("the loss became"), "{msg}");
+    assert!(msg.contains("at epoch 2"), "{msg}");
+    assert!(msg.contains("(1 epochs done); try a lower --lr"), "{msg}");
+    assert_eq!(std::fs::read(run.last_model()).unwrap(), good);
+    assert!(!run.summary().exists());
+}
+
+#[test]
+fn an_existing_run_is_not_overwritten_without_force() {
+    let data = synthetic();
+    let dir = tempfile::tempdir().unwrap();
+    let c = small(ModelKind::Lstm, 1);
+    fmnist_train::train(&c, &data, dir.path(), &Device::Cpu, &quiet()).unwrap();
+    let msg = fmnist_train::train(&c, &data, dir.path(), &Device::Cpu, &quiet())
+        .unwrap_err()
+        .to_string();
+    let expected = format!(
+        "already holds a run: pass --force to replace it, or --resume {} to continue it",
+        dir.path().display()
+    );
+    assert!(msg.ends_with(&expected), "{msg}");
+    let forced = RunOptions {
+        force: true,
+        ..quiet()
+    };
+    assert!(
+        fmnist_train::train(&c, &data, dir.path(), &Device::Cpu, &forced)
+            .unwrap()
+            .is_some()
+    );
+}
