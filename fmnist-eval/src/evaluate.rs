@@ -50,7 +50,10 @@ pub fn load_run(dir: &Path, device: &Device) -> anyhow::Result<(RunConfig, Model
     let config = run.read_config()?;
     let checkpoint = run.best_model();
     if !checkpoint.exists() {
-        bail!("{}: no checkpoint model.safetensors (the run never finished an epoch?)", dir.display());
+        bail!(
+            "{}: no checkpoint model.safetensors (the run never finished an epoch?)",
+            dir.display()
+        );
     }
     let mut model = Model::new(config.train.model, config.train.seed, device)?;
     model.load(&checkpoint)?;
@@ -58,7 +61,12 @@ pub fn load_run(dir: &Path, device: &Device) -> anyhow::Result<(RunConfig, Model
 }
 
 /// Scores the run in `dir` on `data`.
-pub fn evaluate_run(dir: &Path, name: &str, data: &FashionMnist, device: &Device) -> anyhow::Result<Evaluation> {
+pub fn evaluate_run(
+    dir: &Path,
+    name: &str,
+    data: &FashionMnist,
+    device: &Device,
+) -> anyhow::Result<Evaluation> {
     let (config, model) = load_run(dir, device)?;
     if config.class_names.len() != data.num_classes() {
         bail!(
@@ -71,10 +79,17 @@ pub fn evaluate_run(dir: &Path, name: &str, data: &FashionMnist, device: &Device
     let run = RunDir::new(dir);
     let summary = fmnist_train::run::read_json::<RunSummary>(&run.summary()).ok();
     let history = run.read_history().unwrap_or_default();
-    let prepared = fmnist_train::prepare(&config.train, data).with_context(|| format!("{}: rebuilding the split", dir.display()))?;
+    let prepared = fmnist_train::prepare(&config.train, data)
+        .with_context(|| format!("{}: rebuilding the split", dir.display()))?;
     let norm = config.normalizer;
-    let train = score(&logits(&model, &prepared.train, norm, device)?, &prepared.train.labels);
-    let val = score(&logits(&model, &prepared.val, norm, device)?, &prepared.val.labels);
+    let train = score(
+        &logits(&model, &prepared.train, norm, device)?,
+        &prepared.train.labels,
+    );
+    let val = score(
+        &logits(&model, &prepared.val, norm, device)?,
+        &prepared.val.labels,
+    );
     let start = Instant::now();
     let test_logits = logits(&model, &data.test, norm, device)?;
     let inference_images_per_second = data.test.len() as f64 / start.elapsed().as_secs_f64();
@@ -107,7 +122,11 @@ pub fn evaluate_run(dir: &Path, name: &str, data: &FashionMnist, device: &Device
 pub fn find_runs(root: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
         if dir.join("config.json").is_file() && dir.join("model.safetensors").is_file() {
-            let name = dir.strip_prefix(root).unwrap_or(dir).to_string_lossy().replace('\\', "/");
+            let name = dir
+                .strip_prefix(root)
+                .unwrap_or(dir)
+                .to_string_lossy()
+                .replace('\\', "/");
             out.push((name, dir.to_path_buf()));
             return Ok(());
         }

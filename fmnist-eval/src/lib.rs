@@ -1,1 +1,12 @@
-//! placeholder
+//! Evaluation of fmnist runs: metrics on the test set, the train/val/test gap, tables, plots,
+//! a Markdown report across runs, and classification of a person's own images.
+pub mod evaluate;
+pub mod metrics;
+pub mod outputs;
+pub mod plots;
+pub mod report;
+pub mod table;
+
+pub use evaluate::{evaluate_run, find_runs, load_run, Evaluation, Gap};
+pub use metrics::{calibration, Calibration, ConfusionMatrix};
+pub use table::Table;

@@ -87,7 +87,9 @@ impl ConfusionMatrix {
     /// Row `actual` divided by its sum (zeros for an empty row).
     pub fn normalized_row(&self, actual: usize) -> Vec<f64> {
         let s = self.support(actual) as f64;
-        (0..self.classes).map(|p| ratio(self.get(actual, p) as f64, s)).collect()
+        (0..self.classes)
+            .map(|p| ratio(self.get(actual, p) as f64, s))
+            .collect()
     }
 
     /// Precision, recall, F1 and support of every class.
@@ -119,7 +121,8 @@ impl ConfusionMatrix {
         let per = self.per_class();
         let present = self.present();
         let n = present.len() as f64;
-        let mean = |f: fn(&ClassMetrics) -> f64| ratio(present.iter().map(|&c| f(&per[c])).sum(), n);
+        let mean =
+            |f: fn(&ClassMetrics) -> f64| ratio(present.iter().map(|&c| f(&per[c])).sum(), n);
         Averages {
             precision: mean(|m| m.precision),
             recall: mean(|m| m.recall),
@@ -152,7 +155,11 @@ impl ConfusionMatrix {
                 count: self.get(actual, predicted),
             })
             .collect();
-        cells.sort_by(|a, b| b.count.cmp(&a.count).then((a.actual, a.predicted).cmp(&(b.actual, b.predicted))));
+        cells.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then((a.actual, a.predicted).cmp(&(b.actual, b.predicted)))
+        });
         cells.truncate(n);
         cells
     }
@@ -194,10 +201,11 @@ pub fn calibration(probs: &[f32], classes: usize, labels: &[usize], bins: usize)
     let mut conf = vec![0f64; bins];
     let mut hits = vec![0usize; bins];
     for (row, &label) in probs.chunks_exact(classes).zip(labels) {
-        let (pred, &p) = row
-            .iter()
-            .enumerate()
-            .fold((0, &f32::NEG_INFINITY), |b, (i, v)| if v > b.1 { (i, v) } else { b });
+        let (pred, &p) =
+            row.iter().enumerate().fold(
+                (0, &f32::NEG_INFINITY),
+                |b, (i, v)| if v > b.1 { (i, v) } else { b },
+            );
         let b = ((p as f64 * bins as f64) as usize).min(bins - 1);
         count[b] += 1;
         conf[b] += p as f64;
@@ -249,7 +257,16 @@ mod tests {
     #[test]
     fn counts_and_accuracy() {
         let m = example();
-        assert_eq!((m.get(0, 0), m.get(0, 1), m.get(2, 0), m.get(2, 1), m.get(2, 2)), (2, 1, 1, 1, 0));
+        assert_eq!(
+            (
+                m.get(0, 0),
+                m.get(0, 1),
+                m.get(2, 0),
+                m.get(2, 1),
+                m.get(2, 2)
+            ),
+            (2, 1, 1, 1, 0)
+        );
         assert_eq!(m.total(), 7);
         assert!(close(m.accuracy(), 4.0 / 7.0));
         assert_eq!(m.normalized_row(0), vec![2.0 / 3.0, 1.0 / 3.0, 0.0]);
@@ -259,11 +276,22 @@ mod tests {
     fn per_class_by_hand_with_a_class_never_predicted() {
         let per = example().per_class();
         // class 0: tp 2, predicted 3, support 3 -> p 2/3, r 2/3, f1 2/3
-        assert!(close(per[0].precision, 2.0 / 3.0) && close(per[0].recall, 2.0 / 3.0) && close(per[0].f1, 2.0 / 3.0));
+        assert!(
+            close(per[0].precision, 2.0 / 3.0)
+                && close(per[0].recall, 2.0 / 3.0)
+                && close(per[0].f1, 2.0 / 3.0)
+        );
         // class 1: tp 2, predicted 4, support 2 -> p 1/2, r 1, f1 2/3
-        assert!(close(per[1].precision, 0.5) && close(per[1].recall, 1.0) && close(per[1].f1, 2.0 / 3.0));
+        assert!(
+            close(per[1].precision, 0.5)
+                && close(per[1].recall, 1.0)
+                && close(per[1].f1, 2.0 / 3.0)
+        );
         // class 2: never predicted -> precision 0 (defined), recall 0, f1 0
-        assert_eq!((per[2].precision, per[2].recall, per[2].f1, per[2].support), (0.0, 0.0, 0.0, 2));
+        assert_eq!(
+            (per[2].precision, per[2].recall, per[2].f1, per[2].support),
+            (0.0, 0.0, 0.0, 2)
+        );
     }
 
     #[test]
@@ -281,7 +309,10 @@ mod tests {
     fn a_class_absent_from_labels_and_predictions_is_left_out_of_macro_averages() {
         let m = ConfusionMatrix::new(4, &[0, 1, 1], &[0, 1, 0]);
         let per = m.per_class();
-        assert_eq!((per[3].precision, per[3].recall, per[3].f1, per[3].support), (0.0, 0.0, 0.0, 0));
+        assert_eq!(
+            (per[3].precision, per[3].recall, per[3].f1, per[3].support),
+            (0.0, 0.0, 0.0, 0)
+        );
         let a = m.macro_average();
         assert!(close(a.recall, (1.0 + 0.5) / 2.0), "{}", a.recall);
         assert!(!a.precision.is_nan() && !a.f1.is_nan());
@@ -291,10 +322,21 @@ mod tests {
     fn most_confused_pairs_sorted() {
         let m = ConfusionMatrix::new(3, &[0, 0, 0, 2, 2, 1], &[1, 1, 2, 0, 0, 1]);
         let top = m.most_confused(2);
-        assert_eq!(top, vec![
-            Confusion { actual: 0, predicted: 1, count: 2 },
-            Confusion { actual: 2, predicted: 0, count: 2 },
-        ]);
+        assert_eq!(
+            top,
+            vec![
+                Confusion {
+                    actual: 0,
+                    predicted: 1,
+                    count: 2
+                },
+                Confusion {
+                    actual: 2,
+                    predicted: 0,
+                    count: 2
+                },
+            ]
+        );
     }
 
     #[test]

@@ -83,7 +83,9 @@ impl<'a> MetricsFile<'a> {
             per_class,
             macro_average: e.confusion.macro_average(),
             weighted_average: e.confusion.weighted_average(),
-            confusion: (0..k).map(|t| (0..k).map(|p| e.confusion.get(t, p)).collect()).collect(),
+            confusion: (0..k)
+                .map(|t| (0..k).map(|p| e.confusion.get(t, p)).collect())
+                .collect(),
             most_confused: e
                 .confusion
                 .most_confused(5)
@@ -99,7 +101,9 @@ impl<'a> MetricsFile<'a> {
     }
 }
 
-fn csv_bytes(write: impl FnOnce(&mut csv::Writer<Vec<u8>>) -> anyhow::Result<()>) -> anyhow::Result<Vec<u8>> {
+fn csv_bytes(
+    write: impl FnOnce(&mut csv::Writer<Vec<u8>>) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     write(&mut w)?;
     Ok(w.into_inner()?)
@@ -108,11 +112,19 @@ fn csv_bytes(write: impl FnOnce(&mut csv::Writer<Vec<u8>>) -> anyhow::Result<()>
 /// The image of test item `i` as values in [0, 1].
 fn test_image(data: &FashionMnist, i: usize) -> Vec<f32> {
     let n = data.test.image_len();
-    data.test.pixels[i * n..(i + 1) * n].iter().map(|&p| p as f32 / 255.0).collect()
+    data.test.pixels[i * n..(i + 1) * n]
+        .iter()
+        .map(|&p| p as f32 / 255.0)
+        .collect()
 }
 
 /// Writes every per-run file of `e` into its run directory.
-pub fn write_run_outputs(e: &Evaluation, data: &FashionMnist, device: &Device, plots_on: bool) -> anyhow::Result<()> {
+pub fn write_run_outputs(
+    e: &Evaluation,
+    data: &FashionMnist,
+    device: &Device,
+    plots_on: bool,
+) -> anyhow::Result<()> {
     let staging = e.dir.join(".eval-staging");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
@@ -121,7 +133,8 @@ pub fn write_run_outputs(e: &Evaluation, data: &FashionMnist, device: &Device, p
         for entry in std::fs::read_dir(&staging)? {
             let path = entry?.path();
             if let Some(name) = path.file_name() {
-                std::fs::rename(&path, e.dir.join(name)).with_context(|| format!("moving {}", path.display()))?;
+                std::fs::rename(&path, e.dir.join(name))
+                    .with_context(|| format!("moving {}", path.display()))?;
             }
         }
     }
@@ -129,70 +142,130 @@ pub fn write_run_outputs(e: &Evaluation, data: &FashionMnist, device: &Device, p
     result
 }
 
-fn write_into(dir: &Path, e: &Evaluation, data: &FashionMnist, device: &Device, plots_on: bool) -> anyhow::Result<()> {
+fn write_into(
+    dir: &Path,
+    e: &Evaluation,
+    data: &FashionMnist,
+    device: &Device,
+    plots_on: bool,
+) -> anyhow::Result<()> {
     let names = &e.config.class_names;
     let k = names.len();
     let metrics = MetricsFile::new(e);
     write_json(&dir.join("metrics.json"), &metrics)?;
-    write_atomic(&dir.join("per_class.csv"), &csv_bytes(|w| {
-        for row in &metrics.per_class {
-            w.serialize(row)?;
-        }
-        Ok(())
-    })?)?;
+    write_atomic(
+        &dir.join("per_class.csv"),
+        &csv_bytes(|w| {
+            for row in &metrics.per_class {
+                w.serialize(row)?;
+            }
+            Ok(())
+        })?,
+    )?;
     for (file, normalized) in [("confusion.csv", false), ("confusion_normalized.csv", true)] {
-        write_atomic(&dir.join(file), &csv_bytes(|w| {
-            let mut header = vec!["actual \\ predicted".to_string()];
-            header.extend(names.iter().cloned());
-            w.write_record(&header)?;
-            for t in 0..k {
-                let mut row = vec![names[t].clone()];
-                if normalized {
-                    row.extend(e.confusion.normalized_row(t).iter().map(|v| format!("{v:.4}")));
-                } else {
-                    row.extend((0..k).map(|p| e.confusion.get(t, p).to_string()));
+        write_atomic(
+            &dir.join(file),
+            &csv_bytes(|w| {
+                let mut header = vec!["actual \\ predicted".to_string()];
+                header.extend(names.iter().cloned());
+                w.write_record(&header)?;
+                for t in 0..k {
+                    let mut row = vec![names[t].clone()];
+                    if normalized {
+                        row.extend(
+                            e.confusion
+                                .normalized_row(t)
+                                .iter()
+                                .map(|v| format!("{v:.4}")),
+                        );
+                    } else {
+                        row.extend((0..k).map(|p| e.confusion.get(t, p).to_string()));
+                    }
+                    w.write_record(&row)?;
                 }
+                Ok(())
+            })?,
+        )?;
+    }
+    write_atomic(
+        &dir.join("predictions.csv"),
+        &csv_bytes(|w| {
+            let mut header = vec!["index".to_string(), "label".into(), "predicted".into()];
+            header.extend(names.iter().map(|n| format!("p({n})")));
+            w.write_record(&header)?;
+            for (i, probs) in e.test_probs.chunks_exact(k).enumerate() {
+                let mut row = vec![
+                    i.to_string(),
+                    e.test_labels[i].to_string(),
+                    e.test_predictions[i].to_string(),
+                ];
+                row.extend(probs.iter().map(|p| format!("{p:.6}")));
                 w.write_record(&row)?;
             }
             Ok(())
-        })?)?;
-    }
-    write_atomic(&dir.join("predictions.csv"), &csv_bytes(|w| {
-        let mut header = vec!["index".to_string(), "label".into(), "predicted".into()];
-        header.extend(names.iter().map(|n| format!("p({n})")));
-        w.write_record(&header)?;
-        for (i, probs) in e.test_probs.chunks_exact(k).enumerate() {
-            let mut row = vec![i.to_string(), e.test_labels[i].to_string(), e.test_predictions[i].to_string()];
-            row.extend(probs.iter().map(|p| format!("{p:.6}")));
-            w.write_record(&row)?;
-        }
-        Ok(())
-    })?)?;
-    write_atomic(&dir.join("gap.csv"), &csv_bytes(|w| {
-        w.write_record(["split", "loss", "accuracy"])?;
-        for (split, s) in [("train", e.gap.train), ("val", e.gap.val), ("test", e.gap.test)] {
-            w.write_record([split.to_string(), format!("{:.6}", s.loss), format!("{:.6}", s.accuracy)])?;
-        }
-        Ok(())
-    })?)?;
+        })?,
+    )?;
+    write_atomic(
+        &dir.join("gap.csv"),
+        &csv_bytes(|w| {
+            w.write_record(["split", "loss", "accuracy"])?;
+            for (split, s) in [
+                ("train", e.gap.train),
+                ("val", e.gap.val),
+                ("test", e.gap.test),
+            ] {
+                w.write_record([
+                    split.to_string(),
+                    format!("{:.6}", s.loss),
+                    format!("{:.6}", s.accuracy),
+                ])?;
+            }
+            Ok(())
+        })?,
+    )?;
     if plots_on {
         write_plots(dir, e, data, device)?;
     }
     Ok(())
 }
 
-fn write_plots(dir: &Path, e: &Evaluation, data: &FashionMnist, device: &Device) -> anyhow::Result<()> {
+fn write_plots(
+    dir: &Path,
+    e: &Evaluation,
+    data: &FashionMnist,
+    device: &Device,
+) -> anyhow::Result<()> {
     let names = &e.config.class_names;
     let k = names.len();
     let title = |what: &str| format!("{} — {what}", e.name);
     if !e.history.is_empty() {
         plots::curves(&dir.join("curves"), &title("training curves"), &e.history)?;
     }
-    plots::confusion(&dir.join("confusion"), &title(&format!("test confusion matrix (accuracy {:.2}%)", 100.0 * e.gap.test.accuracy)), &e.confusion, names)?;
-    plots::reliability(&dir.join("reliability"), &title("calibration"), &e.calibration)?;
+    plots::confusion(
+        &dir.join("confusion"),
+        &title(&format!(
+            "test confusion matrix (accuracy {:.2}%)",
+            100.0 * e.gap.test.accuracy
+        )),
+        &e.confusion,
+        names,
+    )?;
+    plots::reliability(
+        &dir.join("reliability"),
+        &title("calibration"),
+        &e.calibration,
+    )?;
     // Probability bars: the first test image of every other class, then two mistakes.
-    let mut picks: Vec<usize> = (0..k).step_by(2).filter_map(|c| e.test_labels.iter().position(|&l| l == c)).take(4).collect();
-    picks.extend((0..e.test_labels.len()).filter(|&i| e.test_predictions[i] != e.test_labels[i]).take(2));
+    let mut picks: Vec<usize> = (0..k)
+        .step_by(2)
+        .filter_map(|c| e.test_labels.iter().position(|&l| l == c))
+        .take(4)
+        .collect();
+    picks.extend(
+        (0..e.test_labels.len())
+            .filter(|&i| e.test_predictions[i] != e.test_labels[i])
+            .take(2),
+    );
     let images: Vec<Vec<f32>> = picks.iter().map(|&i| test_image(data, i)).collect();
     let items: Vec<(Tile, Vec<f32>, usize)> = picks
         .iter()
@@ -200,15 +273,28 @@ fn write_plots(dir: &Path, e: &Evaluation, data: &FashionMnist, device: &Device)
         .map(|(&i, img)| {
             let pred = e.test_predictions[i];
             (
-                Tile { pixels: img, rows: data.test.rows, cols: data.test.cols, caption: format!("#{i}: {}", names[e.test_labels[i]]), alert: pred != e.test_labels[i] },
+                Tile {
+                    pixels: img,
+                    rows: data.test.rows,
+                    cols: data.test.cols,
+                    caption: format!("#{i}: {}", names[e.test_labels[i]]),
+                    alert: pred != e.test_labels[i],
+                },
                 e.test_probs[i * k..(i + 1) * k].to_vec(),
                 e.test_labels[i],
             )
         })
         .collect();
-    plots::probability_bars(&dir.join("probabilities.png"), &title("class probabilities (green: true class, red: wrong prediction)"), &items, names)?;
+    plots::probability_bars(
+        &dir.join("probabilities.png"),
+        &title("class probabilities (green: true class, red: wrong prediction)"),
+        &items,
+        names,
+    )?;
     // The most confident mistakes.
-    let mut wrong: Vec<usize> = (0..e.test_labels.len()).filter(|&i| e.test_predictions[i] != e.test_labels[i]).collect();
+    let mut wrong: Vec<usize> = (0..e.test_labels.len())
+        .filter(|&i| e.test_predictions[i] != e.test_labels[i])
+        .collect();
     wrong.sort_by(|&a, &b| {
         let conf = |i: usize| e.test_probs[i * k + e.test_predictions[i]];
         conf(b).total_cmp(&conf(a))
@@ -222,11 +308,23 @@ fn write_plots(dir: &Path, e: &Evaluation, data: &FashionMnist, device: &Device)
             pixels: img,
             rows: data.test.rows,
             cols: data.test.cols,
-            caption: format!("{}\n→ {} {:.0}%", names[e.test_labels[i]], names[e.test_predictions[i]], 100.0 * e.test_probs[i * k + e.test_predictions[i]]),
+            caption: format!(
+                "{}\n→ {} {:.0}%",
+                names[e.test_labels[i]],
+                names[e.test_predictions[i]],
+                100.0 * e.test_probs[i * k + e.test_predictions[i]]
+            ),
             alert: true,
         })
         .collect();
-    plots::image_grid(&dir.join("misclassified.png"), &title("most confident mistakes (true → predicted, confidence)"), &tiles, 8, 90, 2)?;
+    plots::image_grid(
+        &dir.join("misclassified.png"),
+        &title("most confident mistakes (true → predicted, confidence)"),
+        &tiles,
+        8,
+        90,
+        2,
+    )?;
     if e.config.train.model.is_convolutional() {
         write_filters(dir, e, data, device)?;
     }
@@ -241,28 +339,78 @@ fn stretch(values: &[f32]) -> Vec<f32> {
     values.iter().map(|v| (v - lo) / span).collect()
 }
 
-fn write_filters(dir: &Path, e: &Evaluation, data: &FashionMnist, device: &Device) -> anyhow::Result<()> {
+fn write_filters(
+    dir: &Path,
+    e: &Evaluation,
+    data: &FashionMnist,
+    device: &Device,
+) -> anyhow::Result<()> {
     if let Some(w) = e.model.first_conv_weight() {
         let (c, _, kh, kw) = w.dims4()?;
         let values = w.flatten_all()?.to_vec1::<f32>()?;
         let kernels: Vec<Vec<f32>> = values.chunks_exact(kh * kw).map(stretch).collect();
-        let tiles: Vec<Tile> = kernels.iter().enumerate().map(|(i, px)| Tile { pixels: px, rows: kh, cols: kw, caption: format!("{i}"), alert: false }).collect();
-        plots::image_grid(&dir.join("filters.png"), &format!("{} — the {c} first-layer filters ({kh}x{kw}, each stretched to its range)", e.name), &tiles, 8, 60, 1)?;
+        let tiles: Vec<Tile> = kernels
+            .iter()
+            .enumerate()
+            .map(|(i, px)| Tile {
+                pixels: px,
+                rows: kh,
+                cols: kw,
+                caption: format!("{i}"),
+                alert: false,
+            })
+            .collect();
+        plots::image_grid(
+            &dir.join("filters.png"),
+            &format!(
+                "{} — the {c} first-layer filters ({kh}x{kw}, each stretched to its range)",
+                e.name
+            ),
+            &tiles,
+            8,
+            60,
+            1,
+        )?;
     }
     let i = 0;
     let norm: Normalizer = e.config.normalizer;
     let n = data.test.image_len();
-    let img: Vec<f32> = data.test.pixels[i * n..(i + 1) * n].iter().map(|&p| norm.apply(p)).collect();
+    let img: Vec<f32> = data.test.pixels[i * n..(i + 1) * n]
+        .iter()
+        .map(|&p| norm.apply(p))
+        .collect();
     let x = Tensor::from_vec(img, (1, 1, data.test.rows, data.test.cols), device)?;
     if let Some(maps) = e.model.first_feature_maps(&x)? {
         let (_, c, h, w) = maps.dims4()?;
         let values = maps.flatten_all()?.to_vec1::<f32>()?;
         let stretched: Vec<Vec<f32>> = values.chunks_exact(h * w).map(stretch).collect();
         let original = test_image(data, i);
-        let mut tiles = vec![Tile { pixels: &original, rows: data.test.rows, cols: data.test.cols, caption: "input".into(), alert: false }];
-        tiles.extend(stretched.iter().enumerate().map(|(j, px)| Tile { pixels: px, rows: h, cols: w, caption: format!("{j}"), alert: false }));
+        let mut tiles = vec![Tile {
+            pixels: &original,
+            rows: data.test.rows,
+            cols: data.test.cols,
+            caption: "input".into(),
+            alert: false,
+        }];
+        tiles.extend(stretched.iter().enumerate().map(|(j, px)| Tile {
+            pixels: px,
+            rows: h,
+            cols: w,
+            caption: format!("{j}"),
+            alert: false,
+        }));
         let label = &e.config.class_names[data.test.labels[i] as usize];
-        plots::image_grid(&dir.join("feature_maps.png"), &format!("{} — first-layer feature maps ({c}) of test image #{i} ({label})", e.name), &tiles, 8, 80, 1)?;
+        plots::image_grid(
+            &dir.join("feature_maps.png"),
+            &format!(
+                "{} — first-layer feature maps ({c}) of test image #{i} ({label})",
+                e.name
+            ),
+            &tiles,
+            8,
+            80,
+            1,
+        )?;
     }
     Ok(())
 }
@@ -272,15 +420,36 @@ pub fn write_samples(dir: &Path, data: &FashionMnist) -> anyhow::Result<PathBuf>
     let k = data.num_classes();
     let mut picks = Vec::new();
     for c in 0..k {
-        picks.extend(data.test.labels.iter().enumerate().filter(|(_, &l)| l as usize == c).map(|(i, _)| i).take(8));
+        picks.extend(
+            data.test
+                .labels
+                .iter()
+                .enumerate()
+                .filter(|(_, &l)| l as usize == c)
+                .map(|(i, _)| i)
+                .take(8),
+        );
     }
     let images: Vec<Vec<f32>> = picks.iter().map(|&i| test_image(data, i)).collect();
     let tiles: Vec<Tile> = picks
         .iter()
         .zip(&images)
-        .map(|(&i, img)| Tile { pixels: img, rows: data.test.rows, cols: data.test.cols, caption: data.class_names[data.test.labels[i] as usize].clone(), alert: false })
+        .map(|(&i, img)| Tile {
+            pixels: img,
+            rows: data.test.rows,
+            cols: data.test.cols,
+            caption: data.class_names[data.test.labels[i] as usize].clone(),
+            alert: false,
+        })
         .collect();
     let path = dir.join("samples.png");
-    plots::image_grid(&path, "Fashion-MNIST test images, eight per class", &tiles, 8, 80, 1)?;
+    plots::image_grid(
+        &path,
+        "Fashion-MNIST test images, eight per class",
+        &tiles,
+        8,
+        80,
+        1,
+    )?;
     Ok(path)
 }

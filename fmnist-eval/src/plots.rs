@@ -66,10 +66,16 @@ const VAL_COLOR: RGBColor = RGBColor(255, 127, 14);
 
 /// Loss and accuracy per epoch, train against validation.
 pub fn curves(stem: &Path, title: &str, history: &[EpochRecord]) -> anyhow::Result<()> {
-    png_and_svg!(stem, (1100, 420), |root: &Area<_>| draw_curves(root, title, history))
+    png_and_svg!(stem, (1100, 420), |root: &Area<_>| draw_curves(
+        root, title, history
+    ))
 }
 
-fn draw_curves<DB: DrawingBackend>(root: &Area<DB>, title: &str, h: &[EpochRecord]) -> anyhow::Result<()>
+fn draw_curves<DB: DrawingBackend>(
+    root: &Area<DB>,
+    title: &str,
+    h: &[EpochRecord],
+) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -78,18 +84,33 @@ where
     let epochs = h.len().max(1) as f64;
     let x_range = 0.5..epochs + 0.5;
     let panels: [(&Area<DB>, &str, Box<dyn Fn(&EpochRecord) -> (f64, f64)>); 2] = [
-        (&left, "loss", Box::new(|r: &EpochRecord| (r.train_loss, r.val_loss))),
-        (&right, "accuracy (%)", Box::new(|r: &EpochRecord| (100.0 * r.train_acc, 100.0 * r.val_acc))),
+        (
+            &left,
+            "loss",
+            Box::new(|r: &EpochRecord| (r.train_loss, r.val_loss)),
+        ),
+        (
+            &right,
+            "accuracy (%)",
+            Box::new(|r: &EpochRecord| (100.0 * r.train_acc, 100.0 * r.val_acc)),
+        ),
     ];
     for (area, label, get) in panels {
-        let values: Vec<f64> = h.iter().flat_map(|r| {
-            let (a, b) = get(r);
-            [a, b]
-        }).collect();
+        let values: Vec<f64> = h
+            .iter()
+            .flat_map(|r| {
+                let (a, b) = get(r);
+                [a, b]
+            })
+            .collect();
         let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let pad = ((hi - lo) * 0.08).max(1e-3);
-        let (lo, hi) = if lo.is_finite() { (lo - pad, hi + pad) } else { (0.0, 1.0) };
+        let (lo, hi) = if lo.is_finite() {
+            (lo - pad, hi + pad)
+        } else {
+            (0.0, 1.0)
+        };
         let mut chart = ChartBuilder::on(area)
             .margin(15)
             .x_label_area_size(40)
@@ -101,17 +122,30 @@ where
             .y_desc(label)
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 15))
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            .x_labels(h.len().clamp(2, 12))
+            .light_line_style(WHITE.mix(0.0))
+            .x_label_formatter(&|x| {
+                if (x - x.round()).abs() < 1e-6 {
+                    format!("{x:.0}")
+                } else {
+                    String::new()
+                }
+            })
             .draw()?;
         for (series, color, name) in [(0, TRAIN_COLOR, "train"), (1, VAL_COLOR, "validation")] {
-            let points: Vec<(f64, f64)> = h.iter().map(|r| {
-                let (a, b) = get(r);
-                (r.epoch as f64, if series == 0 { a } else { b })
-            }).collect();
+            let points: Vec<(f64, f64)> = h
+                .iter()
+                .map(|r| {
+                    let (a, b) = get(r);
+                    (r.epoch as f64, if series == 0 { a } else { b })
+                })
+                .collect();
             chart
                 .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
                 .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
         }
         chart
@@ -133,37 +167,55 @@ fn heat(v: f64) -> RGBColor {
 }
 
 /// The confusion matrix as a heatmap: colour by row share, counts in the cells.
-pub fn confusion(stem: &Path, title: &str, m: &ConfusionMatrix, classes: &[String]) -> anyhow::Result<()> {
-    png_and_svg!(stem, (900, 820), |root: &Area<_>| draw_confusion(root, title, m, classes))
+pub fn confusion(
+    stem: &Path,
+    title: &str,
+    m: &ConfusionMatrix,
+    classes: &[String],
+) -> anyhow::Result<()> {
+    png_and_svg!(stem, (900, 820), |root: &Area<_>| draw_confusion(
+        root, title, m, classes
+    ))
 }
 
-fn centered(size: u32, color: RGBColor) -> TextStyle<'static> {
+fn centered(size: u32, color: &'static RGBColor) -> TextStyle<'static> {
     use plotters::style::text_anchor::{HPos, Pos, VPos};
-    TextStyle::from((FONT, size).into_font()).color(&color).pos(Pos::new(HPos::Center, VPos::Center))
+    TextStyle::from((FONT, size).into_font())
+        .color(color)
+        .pos(Pos::new(HPos::Center, VPos::Center))
 }
 
 /// The name of the class at segment `v` of a class axis drawn top to bottom (`flip`) or left to right.
 fn class_label(names: &[String], v: &SegmentValue<usize>, flip: bool) -> String {
     match v {
         SegmentValue::CenterOf(i) => {
-            let i = if flip { names.len().saturating_sub(1 + i) } else { *i };
+            let i = if flip {
+                names.len().saturating_sub(1 + i)
+            } else {
+                *i
+            };
             names.get(i).cloned().unwrap_or_default()
         }
         _ => String::new(),
     }
 }
 
-fn draw_confusion<DB: DrawingBackend>(root: &Area<DB>, title: &str, m: &ConfusionMatrix, classes: &[String]) -> anyhow::Result<()>
+fn draw_confusion<DB: DrawingBackend>(
+    root: &Area<DB>,
+    title: &str,
+    m: &ConfusionMatrix,
+    classes: &[String],
+) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
     let k = m.classes();
     let root = root.titled(title, (FONT, 22))?;
     let mut chart = ChartBuilder::on(&root)
-        .margin(10)
-        .x_label_area_size(110)
-        .y_label_area_size(110)
-        .build_cartesian_2d((0..k).into_segmented(), (0..k).into_segmented())?;
+        .margin(20)
+        .x_label_area_size(60)
+        .y_label_area_size(100)
+        .build_cartesian_2d((0..k - 1).into_segmented(), (0..k - 1).into_segmented())?;
     chart
         .configure_mesh()
         .disable_mesh()
@@ -173,7 +225,7 @@ where
         .y_desc("actual")
         .label_style((FONT, 13))
         .axis_desc_style((FONT, 15))
-        .x_label_style((FONT, 13).into_font().transform(FontTransform::Rotate90))
+        .x_label_style((FONT, 11))
         .x_label_formatter(&|v| class_label(classes, v, false))
         .y_label_formatter(&|v| class_label(classes, v, true))
         .draw()?;
@@ -183,23 +235,45 @@ where
         let share = m.normalized_row(t)[p];
         let y = k - 1 - t;
         Rectangle::new(
-            [(SegmentValue::Exact(p), SegmentValue::Exact(y)), (SegmentValue::Exact(p + 1), SegmentValue::Exact(y + 1))],
+            [
+                (SegmentValue::Exact(p), SegmentValue::Exact(y)),
+                (SegmentValue::Exact(p + 1), SegmentValue::Exact(y + 1)),
+            ],
             heat(share.sqrt()).filled(),
         )
     }))?;
-    chart.draw_series(cells.iter().filter(|&&(t, p)| m.get(t, p) > 0).map(|&(t, p)| {
-        let color = if m.normalized_row(t)[p].sqrt() > 0.55 { WHITE } else { BLACK };
-        Text::new(m.get(t, p).to_string(), (SegmentValue::CenterOf(p), SegmentValue::CenterOf(k - 1 - t)), centered(14, color))
-    }))?;
+    chart.draw_series(
+        cells
+            .iter()
+            .filter(|&&(t, p)| m.get(t, p) > 0)
+            .map(|&(t, p)| {
+                let color: &'static RGBColor = if m.normalized_row(t)[p].sqrt() > 0.55 {
+                    &WHITE
+                } else {
+                    &BLACK
+                };
+                Text::new(
+                    m.get(t, p).to_string(),
+                    (SegmentValue::CenterOf(p), SegmentValue::CenterOf(k - 1 - t)),
+                    centered(14, color),
+                )
+            }),
+    )?;
     Ok(())
 }
 
 /// The reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration.
 pub fn reliability(stem: &Path, title: &str, c: &Calibration) -> anyhow::Result<()> {
-    png_and_svg!(stem, (620, 560), |root: &Area<_>| draw_reliability(root, title, c))
+    png_and_svg!(stem, (620, 560), |root: &Area<_>| draw_reliability(
+        root, title, c
+    ))
 }
 
-fn draw_reliability<DB: DrawingBackend>(root: &Area<DB>, title: &str, c: &Calibration) -> anyhow::Result<()>
+fn draw_reliability<DB: DrawingBackend>(
+    root: &Area<DB>,
+    title: &str,
+    c: &Calibration,
+) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -218,18 +292,35 @@ where
         .draw()?;
     chart
         .draw_series(c.bins.iter().filter(|b| b.count > 0).map(|b| {
-            Rectangle::new([(b.lower, 0.0), (b.upper, b.accuracy)], TRAIN_COLOR.mix(0.75).filled())
+            Rectangle::new(
+                [(b.lower, 0.0), (b.upper, b.accuracy)],
+                TRAIN_COLOR.mix(0.75).filled(),
+            )
         }))?
         .label("accuracy of the bin")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], TRAIN_COLOR.mix(0.75).filled()));
+        .legend(|(x, y)| {
+            Rectangle::new(
+                [(x, y - 5), (x + 15, y + 5)],
+                TRAIN_COLOR.mix(0.75).filled(),
+            )
+        });
     chart
         .draw_series(c.bins.iter().filter(|b| b.count > 0).map(|b| {
-            Rectangle::new([(b.lower, b.accuracy.min(b.mean_confidence)), (b.upper, b.accuracy.max(b.mean_confidence))], RED.mix(0.3).filled())
+            Rectangle::new(
+                [
+                    (b.lower, b.accuracy.min(b.mean_confidence)),
+                    (b.upper, b.accuracy.max(b.mean_confidence)),
+                ],
+                RED.mix(0.3).filled(),
+            )
         }))?
         .label("gap to mean confidence")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], RED.mix(0.3).filled()));
     chart
-        .draw_series(LineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.6).stroke_width(1)))?
+        .draw_series(LineSeries::new(
+            vec![(0.0, 0.0), (1.0, 1.0)],
+            BLACK.mix(0.6).stroke_width(1),
+        ))?
         .label("perfect calibration")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK.mix(0.6)));
     chart
@@ -252,7 +343,11 @@ pub struct Tile<'a> {
     pub alert: bool,
 }
 
-fn draw_tile<DB: DrawingBackend>(area: &Area<DB>, tile: &Tile, caption_height: u32) -> anyhow::Result<()>
+fn draw_tile<DB: DrawingBackend>(
+    area: &Area<DB>,
+    tile: &Tile,
+    caption_height: u32,
+) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -264,28 +359,54 @@ where
         for c in 0..tile.cols {
             let v = (tile.pixels[r * tile.cols + c].clamp(0.0, 1.0) * 255.0) as u8;
             let (xa, ya) = ((x0 + c as f64 * scale) as i32, (r as f64 * scale) as i32);
-            let (xb, yb) = ((x0 + (c + 1) as f64 * scale) as i32, ((r + 1) as f64 * scale) as i32);
-            area.draw(&Rectangle::new([(xa, ya), (xb, yb)], RGBColor(v, v, v).filled()))?;
+            let (xb, yb) = (
+                (x0 + (c + 1) as f64 * scale) as i32,
+                ((r + 1) as f64 * scale) as i32,
+            );
+            area.draw(&Rectangle::new(
+                [(xa, ya), (xb, yb)],
+                RGBColor(v, v, v).filled(),
+            ))?;
         }
     }
     if caption_height > 0 {
-        let color = if tile.alert { RGBColor(200, 0, 0) } else { BLACK };
-        let style = TextStyle::from((FONT, 12).into_font()).color(&color).pos(plotters::style::text_anchor::Pos::new(
-            plotters::style::text_anchor::HPos::Center,
-            plotters::style::text_anchor::VPos::Top,
-        ));
+        let color = if tile.alert {
+            RGBColor(200, 0, 0)
+        } else {
+            BLACK
+        };
+        let style = TextStyle::from((FONT, 12).into_font()).color(&color).pos(
+            plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Center,
+                plotters::style::text_anchor::VPos::Top,
+            ),
+        );
         for (i, line) in tile.caption.lines().enumerate() {
-            area.draw(&Text::new(line.to_string(), ((w / 2) as i32, side as i32 + 2 + 14 * i as i32), style.clone()))?;
+            area.draw(&Text::new(
+                line.to_string(),
+                ((w / 2) as i32, side as i32 + 2 + 14 * i as i32),
+                style.clone(),
+            ))?;
         }
     }
     Ok(())
 }
 
 /// A grid of images with captions (PNG), `columns` per row, each tile `tile_px` wide.
-pub fn image_grid(path: &Path, title: &str, tiles: &[Tile], columns: usize, tile_px: u32, caption_lines: u32) -> anyhow::Result<()> {
+pub fn image_grid(
+    path: &Path,
+    title: &str,
+    tiles: &[Tile],
+    columns: usize,
+    tile_px: u32,
+    caption_lines: u32,
+) -> anyhow::Result<()> {
     let rows = tiles.len().div_ceil(columns.max(1)).max(1);
     let caption_h = 15 * caption_lines + if caption_lines > 0 { 4 } else { 0 };
-    let size = (columns as u32 * (tile_px + 8) + 10, rows as u32 * (tile_px + caption_h + 8) + 40);
+    let size = (
+        columns as u32 * (tile_px + 8) + 10,
+        rows as u32 * (tile_px + caption_h + 8) + 40,
+    );
     png_only(path, size, |root| {
         let root = root.titled(title, (FONT, 20))?;
         let root = root.margin(4, 4, 4, 4);
@@ -299,7 +420,12 @@ pub fn image_grid(path: &Path, title: &str, tiles: &[Tile], columns: usize, tile
 
 /// For each image, the image and a bar chart of its ten class probabilities (true class green,
 /// a wrong prediction red).
-pub fn probability_bars(path: &Path, title: &str, items: &[(Tile, Vec<f32>, usize)], classes: &[String]) -> anyhow::Result<()> {
+pub fn probability_bars(
+    path: &Path,
+    title: &str,
+    items: &[(Tile, Vec<f32>, usize)],
+    classes: &[String],
+) -> anyhow::Result<()> {
     let rows = items.len().max(1);
     png_only(path, (900, 190 * rows as u32 + 40), |root| {
         let root = root.titled(title, (FONT, 20))?;
@@ -312,7 +438,7 @@ pub fn probability_bars(path: &Path, title: &str, items: &[(Tile, Vec<f32>, usiz
                 .margin(8)
                 .x_label_area_size(22)
                 .y_label_area_size(100)
-                .build_cartesian_2d(0.0..1.0f64, (0..k).into_segmented())?;
+                .build_cartesian_2d(0.0..1.0f64, (0..k - 1).into_segmented())?;
             chart
                 .configure_mesh()
                 .disable_y_mesh()
@@ -329,7 +455,13 @@ pub fn probability_bars(path: &Path, title: &str, items: &[(Tile, Vec<f32>, usiz
                 } else {
                     RGBColor(150, 150, 150)
                 };
-                Rectangle::new([(0.0, SegmentValue::Exact(y)), (p as f64, SegmentValue::Exact(y + 1))], color.filled())
+                Rectangle::new(
+                    [
+                        (0.0, SegmentValue::Exact(y)),
+                        (p as f64, SegmentValue::Exact(y + 1)),
+                    ],
+                    color.filled(),
+                )
             }))?;
         }
         Ok(())
@@ -339,14 +471,22 @@ pub fn probability_bars(path: &Path, title: &str, items: &[(Tile, Vec<f32>, usiz
 /// Test accuracy per run as horizontal bars (the comparison at a glance).
 pub fn comparison(stem: &Path, rows: &[(String, f64, f64)]) -> anyhow::Result<()> {
     let height = 90 + 38 * rows.len().max(1) as u32;
-    png_and_svg!(stem, (900, height), |root: &Area<_>| draw_comparison(root, rows))
+    png_and_svg!(stem, (900, height), |root: &Area<_>| draw_comparison(
+        root, rows
+    ))
 }
 
-fn draw_comparison<DB: DrawingBackend>(root: &Area<DB>, rows: &[(String, f64, f64)]) -> anyhow::Result<()>
+fn draw_comparison<DB: DrawingBackend>(
+    root: &Area<DB>,
+    rows: &[(String, f64, f64)],
+) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
-    let root = root.titled("Test accuracy (mean ± std over seeds where several)", (FONT, 20))?;
+    let root = root.titled(
+        "Test accuracy (mean ± std over seeds where several)",
+        (FONT, 20),
+    )?;
     let n = rows.len().max(1);
     let lo = rows.iter().map(|r| r.1 - r.2).fold(1.0f64, f64::min);
     let lo = ((lo * 100.0 - 2.0).floor() / 100.0).clamp(0.0, 0.98);
@@ -355,7 +495,7 @@ where
         .margin(12)
         .x_label_area_size(35)
         .y_label_area_size(150)
-        .build_cartesian_2d(100.0 * lo..100.0, (0..n).into_segmented())?;
+        .build_cartesian_2d(100.0 * lo..100.0, (0..n - 1).into_segmented())?;
     chart
         .configure_mesh()
         .disable_y_mesh()
@@ -368,7 +508,10 @@ where
     chart.draw_series(rows.iter().enumerate().map(|(i, (_, acc, _))| {
         let y = n - 1 - i;
         Rectangle::new(
-            [(100.0 * lo, SegmentValue::Exact(y)), (100.0 * acc, SegmentValue::Exact(y + 1))],
+            [
+                (100.0 * lo, SegmentValue::Exact(y)),
+                (100.0 * acc, SegmentValue::Exact(y + 1)),
+            ],
             TRAIN_COLOR.mix(0.8).filled(),
         )
     }))?;
@@ -380,7 +523,11 @@ where
             format!("{:.2}", 100.0 * acc)
         };
         let x = 100.0 * acc - 0.06 * (100.0 - 100.0 * lo);
-        chart.draw_series(std::iter::once(Text::new(label, (x, SegmentValue::CenterOf(y)), centered(13, WHITE))))?;
+        chart.draw_series(std::iter::once(Text::new(
+            label,
+            (x, SegmentValue::CenterOf(y)),
+            centered(13, &WHITE),
+        )))?;
     }
     Ok(())
 }

@@ -9,7 +9,9 @@ pub struct Table {
 
 fn is_numeric(s: &str) -> bool {
     let t = s.trim_end_matches('%').trim_start_matches(['+', '-']);
-    !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | ',' | ' ' | '±'))
+    !t.is_empty()
+        && t.chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | ',' | ' ' | '±'))
 }
 
 impl Table {
@@ -56,7 +58,12 @@ impl Table {
         };
         let mut out = line(&self.header);
         out.push('\n');
-        out.push_str(&w.iter().map(|&n| "-".repeat(n)).collect::<Vec<_>>().join("  "));
+        out.push_str(
+            &w.iter()
+                .map(|&n| "-".repeat(n))
+                .collect::<Vec<_>>()
+                .join("  "),
+        );
         for row in &self.rows {
             out.push('\n');
             out.push_str(&line(row));
@@ -68,16 +75,30 @@ impl Table {
     /// A GitHub-flavoured Markdown table.
     pub fn markdown(&self) -> String {
         let esc = |s: &String| s.replace('|', "\\|");
-        let mut out = format!("| {} |\n", self.header.iter().map(esc).collect::<Vec<_>>().join(" | "));
+        let mut out = format!(
+            "| {} |\n",
+            self.header.iter().map(esc).collect::<Vec<_>>().join(" | ")
+        );
         let align: Vec<&str> = (0..self.header.len())
             .map(|i| {
-                let numeric = !self.rows.is_empty() && self.rows.iter().all(|r| r.get(i).is_some_and(|c| is_numeric(c)));
-                if i > 0 && numeric { "---:" } else { "---" }
+                let numeric = !self.rows.is_empty()
+                    && self
+                        .rows
+                        .iter()
+                        .all(|r| r.get(i).is_some_and(|c| is_numeric(c)));
+                if i > 0 && numeric {
+                    "---:"
+                } else {
+                    "---"
+                }
             })
             .collect();
         out.push_str(&format!("|{}|\n", align.join("|")));
         for row in &self.rows {
-            out.push_str(&format!("| {} |\n", row.iter().map(esc).collect::<Vec<_>>().join(" | ")));
+            out.push_str(&format!(
+                "| {} |\n",
+                row.iter().map(esc).collect::<Vec<_>>().join(" | ")
+            ));
         }
         out
     }
@@ -113,8 +134,14 @@ mod tests {
         let mut t = Table::new(["class", "acc"]);
         t.push(["Shirt", "61.20%"]);
         t.push(["T-shirt/top", "85.00%"]);
-        assert_eq!(t.render(), "class         acc\n-----------  ------\nShirt        61.20%\nT-shirt/top  85.00%\n");
-        assert_eq!(t.markdown(), "| class | acc |\n|---|---:|\n| Shirt | 61.20% |\n| T-shirt/top | 85.00% |\n");
+        assert_eq!(
+            t.render(),
+            "class         acc\n-----------  ------\nShirt        61.20%\nT-shirt/top  85.00%\n"
+        );
+        assert_eq!(
+            t.markdown(),
+            "| class | acc |\n|---|---:|\n| Shirt | 61.20% |\n| T-shirt/top | 85.00% |\n"
+        );
     }
 
     #[test]

@@ -84,6 +84,9 @@ impl Optimizer {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
+            // A variable's gradient still references the step's forward graph: detach it, and
+            // the new state below, so no step's graph outlives the step.
+            let g = g.detach();
             let theta = slot.var.as_tensor();
             let wd = if slot.decay { c.weight_decay } else { 0.0 };
             match c.kind {
@@ -91,7 +94,7 @@ impl Optimizer {
                     let g = if c.kind == OptimizerKind::Adam && wd > 0.0 {
                         (g + theta.affine(wd, 0.0)?)?
                     } else {
-                        g.clone()
+                        g
                     };
                     let m = ((&slot.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
                     let v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
@@ -105,16 +108,16 @@ impl Optimizer {
                         theta.clone()
                     };
                     slot.var.set(&(base - update)?)?;
-                    slot.m = m;
-                    slot.v = v;
+                    slot.m = m.detach();
+                    slot.v = v.detach();
                 }
                 OptimizerKind::Sgd => {
                     let g = if wd > 0.0 {
                         (g + theta.affine(wd, 0.0)?)?
                     } else {
-                        g.clone()
+                        g
                     };
-                    let velocity = ((&slot.m * c.momentum)? + g)?;
+                    let velocity = ((&slot.m * c.momentum)? + g)?.detach();
                     slot.var.set(&(theta - (&velocity * c.lr)?)?)?;
                     slot.m = velocity;
                 }

@@ -1,0 +1,148 @@
+//! `fmnist-eval`: evaluates trained runs (tables, CSV, plots, REPORT.md).
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use fmnist_data::DataArgs;
+use fmnist_eval::report::{self, Provenance};
+use fmnist_eval::{evaluate_run, find_runs, outputs, plots, Evaluation};
+use fmnist_train::run::write_atomic;
+use fmnist_train::{select_device, DeviceChoice};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Evaluates every run under the results folder (or the runs given) on the test set: prints
+/// per-class accuracy, the confusion matrix, the train/val/test gap and the comparison across
+/// runs; writes metrics.json, per_class.csv, confusion.csv, predictions.csv, gap.csv and plots
+/// into each run, and summary.csv, comparison.png and REPORT.md into the results folder.
+#[derive(Parser, Debug)]
+#[command(name = "fmnist-eval", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Folder holding the runs (any folder with config.json + model.safetensors, at any depth).
+    #[arg(long, value_name = "DIR", default_value = "results", global = true)]
+    results: PathBuf,
+    /// Evaluate only this run directory (repeatable).
+    #[arg(long, value_name = "DIR")]
+    run: Vec<PathBuf>,
+    /// Evaluate this checkpoint (its run's config.json must sit beside it).
+    #[arg(long, value_name = "FILE", conflicts_with = "run")]
+    checkpoint: Option<PathBuf>,
+    /// Print the confusion matrix as row shares instead of counts.
+    #[arg(long)]
+    normalize: bool,
+    /// Skip the plots (faster; tables, CSV and JSON are still written).
+    #[arg(long)]
+    no_plots: bool,
+    /// Device to evaluate on.
+    #[arg(long, value_enum, default_value_t, global = true)]
+    device: DeviceChoice,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(command) = cli.command {
+        match command {}
+    }
+    let (device, _) = select_device(cli.device)?;
+    let runs: Vec<(String, PathBuf)> = if let Some(file) = &cli.checkpoint {
+        let dir = file.parent().context("the checkpoint has no folder")?;
+        if !file.is_file() {
+            bail!("{}: no such checkpoint", file.display());
+        }
+        if file.file_name().is_some_and(|n| n != "model.safetensors") {
+            bail!("{}: evaluation reads a run's model.safetensors (its best checkpoint); point --run at the run folder instead", file.display());
+        }
+        vec![(dir.display().to_string(), dir.to_path_buf())]
+    } else if !cli.run.is_empty() {
+        cli.run
+            .iter()
+            .map(|d| (d.display().to_string(), d.clone()))
+            .collect()
+    } else {
+        if !cli.results.is_dir() {
+            bail!("{} does not exist: train first with `cargo xtask train-all` (or `cargo run --release -p fmnist-train -- --model cnn`)", cli.results.display());
+        }
+        let runs = find_runs(&cli.results)?;
+        if runs.is_empty() {
+            bail!("no runs under {}: train first with `cargo xtask train-all` (or `cargo run --release -p fmnist-train -- --model cnn`)", cli.results.display());
+        }
+        runs
+    };
+    let data = cli.data.load()?;
+    let mut evals: Vec<Evaluation> = Vec::new();
+    for (name, dir) in &runs {
+        eprintln!("evaluating {name} ...");
+        evals.push(
+            evaluate_run(dir, name, &data, &device)
+                .with_context(|| format!("evaluating {}", dir.display()))?,
+        );
+    }
+    for e in &evals {
+        outputs::write_run_outputs(e, &data, &device, !cli.no_plots)?;
+        println!("{}", report::run_text(e, cli.normalize));
+    }
+    println!("== comparison ==");
+    println!("{}", report::comparison_table(&evals).render());
+    if let Some(t) = report::seeds_table(&evals) {
+        println!("== over seeds (mean ± sample std) ==");
+        println!("{}", t.render());
+    }
+    if cli.run.is_empty() && cli.checkpoint.is_none() {
+        let root = &cli.results;
+        write_atomic(&root.join("summary.csv"), &report::summary_csv(&evals)?)?;
+        if !cli.no_plots {
+            let rows: Vec<(String, f64, f64)> = comparison_rows(&evals);
+            plots::comparison(&root.join("comparison"), &rows)?;
+            outputs::write_samples(root, &data)?;
+        }
+        let command = std::env::var("FMNIST_REPORT_COMMAND")
+            .unwrap_or_else(|_| "cargo run -p fmnist-eval".into());
+        let md = report::markdown(&evals, root, &Provenance::detect(command));
+        write_atomic(&root.join("REPORT.md"), md.as_bytes())?;
+        println!(
+            "wrote {} and {}",
+            root.join("summary.csv").display(),
+            root.join("REPORT.md").display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One bar per run, or per seed group (mean ± std), for the comparison plot.
+fn comparison_rows(evals: &[Evaluation]) -> Vec<(String, f64, f64)> {
+    let groups = report::seed_groups(evals);
+    let mut rows: Vec<(String, f64, f64)> = Vec::new();
+    for e in evals {
+        match e.name.rsplit_once('/') {
+            Some((group, last)) if last.starts_with("seed-") => {
+                if rows.iter().any(|r| r.0 == format!("{group} (seeds)")) {
+                    continue;
+                }
+                let accs: Vec<f64> = groups[group].iter().map(|g| g.gap.test.accuracy).collect();
+                let (m, s) = fmnist_eval::metrics::mean_std(&accs);
+                rows.push((format!("{group} (seeds)"), m, s));
+            }
+            _ => rows.push((e.name.clone(), e.gap.test.accuracy, 0.0)),
+        }
+    }
+    rows
+}
