@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn subset_is_balanced() {
-        let labels = vec![0u8, 1].repeat(500);
+        let labels = [0u8, 1].repeat(500);
         let s = stratified_subset(&labels, 2, 100, 1);
         assert_eq!(s.len(), 100);
         assert_eq!(s.iter().filter(|&&i| labels[i as usize] == 0).count(), 50);

@@ -4,6 +4,7 @@ pub mod evaluate;
 pub mod metrics;
 pub mod outputs;
 pub mod plots;
+pub mod predict;
 pub mod report;
 pub mod table;
 

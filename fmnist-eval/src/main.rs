@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use fmnist_data::DataArgs;
+use fmnist_eval::predict::{self, predict_files, Invert, PredictOptions};
 use fmnist_eval::report::{self, Provenance};
-use fmnist_eval::{evaluate_run, find_runs, outputs, plots, Evaluation};
+use fmnist_eval::{evaluate_run, find_runs, load_run, outputs, plots, Evaluation};
 use fmnist_train::run::write_atomic;
 use fmnist_train::{select_device, DeviceChoice};
 
@@ -45,7 +46,35 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Classify your own images (files or directories): the top classes with probabilities.
+    Predict(PredictArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PredictArgs {
+    /// Image files (PNG, JPEG, BMP, WebP, GIF, TIFF) or directories of them.
+    #[arg(required = true, value_name = "IMAGE")]
+    paths: Vec<PathBuf>,
+    /// Run whose best checkpoint classifies. Default: the run under --results with the best test accuracy.
+    #[arg(long, value_name = "DIR")]
+    run: Option<PathBuf>,
+    /// How many classes to show per image.
+    #[arg(long, default_value_t = 3)]
+    top: usize,
+    /// Mark predictions whose top probability is below this as needing review.
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f32,
+    /// Flip a photo so the item is light on dark, like the training data.
+    #[arg(long, value_enum, default_value_t)]
+    invert: Invert,
+    /// Print JSON (one array of results) instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Write the 28x28 image the model saw for each input into DIR.
+    #[arg(long, value_name = "DIR")]
+    save_preprocessed: Option<PathBuf>,
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -59,10 +88,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Some(command) = cli.command {
-        match command {}
-    }
     let (device, _) = select_device(cli.device)?;
+    if let Some(Command::Predict(args)) = &cli.command {
+        return predict(args, &cli.results, &device);
+    }
     let runs: Vec<(String, PathBuf)> = if let Some(file) = &cli.checkpoint {
         let dir = file.parent().context("the checkpoint has no folder")?;
         if !file.is_file() {
@@ -125,6 +154,67 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn predict(
+    args: &PredictArgs,
+    results: &std::path::Path,
+    device: &candle::Device,
+) -> anyhow::Result<ExitCode> {
+    let dir = match &args.run {
+        Some(d) => d.clone(),
+        None => best_run(results)?,
+    };
+    let (config, model) = load_run(&dir, device)?;
+    let options = PredictOptions {
+        top: args.top,
+        threshold: args.threshold,
+        invert: args.invert,
+        save_preprocessed: args.save_preprocessed.clone(),
+    };
+    let predictions = predict_files(
+        &model,
+        config.normalizer,
+        &config.class_names,
+        &args.paths,
+        &options,
+        device,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&predictions)?);
+    } else {
+        eprintln!("model: {} ({})", dir.display(), config.train.model);
+        for p in &predictions {
+            if p.error.is_some() {
+                eprintln!("{}", predict::describe(p));
+            } else {
+                println!("{}", predict::describe(p));
+            }
+        }
+    }
+    let failed = predictions.iter().filter(|p| p.error.is_some()).count();
+    if failed > 0 {
+        eprintln!("{failed} of {} inputs failed", predictions.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The run under `results` with the best test accuracy (from its summary.json).
+fn best_run(results: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let runs = if results.is_dir() {
+        find_runs(results)?
+    } else {
+        Vec::new()
+    };
+    runs.into_iter()
+        .filter_map(|(_, dir)| {
+            let s: fmnist_train::RunSummary = fmnist_train::run::read_json(&dir.join("summary.json")).ok()?;
+            Some((s.test.accuracy, dir))
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, dir)| dir)
+        .with_context(|| format!("no finished run under {} to classify with: train one (`cargo xtask train-all`) or pass --run DIR", results.display()))
 }
 
 /// One bar per run, or per seed group (mean ± std), for the comparison plot.

@@ -169,8 +169,8 @@ fn write_into(
                 let mut header = vec!["actual \\ predicted".to_string()];
                 header.extend(names.iter().cloned());
                 w.write_record(&header)?;
-                for t in 0..k {
-                    let mut row = vec![names[t].clone()];
+                for (t, name) in names.iter().enumerate() {
+                    let mut row = vec![name.clone()];
                     if normalized {
                         row.extend(
                             e.confusion

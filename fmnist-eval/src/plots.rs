@@ -83,17 +83,12 @@ where
     let (left, right) = root.split_horizontally(550);
     let epochs = h.len().max(1) as f64;
     let x_range = 0.5..epochs + 0.5;
-    let panels: [(&Area<DB>, &str, Box<dyn Fn(&EpochRecord) -> (f64, f64)>); 2] = [
-        (
-            &left,
-            "loss",
-            Box::new(|r: &EpochRecord| (r.train_loss, r.val_loss)),
-        ),
-        (
-            &right,
-            "accuracy (%)",
-            Box::new(|r: &EpochRecord| (100.0 * r.train_acc, 100.0 * r.val_acc)),
-        ),
+    type Pick = fn(&EpochRecord) -> (f64, f64);
+    let panels: [(&Area<DB>, &str, Pick); 2] = [
+        (&left, "loss", |r| (r.train_loss, r.val_loss)),
+        (&right, "accuracy (%)", |r| {
+            (100.0 * r.train_acc, 100.0 * r.val_acc)
+        }),
     ];
     for (area, label, get) in panels {
         let values: Vec<f64> = h
@@ -442,6 +437,7 @@ pub fn probability_bars(
             chart
                 .configure_mesh()
                 .disable_y_mesh()
+                .light_line_style(WHITE.mix(0.0))
                 .y_labels(k)
                 .label_style((FONT, 12))
                 .y_label_formatter(&|v| class_label(classes, v, true))

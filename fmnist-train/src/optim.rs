@@ -250,6 +250,35 @@ mod tests {
     }
 
     #[test]
+    fn state_keeps_no_graph_between_steps() {
+        // The gradient of a weight used after an op references the forward graph; state built
+        // from it must not, or every step's graph stays alive (memory grows all epoch).
+        for kind in [
+            OptimizerKind::Adam,
+            OptimizerKind::Adamw,
+            OptimizerKind::Sgd,
+        ] {
+            let var =
+                Var::from_tensor(&Tensor::new(&[[1f32, -2.0]], &Device::Cpu).unwrap()).unwrap();
+            let x = Tensor::new(&[[3f32], [4.0]], &Device::Cpu).unwrap();
+            let mut opt =
+                Optimizer::new(config(kind, 0.1), vec![("w".into(), var.clone())]).unwrap();
+            let loss = var
+                .as_tensor()
+                .matmul(&x)
+                .unwrap()
+                .relu()
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            opt.step(&loss.backward().unwrap()).unwrap();
+            for s in &opt.slots {
+                assert!(!s.m.track_op() && !s.v.track_op(), "{kind:?} keeps a graph");
+            }
+        }
+    }
+
+    #[test]
     fn state_round_trips_through_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("opt.safetensors");

@@ -1,0 +1,163 @@
+//! The `fmnist-eval` binary: an empty results folder is a clear error, and the numbers it
+//! prints agree with metrics.json, per_class.csv, confusion.csv and summary.csv.
+use std::path::Path;
+use std::process::Command;
+
+use candle::Device;
+use fmnist_data::idx::{encode_images, encode_labels};
+use fmnist_data::{DataSource, FashionMnist, ImageSet, Origin, FASHION_MNIST_CLASSES};
+use fmnist_models::ModelKind;
+use fmnist_train::{Preset, RunOptions, TrainConfig};
+
+/// Images whose class is a bright band at row 2c, plus pseudo-random noise.
+fn set(n: usize, salt: usize) -> ImageSet {
+    let mut pixels = Vec::with_capacity(n * 784);
+    for i in 0..n {
+        let c = i % 10;
+        for p in 0..784 {
+            let row = p / 28;
+            pixels.push(if row >= 2 * c && row < 2 * c + 4 {
+                200
+            } else {
+                ((p * 7919 + i * 104_729 + salt) % 160) as u8
+            });
+        }
+    }
+    ImageSet {
+        rows: 28,
+        cols: 28,
+        pixels,
+        labels: (0..n).map(|i| (i % 10) as u8).collect(),
+    }
+}
+
+fn eval(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fmnist-eval"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_empty_results_folder_says_what_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = eval(&["--results", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no runs under") && err.contains("cargo xtask train-all"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "wrote into an empty results folder"
+    );
+}
+
+fn write_data(dir: &Path, data: &FashionMnist) {
+    let files = [
+        (
+            "train-images-idx3-ubyte",
+            encode_images(data.train.len(), 28, 28, &data.train.pixels),
+        ),
+        ("train-labels-idx1-ubyte", encode_labels(&data.train.labels)),
+        (
+            "t10k-images-idx3-ubyte",
+            encode_images(data.test.len(), 28, 28, &data.test.pixels),
+        ),
+        ("t10k-labels-idx1-ubyte", encode_labels(&data.test.labels)),
+    ];
+    for (name, bytes) in files {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+#[test]
+fn printed_numbers_json_and_csv_agree() {
+    let names: Vec<String> = FASHION_MNIST_CLASSES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let data = FashionMnist {
+        source: DataSource {
+            dir: "synthetic".into(),
+            origin: Origin::Flag,
+        },
+        train: set(300, 0),
+        test: set(200, 1),
+        class_names: names.clone(),
+        verified: false,
+    };
+    let (data_dir, results) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_data(data_dir.path(), &data);
+    let mut c = TrainConfig::preset(ModelKind::Mlp, Preset::Study);
+    c.epochs = 1;
+    c.batch_size = 32;
+    let run = results.path().join("mlp");
+    fmnist_train::train(&c, &data, &run, &Device::Cpu, &RunOptions::default()).unwrap();
+    let out = eval(&[
+        "--results",
+        results.path().to_str().unwrap(),
+        "--data-dir",
+        data_dir.path().to_str().unwrap(),
+        "--verify",
+        "none",
+        "--class-names",
+        &names.join(","),
+        "--no-plots",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    let acc = metrics["gap"]["test"]["accuracy"].as_f64().unwrap();
+    let confusion: Vec<Vec<u64>> = serde_json::from_value(metrics["confusion"].clone()).unwrap();
+    let total: u64 = confusion.iter().flatten().sum();
+    let diagonal: u64 = (0..10).map(|i| confusion[i][i]).sum();
+    assert_eq!(total, 200);
+    assert!((diagonal as f64 / total as f64 - acc).abs() < 1e-12);
+    assert!(
+        stdout.contains(&format!("test accuracy {:.2}%", 100.0 * acc)),
+        "{stdout}"
+    );
+
+    let mut csv = csv::Reader::from_path(run.join("confusion.csv")).unwrap();
+    let rows: Vec<Vec<u64>> = csv
+        .records()
+        .map(|r| {
+            r.unwrap()
+                .iter()
+                .skip(1)
+                .map(|v| v.parse().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows, confusion);
+
+    let mut per_class = csv::Reader::from_path(run.join("per_class.csv")).unwrap();
+    for (i, record) in per_class.records().enumerate() {
+        let record = record.unwrap();
+        assert_eq!(&record[0], names[i]);
+        let recall: f64 = record[3].parse().unwrap();
+        assert_eq!(recall, metrics["per_class"][i]["recall"].as_f64().unwrap());
+        let support: u64 = record[5].parse().unwrap();
+        assert_eq!(support, confusion[i].iter().sum::<u64>());
+    }
+
+    let mut summary = csv::Reader::from_path(results.path().join("summary.csv")).unwrap();
+    let headers = summary.headers().unwrap().clone();
+    let row = summary.records().next().unwrap().unwrap();
+    let col = |name: &str| row[headers.iter().position(|h| h == name).unwrap()].to_string();
+    assert_eq!(col("run"), "mlp");
+    assert_eq!(col("test_acc").parse::<f64>().unwrap(), acc);
+    let report = std::fs::read_to_string(results.path().join("REPORT.md")).unwrap();
+    assert!(
+        report.contains(&format!("Test accuracy **{:.2}%**", 100.0 * acc)),
+        "{report}"
+    );
+}
