@@ -19,6 +19,25 @@ pub trait Net: Send + Sync {
     }
 }
 
+/// 2x2 max-pooling with stride 2, flooring odd sizes as PyTorch and Keras do.
+///
+/// Built from a reshape and two `max` reductions instead of candle's `max_pool2d`, whose
+/// backward (candle 0.11) is wrong twice: it multiplies the gradient by the share of maxima
+/// in the window (1/4 for a unique maximum) instead of dividing by their count, and for an
+/// odd input size its nearest-neighbour upsampling is misaligned with the windows, so the
+/// gradient lands on the wrong pixels. The reduction's backward routes the whole gradient to
+/// the maximum.
+pub fn max_pool2(x: &Tensor) -> candle::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (ph, pw) = (h / 2, w / 2);
+    let x = if h % 2 == 1 || w % 2 == 1 {
+        x.narrow(2, 0, 2 * ph)?.narrow(3, 0, 2 * pw)?.contiguous()?
+    } else {
+        x.contiguous()?
+    };
+    x.reshape((n, c, ph, 2, pw, 2))?.max(5)?.max(3)
+}
+
 const PAD1: Conv2dConfig = Conv2dConfig {
     padding: 1,
     stride: 1,
@@ -57,8 +76,8 @@ impl Cnn {
 
 impl Net for Cnn {
     fn forward_t(&self, x: &Tensor, _train: bool) -> candle::Result<Tensor> {
-        let x = self.conv1.forward(x)?.max_pool2d(2)?.relu()?; // 32x13x13
-        let x = self.conv2.forward(&x)?.max_pool2d(2)?.relu()?; // 32x5x5
+        let x = self.conv1.forward(x)?.apply(&max_pool2)?.relu()?; // 32x13x13
+        let x = self.conv2.forward(&x)?.apply(&max_pool2)?.relu()?; // 32x5x5
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
         self.fc2.forward(&x)
     }
@@ -146,8 +165,8 @@ impl CnnWide {
 
 impl Net for CnnWide {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        let x = self.conv1.forward(x)?.max_pool2d(2)?.relu()?; // 32x14x14
-        let x = self.conv2.forward(&x)?.max_pool2d(2)?.relu()?; // 64x7x7
+        let x = self.conv1.forward(x)?.apply(&max_pool2)?.relu()?; // 32x14x14
+        let x = self.conv2.forward(&x)?.apply(&max_pool2)?.relu()?; // 64x7x7
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
         self.fc2.forward(&self.dropout.forward_t(&x, train)?)
     }
@@ -212,12 +231,12 @@ impl CnnDeep {
 
 impl Net for CnnDeep {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        let x = self.stage1.forward_t(x, train)?.max_pool2d(2)?.relu()?; // 32x14x14
+        let x = self.stage1.forward_t(x, train)?.apply(&max_pool2)?.relu()?; // 32x14x14
         let x = self.drop_conv.forward_t(&x, train)?;
-        let x = self.stage2.forward_t(&x, train)?.max_pool2d(2)?.relu()?; // 64x7x7
+        let x = self.stage2.forward_t(&x, train)?.apply(&max_pool2)?.relu()?; // 64x7x7
         let x = self.drop_conv.forward_t(&x, train)?;
         let x = self.stage3a.forward_t(&x, train)?.relu()?;
-        let x = self.stage3b.forward_t(&x, train)?.max_pool2d(2)?.relu()?; // 128x3x3
+        let x = self.stage3b.forward_t(&x, train)?.apply(&max_pool2)?.relu()?; // 128x3x3
         let x = self.drop_conv.forward_t(&x, train)?;
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
         self.fc2.forward(&self.drop_fc.forward_t(&x, train)?)
