@@ -26,6 +26,20 @@ impl Table {
         self.rows.push(row.into_iter().map(Into::into).collect());
     }
 
+    /// Columns (after the first) whose cells are all numbers, blanks or dashes: right-aligned.
+    fn numeric_columns(&self) -> Vec<bool> {
+        (0..self.header.len())
+            .map(|i| {
+                i > 0
+                    && !self.rows.is_empty()
+                    && self.rows.iter().all(|r| {
+                        r.get(i)
+                            .is_none_or(|c| c.is_empty() || c == "-" || is_numeric(c))
+                    })
+            })
+            .collect()
+    }
+
     fn widths(&self) -> Vec<usize> {
         let mut w: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {
@@ -41,16 +55,17 @@ impl Table {
     /// Aligned text, two spaces between columns.
     pub fn render(&self) -> String {
         let w = self.widths();
+        let numeric = self.numeric_columns();
         let line = |cells: &[String]| {
             let parts: Vec<String> = cells
                 .iter()
                 .enumerate()
                 .map(|(i, c)| {
-                    let pad = w[i].saturating_sub(c.chars().count());
-                    if i > 0 && is_numeric(c) {
-                        format!("{}{c}", " ".repeat(pad))
+                    let pad = " ".repeat(w[i].saturating_sub(c.chars().count()));
+                    if numeric[i] {
+                        format!("{pad}{c}")
                     } else {
-                        format!("{c}{}", " ".repeat(pad))
+                        format!("{c}{pad}")
                     }
                 })
                 .collect();
@@ -79,19 +94,10 @@ impl Table {
             "| {} |\n",
             self.header.iter().map(esc).collect::<Vec<_>>().join(" | ")
         );
-        let align: Vec<&str> = (0..self.header.len())
-            .map(|i| {
-                let numeric = !self.rows.is_empty()
-                    && self
-                        .rows
-                        .iter()
-                        .all(|r| r.get(i).is_some_and(|c| is_numeric(c)));
-                if i > 0 && numeric {
-                    "---:"
-                } else {
-                    "---"
-                }
-            })
+        let align: Vec<&str> = self
+            .numeric_columns()
+            .iter()
+            .map(|&n| if n { "---:" } else { "---" })
             .collect();
         out.push_str(&format!("|{}|\n", align.join("|")));
         for row in &self.rows {
@@ -136,7 +142,7 @@ mod tests {
         t.push(["T-shirt/top", "85.00%"]);
         assert_eq!(
             t.render(),
-            "class         acc\n-----------  ------\nShirt        61.20%\nT-shirt/top  85.00%\n"
+            "class           acc\n-----------  ------\nShirt        61.20%\nT-shirt/top  85.00%\n"
         );
         assert_eq!(
             t.markdown(),

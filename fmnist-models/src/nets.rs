@@ -233,10 +233,18 @@ impl Net for CnnDeep {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         let x = self.stage1.forward_t(x, train)?.apply(&max_pool2)?.relu()?; // 32x14x14
         let x = self.drop_conv.forward_t(&x, train)?;
-        let x = self.stage2.forward_t(&x, train)?.apply(&max_pool2)?.relu()?; // 64x7x7
+        let x = self
+            .stage2
+            .forward_t(&x, train)?
+            .apply(&max_pool2)?
+            .relu()?; // 64x7x7
         let x = self.drop_conv.forward_t(&x, train)?;
         let x = self.stage3a.forward_t(&x, train)?.relu()?;
-        let x = self.stage3b.forward_t(&x, train)?.apply(&max_pool2)?.relu()?; // 128x3x3
+        let x = self
+            .stage3b
+            .forward_t(&x, train)?
+            .apply(&max_pool2)?
+            .relu()?; // 128x3x3
         let x = self.drop_conv.forward_t(&x, train)?;
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
         self.fc2.forward(&self.drop_fc.forward_t(&x, train)?)

@@ -181,13 +181,26 @@ fn a_few_adam_steps_lower_the_loss_of_every_model() {
 fn max_pool_gradient_is_right_on_odd_sizes() {
     // 3x3 input: floor pooling reads only the top-left 2x2 window, whose maximum is 5 at (1, 0).
     let x = candle::Var::from_tensor(
-        &Tensor::new(&[[[[1f32, 2.0, 9.0], [5.0, 3.0, 8.0], [7.0, 6.0, 4.0]]]], &Device::Cpu).unwrap(),
+        &Tensor::new(
+            &[[[[1f32, 2.0, 9.0], [5.0, 3.0, 8.0], [7.0, 6.0, 4.0]]]],
+            &Device::Cpu,
+        )
+        .unwrap(),
     )
     .unwrap();
     let y = fmnist_models::nets::max_pool2(x.as_tensor()).unwrap();
-    assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![5.0]);
+    assert_eq!(
+        y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        vec![5.0]
+    );
     let grads = y.sum_all().unwrap().backward().unwrap();
-    let g = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let g = grads
+        .get(x.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert_eq!(g, vec![0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
 }
 
@@ -205,20 +218,38 @@ fn analytic_gradients_match_finite_differences() {
         };
         let grads = loss().backward().unwrap();
         for (name, var) in m.trainable_vars() {
-            let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let w = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let i = (0..g.len()).max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs())).unwrap();
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let w = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let i = (0..g.len())
+                .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
+                .unwrap();
             let at = |delta: f32| {
                 let mut v = w.clone();
                 v[i] += delta;
-                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
                 loss().to_scalar::<f32>().unwrap()
             };
             let eps = 5e-3;
             let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
             at(0.0);
             let rel = (g[i] - numeric).abs() / g[i].abs().max(1e-4);
-            assert!(rel < 0.15, "{kind} {name}[{i}]: analytic {} vs numeric {numeric}", g[i]);
+            assert!(
+                rel < 0.15,
+                "{kind} {name}[{i}]: analytic {} vs numeric {numeric}",
+                g[i]
+            );
         }
     }
 }

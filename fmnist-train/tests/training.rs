@@ -8,7 +8,8 @@ use fmnist_data::{DataArgs, DataSource, FashionMnist, ImageSet, Origin, FASHION_
 use fmnist_models::ModelKind;
 use fmnist_train::{EpochRecord, Preset, RunDir, RunOptions, TrainConfig};
 
-/// 500 images whose class is a bright 4-pixel-high band at row 2c, plus pseudo-random noise.
+/// 500 images whose class is a bright band two pixels high at rows 2c+3 and 2c+4, plus
+/// pseudo-random noise.
 fn synthetic() -> FashionMnist {
     let set = |n: usize, salt: usize| {
         let mut pixels = Vec::with_capacity(n * 784);
@@ -18,7 +19,7 @@ fn synthetic() -> FashionMnist {
             for p in 0..784 {
                 let noise = ((p * 7919 + i * 104_729 + salt) % 97) as u8;
                 let row = p / 28;
-                pixels.push(if row >= 2 * c && row < 2 * c + 4 {
+                pixels.push(if row == 2 * c + 3 || row == 2 * c + 4 {
                     200
                 } else {
                     noise
