@@ -11,6 +11,16 @@ fn batch(b: usize) -> Tensor {
     Tensor::from_vec(v, (b, 1, 28, 28), &Device::Cpu).unwrap()
 }
 
+/// The flattened output of `m` on `x`.
+fn outputs(m: &Model, x: &Tensor, train: bool) -> Vec<f32> {
+    m.forward_t(x, train)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
 #[test]
 fn shapes_and_exact_parameter_counts() {
     let expected = [
@@ -32,14 +42,11 @@ fn shapes_and_exact_parameter_counts() {
 #[test]
 fn same_seed_same_parameters_other_seed_other_parameters() {
     let logits = |seed| {
-        Model::new(ModelKind::Cnn, seed, &Device::Cpu)
-            .unwrap()
-            .forward_t(&batch(2), false)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
+        outputs(
+            &Model::new(ModelKind::Cnn, seed, &Device::Cpu).unwrap(),
+            &batch(2),
+            false,
+        )
     };
     assert_eq!(logits(7), logits(7));
     assert_ne!(logits(7), logits(8));
@@ -55,14 +62,7 @@ fn eval_mode_is_deterministic_and_differs_from_train_mode() {
     ] {
         let m = Model::new(kind, 1, &Device::Cpu).unwrap();
         let x = batch(4);
-        let out = |train| {
-            m.forward_t(&x, train)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        };
+        let out = |train| outputs(&m, &x, train);
         let e1 = out(false);
         let t = out(true);
         let e2 = out(false);
@@ -90,20 +90,8 @@ fn checkpoint_round_trip_gives_identical_logits() {
     let mut b = Model::new(ModelKind::CnnDeep, 99, &Device::Cpu).unwrap();
     b.load(&path).unwrap();
     let x = batch(5);
-    let la = a
-        .forward_t(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let lb = b
-        .forward_t(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let la = outputs(&a, &x, false);
+    let lb = outputs(&b, &x, false);
     assert_eq!(la, lb);
 }
 
