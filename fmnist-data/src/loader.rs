@@ -81,6 +81,27 @@ pub struct Augment {
     pub erase: f32,
 }
 
+impl std::fmt::Display for Augment {
+    /// E.g. `translate ±2 px, flip, erase p=0.5`, or `none`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if self.translate > 0 {
+            parts.push(format!("translate ±{} px", self.translate));
+        }
+        if self.hflip {
+            parts.push("flip".to_string());
+        }
+        if self.erase > 0.0 {
+            parts.push(format!("erase p={}", self.erase));
+        }
+        if parts.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
+}
+
 impl Augment {
     pub fn is_off(&self) -> bool {
         self.translate == 0 && !self.hflip && self.erase <= 0.0

@@ -96,7 +96,7 @@ pub fn confused_pairs(e: &Evaluation, n: usize) -> Vec<String> {
 pub fn run_text(e: &Evaluation, normalized: bool) -> String {
     let c = &e.config.train;
     let mut out = format!(
-        "== {}: {} ({:?} preset, seed {}, {} params) ==\ntest accuracy {}  loss {:.4}  macro F1 {}  ECE {:.2}%  inference {} img/s\n\n",
+        "== {}: {} ({} preset, seed {}, {} params) ==\ntest accuracy {}  loss {:.4}  macro F1 {}  ECE {:.2}%  inference {} img/s\n\n",
         e.name,
         c.model,
         c.preset,
@@ -404,7 +404,7 @@ pub fn markdown(evals: &[Evaluation], root: &Path, prov: &Provenance) -> String 
         let c = &e.config.train;
         md.push_str(&format!("\n## {}\n\n", e.name));
         md.push_str(&format!(
-            "Model `{}` ({} parameters), preset `{:?}`, seed {}: {} epochs (best on validation: {}), {:?} lr {:.0e}, batch {}, schedule {:?}, weight decay {}, label smoothing {}, augmentation {:?}{}.\n\n",
+            "Model `{}` ({} parameters), preset `{}`, seed {}: {} epochs (best on validation: {}), {} lr {:.0e}, batch {}, schedule {}, weight decay {}, label smoothing {}, augmentation: {}{}.\n\n",
             c.model,
             thousands(e.config.param_count as f64),
             c.preset,

@@ -5,10 +5,12 @@
 //! Parameters are drawn from a seeded generator (PyTorch's default schemes), so the
 //! same seed gives the same network on every machine.
 pub mod builder;
+pub mod kernels;
 pub mod kind;
 pub mod model;
 pub mod nets;
 
 pub use builder::{Builder, Dropout};
+pub use kernels::{set_kernels, Kernels};
 pub use kind::ModelKind;
 pub use model::Model;

@@ -7,6 +7,7 @@ use candle_nn::rnn::RNN;
 use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear, LSTM};
 
 use crate::builder::{Builder, Dropout};
+pub use crate::kernels::max_pool2;
 
 /// A network of the registry.
 pub trait Net: Send + Sync {
@@ -17,25 +18,6 @@ pub trait Net: Send + Sync {
     fn first_feature_maps(&self, _x: &Tensor) -> candle::Result<Option<Tensor>> {
         Ok(None)
     }
-}
-
-/// 2x2 max-pooling with stride 2, flooring odd sizes as PyTorch and Keras do.
-///
-/// Built from a reshape and two `max` reductions instead of candle's `max_pool2d`, whose
-/// backward (candle 0.11) is wrong twice: it multiplies the gradient by the share of maxima
-/// in the window (1/4 for a unique maximum) instead of dividing by their count, and for an
-/// odd input size its nearest-neighbour upsampling is misaligned with the windows, so the
-/// gradient lands on the wrong pixels. The reduction's backward routes the whole gradient to
-/// the maximum.
-pub fn max_pool2(x: &Tensor) -> candle::Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let (ph, pw) = (h / 2, w / 2);
-    let x = if h % 2 == 1 || w % 2 == 1 {
-        x.narrow(2, 0, 2 * ph)?.narrow(3, 0, 2 * pw)?.contiguous()?
-    } else {
-        x.contiguous()?
-    };
-    x.reshape((n, c, ph, 2, pw, 2))?.max(5)?.max(3)
 }
 
 const PAD1: Conv2dConfig = Conv2dConfig {

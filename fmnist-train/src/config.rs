@@ -45,6 +45,22 @@ pub enum ScheduleKind {
     Plateau,
 }
 
+/// Displays a command-line enum by its flag value (`study`, `one-cycle`, ...).
+macro_rules! display_as_flag {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                use clap::ValueEnum;
+                match self.to_possible_value() {
+                    Some(v) => f.write_str(v.get_name()),
+                    None => write!(f, "{self:?}"),
+                }
+            }
+        }
+    )*};
+}
+display_as_flag!(Preset, OptimizerKind, ScheduleKind);
+
 /// The resolved configuration of one training run (saved as `config.json` beside the checkpoint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

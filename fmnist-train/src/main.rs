@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use fmnist_data::DataArgs;
-use fmnist_models::ModelKind;
+use fmnist_models::{Kernels, ModelKind};
 use fmnist_train::{
     select_device, DeviceChoice, Overrides, Preset, RunOptions, RunSummary, TrainConfig,
 };
@@ -51,6 +51,9 @@ struct Cli {
     /// CPU threads (default: candle's choice, the physical cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// CPU kernels: `fused` (hand-fused where candle is slow) or `generic` (candle's operations).
+    #[arg(long, value_enum, default_value_t)]
+    kernels: Kernels,
     /// No progress bar (one line per epoch is still printed).
     #[arg(long)]
     no_progress: bool,
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     fmnist_train::device::set_threads(cli.threads);
+    fmnist_models::set_kernels(cli.kernels);
     let (device, why) = select_device(cli.device)?;
     let data = cli.data.load()?;
     println!(

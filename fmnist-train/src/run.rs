@@ -19,6 +19,9 @@ pub struct RunConfig {
     /// The CPU threads or the device the run used (bit-for-bit repeatability depends on them).
     pub device: String,
     pub threads: usize,
+    /// The CPU kernels the run used (`fused` or `generic`).
+    #[serde(default)]
+    pub kernels: fmnist_models::Kernels,
     pub fmnist_version: String,
 }
 

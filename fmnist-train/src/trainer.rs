@@ -110,6 +110,7 @@ pub fn train(
         param_count: model.param_count(),
         device: format!("{device:?}"),
         threads: crate::device::cpu_threads(),
+        kernels: fmnist_models::kernels::kernels(),
         fmnist_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     write_json(&run.config(), &run_config)?;

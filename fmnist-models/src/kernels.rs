@@ -1,0 +1,240 @@
+//! CPU kernels fused by hand where plain candle loses time, each with the generic candle path
+//! beside it (used on CUDA and Metal, and on the CPU with `Kernels::Generic`).
+//!
+//! 2x2 max-pooling: candle's backward of `max_pool2d` builds the mask from an upsample, a
+//! comparison, an average pool, two more upsamples and two products over the largest
+//! activation of the network. The fused kernel finds each window's maximum once forward and
+//! routes the gradient to it in one pass backward.
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use candle::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+
+/// Which implementation of the hand-fused operations runs.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kernels {
+    /// The fused CPU kernels where the tensor is f32 on the CPU, the generic path elsewhere.
+    #[default]
+    Fused,
+    /// candle's generic operations everywhere.
+    Generic,
+}
+
+static KERNELS: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses the kernels for the whole process.
+pub fn set_kernels(k: Kernels) {
+    KERNELS.store(k as u8, Ordering::Relaxed);
+}
+
+/// The kernels in use.
+pub fn kernels() -> Kernels {
+    if KERNELS.load(Ordering::Relaxed) == Kernels::Generic as u8 {
+        Kernels::Generic
+    } else {
+        Kernels::Fused
+    }
+}
+
+/// 2x2 max-pooling with stride 2, flooring odd sizes as PyTorch and Keras do.
+///
+/// The generic path is built from reductions over a reshaped view rather than candle's `max_pool2d`,
+/// whose backward (candle 0.11) is wrong twice: it multiplies the gradient by the share of
+/// maxima in the window (1/4 for a unique maximum) instead of dividing by their count, and for
+/// an odd input size its nearest-neighbour upsampling is misaligned with the windows.
+pub fn max_pool2(x: &Tensor) -> candle::Result<Tensor> {
+    max_pool2_with(x, kernels())
+}
+
+/// [`max_pool2`] with the kernels given.
+pub fn max_pool2_with(x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
+    if k == Kernels::Fused && x.device().is_cpu() && x.dtype() == DType::F32 {
+        return x.contiguous()?.apply_op1(MaxPool2);
+    }
+    let (n, c, h, w) = x.dims4()?;
+    let (ph, pw) = (h / 2, w / 2);
+    let x = if h % 2 == 1 || w % 2 == 1 {
+        x.narrow(2, 0, 2 * ph)?.narrow(3, 0, 2 * pw)?.contiguous()?
+    } else {
+        x.contiguous()?
+    };
+    // max = sum over the window of x * (mask / count), with mask and count constants: the
+    // gradient is shared evenly between tied maxima (a background of equal values ties all
+    // four) instead of being given in full to each of them.
+    let x = x.reshape((n, c, ph, 2, pw, 2))?;
+    let max = x.max_keepdim(5)?.max_keepdim(3)?;
+    let mask = x.broadcast_eq(&max)?.to_dtype(x.dtype())?;
+    let count = mask.sum_keepdim(5)?.sum_keepdim(3)?;
+    let share = mask.broadcast_div(&count)?.detach();
+    (x * share)?.sum(5)?.sum(3)
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle::bail!("{what}: expects f32");
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle::bail!("{what}: expects a contiguous tensor"),
+    }
+}
+
+/// The index (within the plane) of the first maximum of window (i, j) of an `h x w` plane.
+#[inline]
+fn argmax_2x2(plane: &[f32], w: usize, i: usize, j: usize) -> usize {
+    let top = 2 * i * w + 2 * j;
+    let mut best = top;
+    for idx in [top + 1, top + w, top + w + 1] {
+        if plane[idx] > plane[best] {
+            best = idx;
+        }
+    }
+    best
+}
+
+struct MaxPool2;
+
+impl CustomOp1 for MaxPool2 {
+    fn name(&self) -> &'static str {
+        "fmnist-max-pool-2x2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let (ph, pw) = (h / 2, w / 2);
+        let x = f32_slice(s, l, "max_pool2")?;
+        let mut out = Vec::with_capacity(n * c * ph * pw);
+        for plane in x.chunks_exact(h * w) {
+            for i in 0..ph {
+                for j in 0..pw {
+                    out.push(plane[argmax_2x2(plane, w, i, j)]);
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, c, ph, pw))))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle::Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(
+            &grad_res.contiguous()?,
+            &MaxPool2Backward,
+        )?))
+    }
+}
+
+/// The gradient of [`MaxPool2`]: each window's gradient goes to its (first) maximum.
+struct MaxPool2Backward;
+
+impl CustomOp2 for MaxPool2Backward {
+    fn name(&self) -> &'static str {
+        "fmnist-max-pool-2x2-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let (ph, pw) = (h / 2, w / 2);
+        let x = f32_slice(s1, l1, "max_pool2 backward")?;
+        let g = f32_slice(s2, l2, "max_pool2 backward")?;
+        let mut out = vec![0f32; n * c * h * w];
+        for ((plane, grads), dst) in x
+            .chunks_exact(h * w)
+            .zip(g.chunks_exact(ph * pw))
+            .zip(out.chunks_exact_mut(h * w))
+        {
+            for i in 0..ph {
+                for j in 0..pw {
+                    dst[argmax_2x2(plane, w, i, j)] += grads[i * pw + j];
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle::{Device, Var};
+
+    /// Forward and input gradient of `max_pool2` under `k`, for a fixed upstream gradient.
+    fn run(k: Kernels, x: &Tensor, upstream: &Tensor) -> (Vec<f32>, Vec<f32>) {
+        let v = Var::from_tensor(x).unwrap();
+        let y = max_pool2_with(v.as_tensor(), k).unwrap();
+        let loss = (&y * upstream).unwrap().sum_all().unwrap();
+        let g = loss
+            .backward()
+            .unwrap()
+            .get(v.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        (y.flatten_all().unwrap().to_vec1().unwrap(), g)
+    }
+
+    #[test]
+    fn fused_and_generic_agree_on_random_inputs_even_and_odd() {
+        for (h, w) in [(26, 26), (11, 11), (7, 6)] {
+            let x = Tensor::randn(0f32, 1.0, (3, 4, h, w), &Device::Cpu).unwrap();
+            let up = Tensor::randn(0f32, 1.0, (3, 4, h / 2, w / 2), &Device::Cpu).unwrap();
+            let (yf, gf) = run(Kernels::Fused, &x, &up);
+            let (yg, gg) = run(Kernels::Generic, &x, &up);
+            assert_eq!(yf, yg, "{h}x{w} forward");
+            for (a, b) in gf.iter().zip(&gg) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0),
+                    "{h}x{w} gradient {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tied_maxima_share_the_gradient_in_the_generic_path_and_the_first_takes_it_when_fused() {
+        let x = Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap();
+        let up = Tensor::new(&[[[[1f32]]]], &Device::Cpu).unwrap();
+        assert_eq!(run(Kernels::Generic, &x, &up).1, vec![0.25; 4]);
+        assert_eq!(run(Kernels::Fused, &x, &up).1, vec![1.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn gradient_goes_to_the_maximum_of_each_window() {
+        let x = Tensor::new(
+            &[[[[1f32, 2.0, 9.0], [5.0, 3.0, 8.0], [7.0, 6.0, 4.0]]]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let up = Tensor::new(&[[[[2f32]]]], &Device::Cpu).unwrap();
+        for k in [Kernels::Fused, Kernels::Generic] {
+            let (y, g) = run(k, &x, &up);
+            assert_eq!(y, vec![5.0], "{k:?}");
+            assert_eq!(
+                g,
+                vec![0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                "{k:?}"
+            );
+        }
+    }
+}
