@@ -90,7 +90,7 @@ where
             (100.0 * r.train_acc, 100.0 * r.val_acc)
         }),
     ];
-    for (area, label, get) in panels {
+    for (i, (area, label, get)) in panels.into_iter().enumerate() {
         let values: Vec<f64> = h
             .iter()
             .flat_map(|r| {
@@ -145,7 +145,11 @@ where
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(if i == 0 {
+                SeriesLabelPosition::UpperRight
+            } else {
+                SeriesLabelPosition::LowerRight
+            })
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.3))
             .label_font((FONT, 14))
@@ -280,6 +284,7 @@ where
         .build_cartesian_2d(0.0..1.0f64, 0.0..1.0f64)?;
     chart
         .configure_mesh()
+        .light_line_style(WHITE.mix(0.0))
         .x_desc("confidence (largest probability)")
         .y_desc("accuracy")
         .label_style((FONT, 13))
@@ -486,16 +491,19 @@ where
     let n = rows.len().max(1);
     let lo = rows.iter().map(|r| r.1 - r.2).fold(1.0f64, f64::min);
     let lo = ((lo * 100.0 - 2.0).floor() / 100.0).clamp(0.0, 0.98);
+    let top = rows.iter().map(|r| r.1 + r.2).fold(0.0f64, f64::max);
+    let hi = (100.0 * top + 1.0).ceil().min(100.0);
     let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
     let mut chart = ChartBuilder::on(&root)
         .margin(12)
         .x_label_area_size(35)
         .y_label_area_size(150)
-        .build_cartesian_2d(100.0 * lo..100.0, (0..n - 1).into_segmented())?;
+        .build_cartesian_2d(100.0 * lo..hi, (0..n - 1).into_segmented())?;
     chart
         .configure_mesh()
         .disable_y_mesh()
         .y_labels(n)
+        .light_line_style(WHITE.mix(0.0))
         .x_desc("test accuracy (%)")
         .label_style((FONT, 13))
         .axis_desc_style((FONT, 14))
@@ -518,7 +526,7 @@ where
         } else {
             format!("{:.2}", 100.0 * acc)
         };
-        let x = 100.0 * acc - 0.06 * (100.0 - 100.0 * lo);
+        let x = 100.0 * acc - 0.07 * (hi - 100.0 * lo);
         chart.draw_series(std::iter::once(Text::new(
             label,
             (x, SegmentValue::CenterOf(y)),
