@@ -28,7 +28,8 @@ pub struct TrainAll {
     /// Results folder.
     #[arg(long, default_value = "results")]
     results: PathBuf,
-    /// Replace runs that already exist in the results folder.
+    /// Train again runs that already exist in the results folder (finished runs are reused and
+    /// interrupted ones resumed otherwise).
     #[arg(long)]
     force: bool,
     /// CPU threads per training (default: candle's choice).
@@ -62,6 +63,34 @@ impl TrainAll {
             } else {
                 model.clone()
             };
+            let run_dirs: Vec<PathBuf> = if self.seeds > 1 {
+                (42..42 + self.seeds)
+                    .map(|s| results.join(&dir_name).join(format!("seed-{s}")))
+                    .collect()
+            } else {
+                vec![results.join(&dir_name)]
+            };
+            if !self.force && run_dirs.iter().all(|d| d.join("summary.json").is_file()) {
+                println!("xtask: {dir_name} is already trained in {}: reusing it (--force trains it again)", results.display());
+                continue;
+            }
+            let interrupted = run_dirs.len() == 1 && run_dirs[0].join("state.json").is_file();
+            if !self.force && interrupted {
+                println!(
+                    "xtask: resuming the interrupted run {}",
+                    run_dirs[0].display()
+                );
+                let mut cmd = Command::new(bin.join("fmnist-train"));
+                cmd.current_dir(project_root())
+                    .arg("--resume")
+                    .arg(&run_dirs[0])
+                    .args(["--device", &self.device]);
+                if let Err(e) = run(&mut cmd) {
+                    eprintln!("xtask: {dir_name} failed: {e:#}");
+                    failed.push((dir_name, format!("{e:#}")));
+                }
+                continue;
+            }
             let mut cmd = Command::new(bin.join("fmnist-train"));
             cmd.current_dir(project_root())
                 .args([
