@@ -5,9 +5,11 @@
 use std::sync::{Arc, Mutex};
 
 use candle::{DType, Device, Module, Tensor, Var};
-use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear, VarBuilder, VarMap, LSTM};
+use candle_nn::{BatchNorm, Conv2dConfig, Linear, VarBuilder, VarMap, LSTM};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use crate::conv::Conv2d;
 
 /// Builds the layers of one model into one [`VarMap`], drawing their initial values in
 /// construction order from a generator seeded with the model's seed.
@@ -85,9 +87,9 @@ impl Builder {
         )?;
         if bias {
             self.uniform(&format!("{name}.bias"), &[output], bound)?;
-            candle_nn::conv2d(input, output, kernel, config, self.vb(name))
+            candle_nn::conv2d(input, output, kernel, config, self.vb(name)).map(Conv2d::new)
         } else {
-            candle_nn::conv2d_no_bias(input, output, kernel, config, self.vb(name))
+            candle_nn::conv2d_no_bias(input, output, kernel, config, self.vb(name)).map(Conv2d::new)
         }
     }
 

@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 /// Which implementation of the hand-fused operations runs.
 #[derive(
@@ -79,7 +80,11 @@ pub fn max_pool2_with(x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
     (x * share)?.sum(5)?.sum(3)
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle::Result<&'a [f32]> {
+pub(crate) fn f32_slice<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle::bail!("{what}: expects f32");
     };
@@ -89,17 +94,35 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle::Result<&'
     }
 }
 
-/// The index (within the plane) of the first maximum of window (i, j) of an `h x w` plane.
+/// The offset (0..4, row-major) of the first maximum of a 2x2 window `[a, b; c, d]`.
 #[inline]
-fn argmax_2x2(plane: &[f32], w: usize, i: usize, j: usize) -> usize {
-    let top = 2 * i * w + 2 * j;
-    let mut best = top;
-    for idx in [top + 1, top + w, top + w + 1] {
-        if plane[idx] > plane[best] {
-            best = idx;
+fn first_max(a: f32, b: f32, c: f32, d: f32) -> (usize, f32) {
+    let (mut at, mut best) = (0, a);
+    for (i, v) in [(1, b), (2, c), (3, d)] {
+        if v > best {
+            (at, best) = (i, v);
         }
     }
-    best
+    (at, best)
+}
+
+/// Calls `f(i, j, offset, max)` for window (i, j) of an `h x w` plane, `offset` as in [`first_max`].
+#[inline]
+fn windows(
+    plane: &[f32],
+    w: usize,
+    ph: usize,
+    pw: usize,
+    mut f: impl FnMut(usize, usize, usize, f32),
+) {
+    for i in 0..ph {
+        let top = &plane[2 * i * w..][..2 * pw];
+        let bottom = &plane[(2 * i + 1) * w..][..2 * pw];
+        for (j, (t, b)) in top.chunks_exact(2).zip(bottom.chunks_exact(2)).enumerate() {
+            let (at, max) = first_max(t[0], t[1], b[0], b[1]);
+            f(i, j, at, max);
+        }
+    }
 }
 
 struct MaxPool2;
@@ -113,13 +136,13 @@ impl CustomOp1 for MaxPool2 {
         let (n, c, h, w) = l.shape().dims4()?;
         let (ph, pw) = (h / 2, w / 2);
         let x = f32_slice(s, l, "max_pool2")?;
-        let mut out = Vec::with_capacity(n * c * ph * pw);
-        for plane in x.chunks_exact(h * w) {
-            for i in 0..ph {
-                for j in 0..pw {
-                    out.push(plane[argmax_2x2(plane, w, i, j)]);
-                }
-            }
+        let mut out = vec![0f32; n * c * ph * pw];
+        if ph * pw > 0 {
+            out.par_chunks_mut(ph * pw)
+                .zip(x.par_chunks_exact(h * w))
+                .for_each(|(dst, plane)| {
+                    windows(plane, w, ph, pw, |i, j, _, max| dst[i * pw + j] = max)
+                });
         }
         Ok((CpuStorage::F32(out), Shape::from((n, c, ph, pw))))
     }
@@ -157,16 +180,14 @@ impl CustomOp2 for MaxPool2Backward {
         let x = f32_slice(s1, l1, "max_pool2 backward")?;
         let g = f32_slice(s2, l2, "max_pool2 backward")?;
         let mut out = vec![0f32; n * c * h * w];
-        for ((plane, grads), dst) in x
-            .chunks_exact(h * w)
-            .zip(g.chunks_exact(ph * pw))
-            .zip(out.chunks_exact_mut(h * w))
-        {
-            for i in 0..ph {
-                for j in 0..pw {
-                    dst[argmax_2x2(plane, w, i, j)] += grads[i * pw + j];
-                }
-            }
+        if ph * pw > 0 {
+            out.par_chunks_mut(h * w)
+                .zip(x.par_chunks_exact(h * w).zip(g.par_chunks_exact(ph * pw)))
+                .for_each(|(dst, (plane, grads))| {
+                    windows(plane, w, ph, pw, |i, j, at, _| {
+                        dst[(2 * i + at / 2) * w + 2 * j + at % 2] = grads[i * pw + j];
+                    })
+                });
         }
         Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
     }

@@ -5,6 +5,7 @@
 //! Parameters are drawn from a seeded generator (PyTorch's default schemes), so the
 //! same seed gives the same network on every machine.
 pub mod builder;
+pub mod conv;
 pub mod kernels;
 pub mod kind;
 pub mod model;

@@ -4,9 +4,10 @@
 //! monotone), and ReLU then touches a quarter of the elements.
 use candle::{Module, ModuleT, Tensor};
 use candle_nn::rnn::RNN;
-use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear, LSTM};
+use candle_nn::{BatchNorm, Conv2dConfig, Linear, LSTM};
 
 use crate::builder::{Builder, Dropout};
+use crate::conv::Conv2d;
 pub use crate::kernels::max_pool2;
 
 /// A network of the registry.

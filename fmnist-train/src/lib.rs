@@ -1,5 +1,6 @@
 //! Training of the fmnist models: configuration and presets, optimizers with saveable state,
 //! learning-rate schedules, the loop with checkpoints and resume, and run directories.
+pub mod bench;
 pub mod config;
 pub mod device;
 pub mod optim;
@@ -12,4 +13,4 @@ pub use config::{OptimizerKind, Overrides, Preset, ScheduleKind, TrainConfig};
 pub use device::{select_device, DeviceChoice};
 pub use run::{EpochRecord, RunConfig, RunDir, RunState, RunSummary};
 pub use scoring::Score;
-pub use trainer::{prepare, resume, train, RunOptions};
+pub use trainer::{prepare, resume, train, train_step, RunOptions, Step};

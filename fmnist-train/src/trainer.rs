@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use candle::{DType, Device};
 use fmnist_data::{
-    stratified_split, stratified_subset, FashionMnist, ImageSet, Loader, Normalizer,
+    stratified_split, stratified_subset, Batch, FashionMnist, ImageSet, Loader, Normalizer,
 };
 use fmnist_models::Model;
 
@@ -34,6 +34,39 @@ pub struct Prepared {
     pub train: ImageSet,
     pub val: ImageSet,
     pub normalizer: Normalizer,
+}
+
+/// What one optimization step saw: the batch's mean loss and how many it classified right.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    pub loss: f64,
+    pub correct: usize,
+}
+
+/// One optimization step on `batch`. A non-finite loss is returned without stepping, so the
+/// parameters stay those of the last good step.
+pub fn train_step(
+    model: &Model,
+    optimizer: &mut Optimizer,
+    batch: &Batch,
+    label_smoothing: f64,
+) -> anyhow::Result<Step> {
+    let out = model.forward_t(&batch.images, true)?;
+    let loss = smoothed_cross_entropy(&out, &batch.labels, label_smoothing)?;
+    let loss_value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
+    if loss_value.is_finite() {
+        optimizer.step(&loss.backward()?)?;
+    }
+    let correct = out
+        .argmax(1)?
+        .eq(&batch.labels)?
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()? as usize;
+    Ok(Step {
+        loss: loss_value,
+        correct,
+    })
 }
 
 /// SplitMix64: independent seeds for the different random streams of one run.
@@ -68,7 +101,8 @@ pub fn prepare(config: &TrainConfig, data: &FashionMnist) -> anyhow::Result<Prep
     })
 }
 
-fn optimizer_config(c: &TrainConfig) -> OptimizerConfig {
+/// The optimizer settings of a configuration.
+pub fn optimizer_config(c: &TrainConfig) -> OptimizerConfig {
     OptimizerConfig {
         kind: c.optimizer,
         lr: c.lr,
@@ -303,29 +337,21 @@ impl Session<'_> {
             let batch = batch?;
             lr = schedule.lr(epoch, i, &self.state.plateau);
             self.optimizer.set_lr(lr);
-            let out = self.model.forward_t(&batch.images, true)?;
-            let loss = smoothed_cross_entropy(&out, &batch.labels, c.label_smoothing)?;
-            let loss_value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
-            if !loss_value.is_finite() {
+            let step = train_step(&self.model, &mut self.optimizer, &batch, c.label_smoothing)?;
+            if !step.loss.is_finite() {
                 bar.abandon();
                 bail!(
-                    "the loss became {loss_value} at epoch {} batch {}: training stopped. The last good checkpoint is {} ({} epochs done); try a lower --lr (now {lr:.2e})",
+                    "the loss became {} at epoch {} batch {}: training stopped. The last good checkpoint is {} ({} epochs done); try a lower --lr (now {lr:.2e})",
+                    step.loss,
                     epoch + 1,
                     i + 1,
                     self.run.last_model().display(),
                     self.state.epochs_done
                 );
             }
-            self.optimizer.step(&loss.backward()?)?;
-            let hits = out
-                .argmax(1)?
-                .eq(&batch.labels)?
-                .to_dtype(DType::F32)?
-                .sum_all()?
-                .to_scalar::<f32>()?;
             let n = batch.len();
-            loss_sum += loss_value * n as f64;
-            correct += hits as f64;
+            loss_sum += step.loss * n as f64;
+            correct += step.correct as f64;
             seen += n;
             bar.inc(1);
             bar.set_message(format!(

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""PyTorch reference for `cargo xtask bench --peer pytorch`.
+
+The same models as fmnist-models (cnn, lstm, mlp: same layers, same order, same parameter
+counts), the same study recipe (Adam 1e-3, batch 256, pixels scaled to [0, 1]) and the same
+measurement as `fmnist-bench`: a few untimed warm-up steps, a fixed number of timed training
+steps (batch assembly included), then inference over the 10,000 test images in chunks of
+1,000 under torch.no_grad(). Prints one JSON line with the fields of fmnist-bench.
+
+Needs torch and numpy (`pip install torch numpy`; see the README, "Benchmarks").
+"""
+import argparse
+import gzip
+import json
+import os
+import resource
+import struct
+import sys
+import time
+
+
+def read_idx(path):
+    import numpy as np
+
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    ndim = raw[3]
+    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def find(data_dir, stem):
+    for name in (stem + ".gz", stem):
+        path = os.path.join(data_dir, name)
+        if os.path.exists(path):
+            return path
+    sys.exit(f"error: {stem}(.gz) not found in {data_dir}")
+
+
+def build(kind, nn):
+    if kind == "cnn":
+        return nn.Sequential(
+            nn.Conv2d(1, 32, 3), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Conv2d(32, 32, 3), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Flatten(), nn.Linear(800, 100), nn.ReLU(), nn.Linear(100, 10),
+        )
+    if kind == "mlp":
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Dropout(0.2),
+            nn.Linear(256, 128), nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, 10),
+        )
+    if kind == "lstm":
+        class Lstm(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lstm = nn.LSTM(28, 128, batch_first=True)
+                self.fc = nn.Linear(128, 10)
+
+            def forward(self, x):
+                _, (h, _) = self.lstm(x.squeeze(1))
+                return self.fc(h[-1])
+
+        return Lstm()
+    sys.exit(f"error: no PyTorch reference for model {kind} (have cnn, lstm, mlp)")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+
+    import numpy as np
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(42)
+    start = time.perf_counter()
+    train_x = read_idx(find(a.data_dir, "train-images-idx3-ubyte"))
+    train_y = read_idx(find(a.data_dir, "train-labels-idx1-ubyte"))
+    test_x = read_idx(find(a.data_dir, "t10k-images-idx3-ubyte"))
+    test_y = read_idx(find(a.data_dir, "t10k-labels-idx1-ubyte"))
+    load = time.perf_counter() - start
+
+    model = build(a.model, nn)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    rng = np.random.default_rng(42)
+    order = rng.permutation(48_000)
+
+    def batch(i):
+        idx = order[(i * a.batch_size) % 48_000 :][: a.batch_size]
+        x = torch.from_numpy(train_x[idx].astype(np.float32) / 255.0).unsqueeze(1)
+        return x, torch.from_numpy(train_y[idx].astype(np.int64))
+
+    def step(i):
+        x, y = batch(i)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    model.train()
+    for i in range(a.warmup):
+        step(i)
+    timed = 0.0
+    images = 0
+    for i in range(a.warmup, a.warmup + a.batches):
+        t = time.perf_counter()
+        step(i)
+        timed += time.perf_counter() - t
+        images += a.batch_size
+
+    model.eval()
+    start = time.perf_counter()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(test_x), 1000):
+            x = torch.from_numpy(test_x[i : i + 1000].astype(np.float32) / 255.0).unsqueeze(1)
+            pred = model(x).argmax(1).numpy()
+            correct += int((pred == test_y[i : i + 1000]).sum())
+    infer = time.perf_counter() - start
+
+    rate = images / timed
+    print(json.dumps({
+        "implementation": f"pytorch-{torch.__version__}",
+        "model": a.model,
+        "threads": torch.get_num_threads(),
+        "batch_size": a.batch_size,
+        "batches": a.batches,
+        "train_images_per_s": rate,
+        "epoch_seconds": 48_000 / rate,
+        "infer_images_per_s": len(test_x) / infer,
+        "test_accuracy": correct / len(test_x),
+        "data_load_seconds": load,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,354 @@
+//! 2-D convolution layer whose CPU path is im2col + one GEMM, forward and backward.
+//!
+//! candle 0.11 computes a convolution's input gradient with `conv_transpose2d`, a direct loop
+//! that is the slowest op of a CNN training step on the CPU, and computes it even for the
+//! network's input, which needs none; its kernel gradient is a convolution with the batch as
+//! channels. Here the convolution is `W[O, C·k·k] × cols[C·k·k, B·L]` with `cols` the
+//! unfolded input (`L` output positions per image), so candle's matmul backward yields both
+//! gradients as GEMMs; the unfolding's own backward (a fold) runs only when the input needs
+//! a gradient.
+use candle::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
+use candle_nn::Conv2dConfig;
+use rayon::prelude::*;
+
+use crate::kernels::{f32_slice, kernels, Kernels};
+
+/// A convolution (groups 1, dilation 1) holding candle-nn's layer for its weights.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    inner: candle_nn::Conv2d,
+}
+
+impl Conv2d {
+    pub fn new(inner: candle_nn::Conv2d) -> Self {
+        Conv2d { inner }
+    }
+
+    /// The kernel `[O, C, k, k]`.
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+
+    /// The forward pass with the kernels given.
+    pub fn forward_with(&self, x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
+        let cfg = self.inner.config();
+        if k == Kernels::Fused
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && cfg.groups == 1
+            && cfg.dilation == 1
+        {
+            conv2d_im2col(x, self.inner.weight(), self.inner.bias(), cfg)
+        } else {
+            self.inner.forward(x)
+        }
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> candle::Result<Tensor> {
+        self.forward_with(x, kernels())
+    }
+}
+
+fn conv2d_im2col(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    cfg: &Conv2dConfig,
+) -> candle::Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let (o, c_w, k, k_w) = weight.dims4()?;
+    if c != c_w || k != k_w {
+        candle::bail!("conv2d: input has {c} channels, kernel {:?}", weight.dims());
+    }
+    let geometry = Geometry::new(c, h, w, k, cfg.stride, cfg.padding)?;
+    // The bias rides in the GEMM as one more kernel column against a row of ones, so its
+    // gradient comes out of the same GEMM as the kernel's.
+    let unfold = Im2Col {
+        geometry,
+        ones_row: bias.is_some(),
+    };
+    let cols = x.contiguous()?.apply_op1(unfold)?; // [C·k·k (+1), B·L]
+    let kernel = weight.reshape((o, c * k * k))?;
+    let kernel = match bias {
+        Some(bias) => Tensor::cat(&[&kernel, &bias.reshape((o, 1))?], 1)?,
+        None => kernel,
+    };
+    let y = kernel.matmul(&cols)?; // [O, B·L]
+    let (oh, ow) = (geometry.out_h, geometry.out_w);
+    y.reshape((o, b, oh * ow))?
+        .transpose(0, 1)?
+        .reshape((b, o, oh, ow))
+}
+
+/// Sizes of one unfolding.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+impl Geometry {
+    fn new(
+        c: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> candle::Result<Self> {
+        if h + 2 * pad < k || w + 2 * pad < k || stride == 0 {
+            candle::bail!("conv2d: kernel {k} does not fit a {h}x{w} input padded by {pad}");
+        }
+        Ok(Geometry {
+            c,
+            h,
+            w,
+            k,
+            stride,
+            pad,
+            out_h: (h + 2 * pad - k) / stride + 1,
+            out_w: (w + 2 * pad - k) / stride + 1,
+        })
+    }
+
+    /// The output indices along an axis of input size `n` whose source `o·stride + kk - pad`
+    /// for kernel offset `kk` lies inside the input (the others read the zero padding).
+    #[inline]
+    fn valid(&self, kk: usize, n: usize, out: usize) -> std::ops::Range<usize> {
+        let lo = (self.pad.saturating_sub(kk)).div_ceil(self.stride);
+        let hi = match (n + self.pad).checked_sub(kk + 1) {
+            Some(last) => (last / self.stride + 1).min(out),
+            None => 0,
+        };
+        lo..hi.max(lo)
+    }
+
+    /// The input index of output index `o` for kernel offset `kk` (inside [`Self::valid`]).
+    #[inline]
+    fn source(&self, o: usize, kk: usize) -> usize {
+        o * self.stride + kk - self.pad
+    }
+
+    /// Rows of the unfolding, one per `(c, ki, kj)`.
+    fn rows(&self) -> usize {
+        self.c * self.k * self.k
+    }
+}
+
+/// Unfolds `[B, C, H, W]` into `[C·k·k, B·L]` (row `(c, ki, kj)`, column `(b, oy, ox)`),
+/// with a last row of ones if `ones_row`.
+struct Im2Col {
+    geometry: Geometry,
+    ones_row: bool,
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "fmnist-im2col"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle::Result<(CpuStorage, Shape)> {
+        let g = self.geometry;
+        let (b, c, h, w) = l.shape().dims4()?;
+        let x = f32_slice(s, l, "im2col")?;
+        let plane = h * w;
+        let l_out = g.out_h * g.out_w;
+        let n = b * l_out;
+        let rows = g.rows() + usize::from(self.ones_row);
+        let mut out = vec![0f32; rows * n];
+        out.par_chunks_mut(n).enumerate().for_each(|(row, dst)| {
+            if row == g.rows() {
+                dst.fill(1.0);
+                return;
+            }
+            let (ch, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
+            for img in 0..b {
+                let src = &x[(img * c + ch) * plane..][..plane];
+                let dst = &mut dst[img * l_out..][..l_out];
+                let xs = g.valid(kj, w, g.out_w);
+                for oy in g.valid(ki, h, g.out_h) {
+                    let line = &src[g.source(oy, ki) * w..][..w];
+                    let dst = &mut dst[oy * g.out_w..][..g.out_w];
+                    if g.stride == 1 {
+                        let from = g.source(xs.start, kj);
+                        dst[xs.clone()].copy_from_slice(&line[from..from + xs.len()]);
+                    } else {
+                        for ox in xs.clone() {
+                            dst[ox] = line[g.source(ox, kj)];
+                        }
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((rows, n))))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle::Result<Option<Tensor>> {
+        let (b, _, _, _) = arg.dims4()?;
+        Ok(Some(
+            grad_res
+                .contiguous()?
+                .apply_op1_no_bwd(&Col2Im(self.geometry, b))?,
+        ))
+    }
+}
+
+/// The adjoint of [`Im2Col`]: sums `[C·k·k, B·L]` back into `[B, C, H, W]` (a row of ones
+/// after them is ignored).
+struct Col2Im(Geometry, usize);
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "fmnist-col2im"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle::Result<(CpuStorage, Shape)> {
+        let (g, b) = (self.0, self.1);
+        let cols = f32_slice(s, l, "col2im")?;
+        let l_out = g.out_h * g.out_w;
+        let n = b * l_out;
+        let plane = g.h * g.w;
+        let mut out = vec![0f32; b * g.c * plane];
+        out.par_chunks_mut(g.c * plane)
+            .enumerate()
+            .for_each(|(img, dst)| {
+                for row in 0..g.rows() {
+                    let (ch, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
+                    let src = &cols[row * n + img * l_out..][..l_out];
+                    let dst = &mut dst[ch * plane..][..plane];
+                    let xs = g.valid(kj, g.w, g.out_w);
+                    for oy in g.valid(ki, g.h, g.out_h) {
+                        let line = &mut dst[g.source(oy, ki) * g.w..][..g.w];
+                        let src = &src[oy * g.out_w..][..g.out_w];
+                        for ox in xs.clone() {
+                            line[g.source(ox, kj)] += src[ox];
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b, g.c, g.h, g.w))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle::{Device, Var};
+
+    /// Output and the gradients of input, kernel and bias agree between the two paths.
+    fn agree(
+        cfg: Conv2dConfig,
+        shape: (usize, usize, usize, usize),
+        out: usize,
+        k: usize,
+        with_bias: bool,
+    ) {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, shape, &dev).unwrap();
+        let w = Var::randn(0f32, 0.3, (out, shape.1, k, k), &dev).unwrap();
+        let bias = Var::randn(0f32, 0.3, out, &dev).unwrap();
+        let conv = Conv2d::new(candle_nn::Conv2d::new(
+            w.as_tensor().clone(),
+            with_bias.then(|| bias.as_tensor().clone()),
+            cfg,
+        ));
+        let reference = conv.forward_with(x.as_tensor(), Kernels::Generic).unwrap();
+        let up = Tensor::randn(0f32, 1.0, reference.shape(), &dev).unwrap();
+        let grads_of = |k: Kernels| {
+            let y = conv.forward_with(x.as_tensor(), k).unwrap();
+            let g = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut all = vec![flat(&y)];
+            for v in [&x, &w, &bias] {
+                if let Some(grad) = g.get(v.as_tensor()) {
+                    all.push(flat(grad));
+                }
+            }
+            all
+        };
+        let (fused, generic) = (grads_of(Kernels::Fused), grads_of(Kernels::Generic));
+        assert_eq!(fused.len(), 3 + usize::from(with_bias));
+        assert_eq!(fused.len(), generic.len());
+        for (what, (a, b)) in ["output", "dx", "dw", "db"]
+            .iter()
+            .zip(fused.iter().zip(&generic))
+        {
+            assert_eq!(a.len(), b.len(), "{what}");
+            // Relative error of the whole tensor: the two paths sum in different orders.
+            let diff: f32 = a.iter().zip(b).map(|(p, q)| (p - q).powi(2)).sum();
+            let norm: f32 = b.iter().map(|q| q * q).sum();
+            let rel = (diff / norm.max(f32::MIN_POSITIVE)).sqrt();
+            assert!(
+                rel <= 1e-5,
+                "{cfg:?} {shape:?} {what}: relative error {rel}"
+            );
+        }
+    }
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn im2col_path_agrees_with_candle_forward_and_all_gradients() {
+        let valid = Conv2dConfig::default();
+        let pad1 = Conv2dConfig {
+            padding: 1,
+            ..valid
+        };
+        let stride2 = Conv2dConfig {
+            padding: 1,
+            stride: 2,
+            ..valid
+        };
+        agree(valid, (3, 1, 28, 28), 8, 3, true);
+        agree(valid, (2, 5, 13, 13), 6, 3, true);
+        agree(pad1, (2, 4, 7, 7), 5, 3, false);
+        agree(stride2, (2, 3, 14, 14), 4, 3, false);
+        agree(stride2, (1, 2, 7, 7), 3, 3, true);
+        let one_by_one = Conv2dConfig { stride: 2, ..valid };
+        agree(one_by_one, (2, 4, 14, 14), 6, 1, false);
+    }
+
+    #[test]
+    fn unfolding_a_known_image() {
+        // A 3x3 image under a 2x2 kernel: rows (ki, kj), columns (oy, ox).
+        let x = Tensor::arange(0f32, 9.0, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 3, 3))
+            .unwrap();
+        let g = Geometry::new(1, 3, 3, 2, 1, 0).unwrap();
+        let cols = x
+            .apply_op1(Im2Col {
+                geometry: g,
+                ones_row: true,
+            })
+            .unwrap();
+        assert_eq!(
+            cols.to_vec2::<f32>().unwrap(),
+            vec![
+                vec![0., 1., 3., 4.],
+                vec![1., 2., 4., 5.],
+                vec![3., 4., 6., 7.],
+                vec![4., 5., 7., 8.],
+                vec![1., 1., 1., 1.]
+            ]
+        );
+        // Folding ones back counts how many windows cover each pixel.
+        let ones = Tensor::ones((5, 4), DType::F32, &Device::Cpu).unwrap();
+        let counts = ones.apply_op1_no_bwd(&Col2Im(g, 1)).unwrap();
+        assert_eq!(flat(&counts), vec![1., 2., 1., 2., 4., 2., 1., 2., 1.]);
+    }
+}
