@@ -5,11 +5,12 @@
 use std::sync::{Arc, Mutex};
 
 use candle::{DType, Device, Module, Tensor, Var};
-use candle_nn::{BatchNorm, Conv2dConfig, Linear, VarBuilder, VarMap, LSTM};
+use candle_nn::{BatchNorm, Conv2dConfig, Linear, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::conv::Conv2d;
+use crate::recurrent::Lstm;
 
 /// Builds the layers of one model into one [`VarMap`], drawing their initial values in
 /// construction order from a generator seeded with the model's seed.
@@ -103,22 +104,22 @@ impl Builder {
     }
 
     /// A single-layer LSTM, PyTorch's default init: every weight and both biases U(±1/√hidden).
-    pub fn lstm(&mut self, name: &str, input: usize, hidden: usize) -> candle::Result<LSTM> {
+    pub fn lstm(&mut self, name: &str, input: usize, hidden: usize) -> candle::Result<Lstm> {
         let bound = 1.0 / (hidden as f64).sqrt();
-        self.uniform(&format!("{name}.weight_ih_l0"), &[4 * hidden, input], bound)?;
-        self.uniform(
-            &format!("{name}.weight_hh_l0"),
-            &[4 * hidden, hidden],
-            bound,
-        )?;
-        self.uniform(&format!("{name}.bias_ih_l0"), &[4 * hidden], bound)?;
-        self.uniform(&format!("{name}.bias_hh_l0"), &[4 * hidden], bound)?;
-        candle_nn::lstm(
-            input,
-            hidden,
-            candle_nn::LSTMConfig::default(),
-            self.vb(name),
-        )
+        let shapes = [
+            ("weight_ih_l0", vec![4 * hidden, input]),
+            ("weight_hh_l0", vec![4 * hidden, hidden]),
+            ("bias_ih_l0", vec![4 * hidden]),
+            ("bias_hh_l0", vec![4 * hidden]),
+        ];
+        for (tensor, shape) in &shapes {
+            self.uniform(&format!("{name}.{tensor}"), shape, bound)?;
+        }
+        let vb = self.vb(name);
+        let [w_ih, w_hh, b_ih, b_hh] =
+            shapes.map(|(tensor, shape)| vb.get(shape.as_slice(), tensor));
+        let inner = candle_nn::lstm(input, hidden, candle_nn::LSTMConfig::default(), vb)?;
+        Ok(Lstm::new(inner, w_ih?, w_hh?, b_ih?, b_hh?))
     }
 
     /// Inverted dropout with probability `p`, its masks drawn from the model's noise generator.

@@ -3,12 +3,12 @@
 //! Max-pooling comes before ReLU where both follow a layer: the two commute (ReLU is
 //! monotone), and ReLU then touches a quarter of the elements.
 use candle::{Module, ModuleT, Tensor};
-use candle_nn::rnn::RNN;
-use candle_nn::{BatchNorm, Conv2dConfig, Linear, LSTM};
+use candle_nn::{BatchNorm, Conv2dConfig, Linear};
 
 use crate::builder::{Builder, Dropout};
 use crate::conv::Conv2d;
 pub use crate::kernels::max_pool2;
+use crate::recurrent::Lstm as LstmLayer;
 
 /// A network of the registry.
 pub trait Net: Send + Sync {
@@ -72,7 +72,7 @@ impl Net for Cnn {
 
 /// LSTM(128) over the 28 rows (28 time steps of 28 features), last hidden state - dense 10.
 pub struct Lstm {
-    lstm: LSTM,
+    lstm: LstmLayer,
     fc: Linear,
 }
 
@@ -88,11 +88,7 @@ impl Lstm {
 impl Net for Lstm {
     fn forward_t(&self, x: &Tensor, _train: bool) -> candle::Result<Tensor> {
         let rows = x.squeeze(1)?; // [B, 28 steps, 28 features]
-        let states = self.lstm.seq(&rows)?;
-        let last = states
-            .last()
-            .ok_or_else(|| candle::Error::Msg("empty sequence".into()))?;
-        self.fc.forward(&last.h)
+        self.fc.forward(&self.lstm.last_hidden(&rows)?)
     }
 }
 

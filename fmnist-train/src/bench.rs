@@ -41,6 +41,8 @@ pub struct BenchResult {
     pub data_load_seconds: f64,
     /// The process's peak resident memory (VmHWM), if the platform reports it.
     pub peak_rss_mb: Option<f64>,
+    /// The folder the data was read from.
+    pub data_dir: String,
 }
 
 /// Trains `config.model` (study recipe: Adam 1e-3) for `warmup + batches` steps, timing the last
@@ -93,6 +95,7 @@ pub fn bench(
         test_accuracy: test.accuracy,
         data_load_seconds,
         peak_rss_mb: peak_rss_mb(),
+        data_dir: data.source.dir.display().to_string(),
     })
 }
 

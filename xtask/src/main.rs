@@ -3,6 +3,8 @@
 //! It links none of the fmnist crates: it builds the binaries through cargo (forwarding
 //! `--features cuda` and the like) and runs them, so every step is also a command a person
 //! could type.
+mod bench;
+mod cuda_check;
 mod train_all;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +32,10 @@ enum Task {
     Eval(Passthrough),
     /// Find, verify and summarize the data (arguments after `--` go to fmnist-data).
     Data(Passthrough),
+    /// Training and inference images/s, peak memory, data-load time; `--peer pytorch` beside.
+    Bench(bench::Bench),
+    /// Build the binaries with `--features cuda` here, with a CUDA 13.0 toolchain from PyPI.
+    CudaCheck(cuda_check::CudaCheck),
 }
 
 /// Build options shared by the tasks, and arguments forwarded to the binary.
@@ -111,6 +117,8 @@ fn main() -> ExitCode {
         Task::TrainAll(t) => t.run(),
         Task::Eval(p) => passthrough(&p, "fmnist-eval"),
         Task::Data(p) => passthrough(&p, "fmnist-data"),
+        Task::Bench(b) => b.run(),
+        Task::CudaCheck(c) => c.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,321 @@
+//! The LSTM layer, whose CPU path runs the whole recurrence as one operation.
+//!
+//! candle's LSTM step is ~15 graph operations per time step (two matmuls, bias adds, four
+//! gate chunks, five activations, products), each allocating its output and each adding a
+//! node to the backward pass. Here the input projection of all time steps is one GEMM
+//! (candle ops, so its gradients are candle's), and the recurrence — one `h·W_hhᵀ` GEMM and
+//! the fused gate arithmetic per step — is a single custom op that keeps its gate activations
+//! for a hand-written backward through time (two GEMMs per step, one for `W_hh` at the end).
+use std::sync::Mutex;
+
+use candle::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
+use candle_nn::rnn::RNN;
+use rayon::prelude::*;
+
+use crate::kernels::{f32_slice, kernels, Kernels};
+
+/// A single-layer LSTM (PyTorch's gate order i, f, g, o) read for its last hidden state.
+#[derive(Debug, Clone)]
+pub struct Lstm {
+    inner: candle_nn::LSTM,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor,
+    b_hh: Tensor,
+}
+
+impl Lstm {
+    /// `w_ih [4H, I]`, `w_hh [4H, H]` and the two biases `[4H]`, shared with candle's layer.
+    pub fn new(
+        inner: candle_nn::LSTM,
+        w_ih: Tensor,
+        w_hh: Tensor,
+        b_ih: Tensor,
+        b_hh: Tensor,
+    ) -> Self {
+        Lstm {
+            inner,
+            w_ih,
+            w_hh,
+            b_ih,
+            b_hh,
+        }
+    }
+
+    /// The hidden state `[B, H]` after the last step of `x [B, T, I]`, from a zero state.
+    pub fn last_hidden(&self, x: &Tensor) -> candle::Result<Tensor> {
+        self.last_hidden_with(x, kernels())
+    }
+
+    /// [`Lstm::last_hidden`] with the kernels given.
+    pub fn last_hidden_with(&self, x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
+        if k == Kernels::Fused && x.device().is_cpu() && x.dtype() == DType::F32 {
+            let (b, t, i) = x.dims3()?;
+            let gates = x
+                .reshape((b * t, i))?
+                .matmul(&self.w_ih.t()?)?
+                .broadcast_add(&(&self.b_ih + &self.b_hh)?)?
+                .reshape((b, t, ()))?;
+            let op = Recurrence {
+                save: gates.track_op() || self.w_hh.track_op(),
+                saved: Mutex::new(None),
+            };
+            return gates.apply_op2(&self.w_hh, op);
+        }
+        let states = self.inner.seq(x)?;
+        let last = states
+            .last()
+            .ok_or_else(|| candle::Error::Msg("empty sequence".into()))?;
+        Ok(last.h.clone())
+    }
+}
+
+/// What the forward pass keeps for the backward pass: per step the activated gates
+/// (i, f, g, o) `[T, B, 4H]`, the cells `[T + 1, B, H]` (zero first), their tanh `[T, B, H]`
+/// and the hidden states entering each step `[T, B, H]`.
+struct Saved {
+    gates: Vec<f32>,
+    cells: Vec<f32>,
+    tanh_cells: Vec<f32>,
+    hidden_in: Vec<f32>,
+}
+
+/// The recurrence over precomputed input projections `[B, T, 4H]` with `W_hh [4H, H]`,
+/// returning the last hidden state `[B, H]`.
+struct Recurrence {
+    /// Keep the activations (a backward pass may follow).
+    save: bool,
+    saved: Mutex<Option<Saved>>,
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// tanh through `exp` (libm's `tanhf` goes through the much slower `expm1f`); absolute
+/// error ~1e-7, which is all the gate arithmetic needs.
+fn tanh(x: f32) -> f32 {
+    2.0 * sigmoid(2.0 * x) - 1.0
+}
+
+/// `a [m, k] · bᵀ` for `b [n, k]` (`transpose_b`) or `a · b` for `b [k, n]`, through candle's GEMM.
+fn gemm(a: &[f32], m: usize, b: &Tensor, transpose_b: bool) -> candle::Result<Vec<f32>> {
+    let k = a.len() / m.max(1);
+    let a = Tensor::from_slice(a, (m, k), &Device::Cpu)?;
+    let b = if transpose_b { b.t()? } else { b.clone() };
+    a.matmul(&b)?.flatten_all()?.to_vec1()
+}
+
+fn forward(
+    proj: &[f32],
+    w_hh: &Tensor,
+    (b, t, hidden): (usize, usize, usize),
+    keep: bool,
+) -> candle::Result<(Vec<f32>, Option<Saved>)> {
+    let g4 = 4 * hidden;
+    let mut h = vec![0f32; b * hidden];
+    let mut c = vec![0f32; b * hidden];
+    let mut saved = keep.then(|| Saved {
+        gates: Vec::with_capacity(t * b * g4),
+        cells: vec![0f32; b * hidden],
+        tanh_cells: Vec::with_capacity(t * b * hidden),
+        hidden_in: Vec::with_capacity(t * b * hidden),
+    });
+    let mut tanh_c = vec![0f32; b * hidden];
+    for step in 0..t {
+        let mut gates = gemm(&h, b, w_hh, true)?; // [B, 4H]
+        if let Some(s) = saved.as_mut() {
+            s.hidden_in.extend_from_slice(&h);
+        }
+        gates
+            .par_chunks_mut(g4)
+            .zip(h.par_chunks_mut(hidden))
+            .zip(c.par_chunks_mut(hidden).zip(tanh_c.par_chunks_mut(hidden)))
+            .enumerate()
+            .for_each(|(row, ((g, h), (c, tc)))| {
+                let p = &proj[(row * t + step) * g4..][..g4];
+                for j in 0..hidden {
+                    let i = sigmoid(g[j] + p[j]);
+                    let f = sigmoid(g[hidden + j] + p[hidden + j]);
+                    let cell = tanh(g[2 * hidden + j] + p[2 * hidden + j]);
+                    let o = sigmoid(g[3 * hidden + j] + p[3 * hidden + j]);
+                    c[j] = f * c[j] + i * cell;
+                    tc[j] = tanh(c[j]);
+                    h[j] = o * tc[j];
+                    (g[j], g[hidden + j], g[2 * hidden + j], g[3 * hidden + j]) = (i, f, cell, o);
+                }
+            });
+        if let Some(s) = saved.as_mut() {
+            s.gates.extend_from_slice(&gates);
+            s.cells.extend_from_slice(&c);
+            s.tanh_cells.extend_from_slice(&tanh_c);
+        }
+    }
+    Ok((h, saved))
+}
+
+impl CustomOp2 for Recurrence {
+    fn name(&self) -> &'static str {
+        "fmnist-lstm-recurrence"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let (b, t, g4) = l1.shape().dims3()?;
+        let (rows, hidden) = l2.shape().dims2()?;
+        if rows != g4 || g4 != 4 * hidden {
+            candle::bail!("lstm: gates [{b}, {t}, {g4}] do not fit W_hh [{rows}, {hidden}]");
+        }
+        let proj = f32_slice(s1, l1, "lstm")?;
+        let w_hh = Tensor::from_slice(f32_slice(s2, l2, "lstm")?, (rows, hidden), &Device::Cpu)?;
+        let (h, saved) = forward(proj, &w_hh, (b, t, hidden), self.save)?;
+        if let Ok(mut slot) = self.saved.lock() {
+            *slot = saved;
+        }
+        Ok((CpuStorage::F32(h), Shape::from((b, hidden))))
+    }
+
+    fn bwd(
+        &self,
+        proj: &Tensor,
+        w_hh: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, t, g4) = proj.dims3()?;
+        let hidden = g4 / 4;
+        let w_hh = w_hh.detach().contiguous()?;
+        let saved = match self.saved.lock().ok().and_then(|mut k| k.take()) {
+            Some(s) => s,
+            None => {
+                let proj = proj.detach().flatten_all()?.to_vec1::<f32>()?;
+                forward(&proj, &w_hh, (b, t, hidden), true)?
+                    .1
+                    .ok_or_else(|| candle::Error::Msg("lstm: nothing saved".into()))?
+            }
+        };
+        let mut dh = grad_res.detach().flatten_all()?.to_vec1::<f32>()?;
+        let mut dc = vec![0f32; b * hidden];
+        // Gate gradients (pre-activation) in [B, T, 4H], the layout of the projections.
+        let mut d_proj = vec![0f32; b * t * g4];
+        let mut d_step = vec![0f32; b * g4];
+        for step in (0..t).rev() {
+            let gates = &saved.gates[step * b * g4..][..b * g4];
+            let c_prev = &saved.cells[step * b * hidden..][..b * hidden];
+            let tanh_now = &saved.tanh_cells[step * b * hidden..][..b * hidden];
+            d_step
+                .par_chunks_mut(g4)
+                .zip(dc.par_chunks_mut(hidden))
+                .enumerate()
+                .for_each(|(row, (d, dc))| {
+                    let g = &gates[row * g4..][..g4];
+                    let (cp, tcs) = (&c_prev[row * hidden..], &tanh_now[row * hidden..]);
+                    let dh = &dh[row * hidden..][..hidden];
+                    for j in 0..hidden {
+                        let (i, f, cell, o) =
+                            (g[j], g[hidden + j], g[2 * hidden + j], g[3 * hidden + j]);
+                        let tc = tcs[j];
+                        let dcell_total = dc[j] + dh[j] * o * (1.0 - tc * tc);
+                        d[j] = dcell_total * cell * i * (1.0 - i);
+                        d[hidden + j] = dcell_total * cp[j] * f * (1.0 - f);
+                        d[2 * hidden + j] = dcell_total * i * (1.0 - cell * cell);
+                        d[3 * hidden + j] = dh[j] * tc * o * (1.0 - o);
+                        dc[j] = dcell_total * f;
+                    }
+                });
+            for (row, d) in d_step.chunks_exact(g4).enumerate() {
+                d_proj[(row * t + step) * g4..][..g4].copy_from_slice(d);
+            }
+            dh = gemm(&d_step, b, &w_hh, false)?; // [B, 4H] · [4H, H]
+        }
+        // dW_hh = Σ_t dGᵀ_t · h_{t-1}: one GEMM over all steps, rows ordered (t, b) on both sides.
+        let mut d_by_step = Vec::with_capacity(t * b * g4);
+        for step in 0..t {
+            for row in 0..b {
+                d_by_step.extend_from_slice(&d_proj[(row * t + step) * g4..][..g4]);
+            }
+        }
+        let d_gates = Tensor::from_vec(d_by_step, (t * b, g4), &Device::Cpu)?;
+        let h_in = Tensor::from_vec(saved.hidden_in, (t * b, hidden), &Device::Cpu)?;
+        let d_w_hh = d_gates.t()?.matmul(&h_in)?;
+        let d_proj = Tensor::from_vec(d_proj, (b, t, g4), &Device::Cpu)?;
+        Ok((Some(d_proj), Some(d_w_hh)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle::Var;
+
+    #[test]
+    fn fused_recurrence_agrees_with_candle_forward_and_all_gradients() {
+        let dev = Device::Cpu;
+        let (b, t, i, h) = (3, 5, 4, 6);
+        let vars: Vec<Var> = [(4 * h, i), (4 * h, h)]
+            .iter()
+            .map(|&s| Var::randn(0f32, 0.5, s, &dev).unwrap())
+            .chain(
+                [4 * h, 4 * h]
+                    .iter()
+                    .map(|&s| Var::randn(0f32, 0.5, s, &dev).unwrap()),
+            )
+            .collect();
+        let inner = candle_nn::LSTM::new(
+            i,
+            h,
+            candle_nn::LSTMConfig::default(),
+            candle_nn::VarBuilder::from_tensors(
+                [
+                    ("weight_ih_l0", &vars[0]),
+                    ("weight_hh_l0", &vars[1]),
+                    ("bias_ih_l0", &vars[2]),
+                    ("bias_hh_l0", &vars[3]),
+                ]
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
+                .collect(),
+                DType::F32,
+                &dev,
+            ),
+        )
+        .unwrap();
+        let lstm = Lstm::new(
+            inner,
+            vars[0].as_tensor().clone(),
+            vars[1].as_tensor().clone(),
+            vars[2].as_tensor().clone(),
+            vars[3].as_tensor().clone(),
+        );
+        let x = Var::randn(0f32, 1.0, (b, t, i), &dev).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (b, h), &dev).unwrap();
+        let run = |k: Kernels| {
+            let y = lstm.last_hidden_with(x.as_tensor(), k).unwrap();
+            let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut all = vec![flat(&y)];
+            for v in vars.iter().chain([&x]) {
+                all.push(flat(grads.get(v.as_tensor()).unwrap()));
+            }
+            all
+        };
+        let (fused, generic) = (run(Kernels::Fused), run(Kernels::Generic));
+        for (what, (a, b)) in ["h", "dW_ih", "dW_hh", "db_ih", "db_hh", "dx"]
+            .iter()
+            .zip(fused.iter().zip(&generic))
+        {
+            let diff: f32 = a.iter().zip(b).map(|(p, q)| (p - q).powi(2)).sum();
+            let norm: f32 = b.iter().map(|q| q * q).sum();
+            let rel = (diff / norm).sqrt();
+            assert!(rel <= 1e-5, "{what}: relative error {rel}");
+        }
+    }
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+}

@@ -1,0 +1,336 @@
+//! `cargo xtask bench`: training and inference throughput of the models through
+//! `fmnist-bench` (one process per measurement, so each peak-memory figure is its own),
+//! optionally beside the PyTorch reference `bench/pytorch_ref.py`, repeated and interleaved,
+//! reported as medians with ratios in `results/bench.json` and `results/BENCH.md`.
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::{project_root, Build};
+
+/// Measure training and inference speed (images/s), peak memory and data-load time.
+#[derive(clap::Args, Debug)]
+pub struct Bench {
+    /// Models, comma-separated (the PyTorch reference has cnn, lstm and mlp).
+    #[arg(long, value_delimiter = ',', default_value = "cnn,lstm")]
+    models: Vec<String>,
+    /// candle kernel choices to measure, comma-separated: fused, generic.
+    #[arg(long, value_delimiter = ',', default_value = "fused")]
+    kernels: Vec<String>,
+    /// Also run this reference in the same invocation and print the ratios (`pytorch`).
+    #[arg(long, value_enum)]
+    peer: Option<Peer>,
+    /// Python interpreter with torch and numpy, for `--peer pytorch` (default: $FMNIST_PYTHON,
+    /// else python3).
+    #[arg(long, value_name = "PATH")]
+    python: Option<PathBuf>,
+    /// Times each measurement is repeated (interleaved); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Timed training steps per measurement.
+    #[arg(long, default_value_t = 40)]
+    batches: usize,
+    /// Untimed warm-up steps before them.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Threads of every implementation.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Device for candle: cpu, cuda, metal (the PyTorch peer runs on the CPU).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Folder for bench.json and BENCH.md.
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    #[command(flatten)]
+    build: Build,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Peer {
+    Pytorch,
+}
+
+/// One measurement, as printed by `fmnist-bench` and `bench/pytorch_ref.py`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Measurement {
+    implementation: String,
+    model: String,
+    threads: usize,
+    batch_size: usize,
+    batches: usize,
+    train_images_per_s: f64,
+    epoch_seconds: f64,
+    infer_images_per_s: f64,
+    test_accuracy: f64,
+    data_load_seconds: f64,
+    peak_rss_mb: Option<f64>,
+    /// The data folder read (fmnist-bench reports it; the peer is given it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data_dir: Option<String>,
+}
+
+/// The medians of one (implementation, model) over the repeats.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    implementation: String,
+    model: String,
+    repeats: usize,
+    train_images_per_s: f64,
+    epoch_seconds: f64,
+    infer_images_per_s: f64,
+    peak_rss_mb: Option<f64>,
+    data_load_seconds: f64,
+    /// Each repeat's training images/s, to show the spread.
+    train_images_per_s_all: Vec<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: String,
+    commit: String,
+    command: String,
+    rows: Vec<Row>,
+    measurements: Vec<Measurement>,
+}
+
+impl Bench {
+    pub fn run(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.repeats > 0, "--repeats must be at least 1");
+        let bin = self.build.build(&["fmnist-train"])?.join("fmnist-bench");
+        let root = project_root();
+        let python = self
+            .python
+            .clone()
+            .or_else(|| std::env::var_os("FMNIST_PYTHON").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("python3"));
+        let mut measurements = Vec::new();
+        for repeat in 1..=self.repeats {
+            for model in &self.models {
+                for kernels in &self.kernels {
+                    let mut cmd = Command::new(&bin);
+                    cmd.args([
+                        "--model",
+                        model,
+                        "--kernels",
+                        kernels,
+                        "--device",
+                        &self.device,
+                    ]);
+                    measurements.push(self.measure(cmd, repeat, model, kernels)?);
+                }
+                if self.peer == Some(Peer::Pytorch) {
+                    // The same files fmnist-bench found.
+                    let data_dir = measurements
+                        .iter()
+                        .rev()
+                        .find_map(|m| m.data_dir.clone())
+                        .context("no candle measurement to take the data folder from")?;
+                    let mut cmd = Command::new(&python);
+                    cmd.arg(root.join("bench/pytorch_ref.py"))
+                        .args(["--model", model])
+                        .arg("--data-dir")
+                        .arg(&data_dir);
+                    let m = self.measure(cmd, repeat, model, "pytorch").with_context(|| {
+                        format!(
+                            "the PyTorch reference failed: is torch installed for {}? (README, Benchmarks)",
+                            python.display()
+                        )
+                    })?;
+                    measurements.push(m);
+                }
+            }
+        }
+        let rows = medians(&measurements);
+        let report = Report {
+            machine: machine(),
+            commit: commit(&root),
+            command: self.command_line(),
+            rows,
+            measurements,
+        };
+        let table = markdown(&report);
+        println!("\n{table}");
+        let results = root.join(&self.results);
+        std::fs::create_dir_all(&results)?;
+        write_atomic(
+            &results.join("bench.json"),
+            &serde_json::to_string_pretty(&report)?,
+        )?;
+        write_atomic(&results.join("BENCH.md"), &table)?;
+        println!("xtask: wrote {}", results.join("BENCH.md").display());
+        Ok(())
+    }
+
+    fn measure(
+        &self,
+        mut cmd: Command,
+        repeat: usize,
+        model: &str,
+        what: &str,
+    ) -> anyhow::Result<Measurement> {
+        eprintln!(
+            "xtask: bench {model} {what} (repeat {repeat}/{})",
+            self.repeats
+        );
+        cmd.current_dir(project_root())
+            .args(["--threads", &self.threads.to_string()])
+            .args(["--batches", &self.batches.to_string()])
+            .args(["--warmup", &self.warmup.to_string()])
+            .args(["--batch-size", &self.batch_size.to_string()])
+            .env("RAYON_NUM_THREADS", self.threads.to_string())
+            .env("OMP_NUM_THREADS", self.threads.to_string())
+            .stderr(Stdio::inherit());
+        let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+        if !out.status.success() {
+            bail!("{cmd:?} failed ({})", out.status);
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .with_context(|| format!("{cmd:?} printed no JSON line"))?;
+        serde_json::from_str(line).with_context(|| format!("parsing {line}"))
+    }
+
+    fn command_line(&self) -> String {
+        let mut s = format!(
+            "cargo xtask bench --models {} --kernels {} --repeats {} --batches {} --threads {}",
+            self.models.join(","),
+            self.kernels.join(","),
+            self.repeats,
+            self.batches,
+            self.threads
+        );
+        if self.peer.is_some() {
+            s.push_str(" --peer pytorch");
+        }
+        s
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn medians(ms: &[Measurement]) -> Vec<Row> {
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for m in ms {
+        let key = (m.model.clone(), m.implementation.clone());
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys.into_iter()
+        .map(|(model, implementation)| {
+            let of: Vec<&Measurement> = ms
+                .iter()
+                .filter(|m| m.model == model && m.implementation == implementation)
+                .collect();
+            let pick = |f: fn(&Measurement) -> f64| median(of.iter().map(|m| f(m)).collect());
+            let rss: Vec<f64> = of.iter().filter_map(|m| m.peak_rss_mb).collect();
+            Row {
+                repeats: of.len(),
+                train_images_per_s: pick(|m| m.train_images_per_s),
+                epoch_seconds: pick(|m| m.epoch_seconds),
+                infer_images_per_s: pick(|m| m.infer_images_per_s),
+                peak_rss_mb: (!rss.is_empty()).then(|| median(rss)),
+                data_load_seconds: pick(|m| m.data_load_seconds),
+                train_images_per_s_all: of.iter().map(|m| m.train_images_per_s).collect(),
+                implementation,
+                model,
+            }
+        })
+        .collect()
+}
+
+/// The table, with each candle row's ratios to the PyTorch row of the same model.
+fn markdown(r: &Report) -> String {
+    let mut s = String::from("# Benchmarks\n\n");
+    let _ = writeln!(s, "- Machine: {}", r.machine);
+    let _ = writeln!(s, "- Commit: {}", r.commit);
+    let _ = writeln!(s, "- Command: `{}`", r.command);
+    let _ = writeln!(
+        s,
+        "- Medians of {} interleaved repeats; training images/s over the timed steps (batch assembly included); inference over the 10,000 test images in chunks of 1,000; peak RSS of the whole process.\n",
+        r.rows.first().map_or(0, |row| row.repeats)
+    );
+    s.push_str("| model | implementation | train img/s | epoch (48k) s | test inference img/s | peak RSS MB | data load s | train vs PyTorch | inference vs PyTorch | RSS vs PyTorch |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for row in &r.rows {
+        let peer = r
+            .rows
+            .iter()
+            .find(|p| p.model == row.model && p.implementation.starts_with("pytorch"));
+        let ratio = |a: f64, b: f64| format!("{:.2}x", a / b);
+        let (train, infer, rss) = match peer {
+            Some(p) if !row.implementation.starts_with("pytorch") => (
+                ratio(row.train_images_per_s, p.train_images_per_s),
+                ratio(row.infer_images_per_s, p.infer_images_per_s),
+                match (row.peak_rss_mb, p.peak_rss_mb) {
+                    (Some(a), Some(b)) => ratio(a, b),
+                    _ => "-".into(),
+                },
+            ),
+            _ => ("-".into(), "-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {:.1} | {:.0} | {} | {:.2} | {train} | {infer} | {rss} |",
+            row.model,
+            row.implementation,
+            row.train_images_per_s,
+            row.epoch_seconds,
+            row.infer_images_per_s,
+            row.peak_rss_mb.map_or("-".into(), |v| format!("{v:.0}")),
+            row.data_load_seconds,
+        );
+    }
+    s
+}
+
+/// CPU model and core count, from /proc/cpuinfo where there is one.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    format!("{model}, {cores} logical cores, {}", std::env::consts::OS)
+}
+
+fn commit(root: &Path) -> String {
+    Command::new("git")
+        .current_dir(root)
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! `cargo xtask cuda-check`: builds the binaries with `--features cuda` on a machine without
+//! a GPU or a CUDA toolkit, so the CUDA build cannot rot unseen.
+//!
+//! 1. A CUDA 13.0 toolchain from PyPI wheels, pinned to one minor version (mixing them breaks
+//!    nvcc), pip-installed once into a cache folder.
+//! 2. A link folder: unversioned symlinks to the wheels' shared libraries, and a stub
+//!    `libcuda.so` (soname `libcuda.so.1`) exporting the driver functions the build references,
+//!    as NVIDIA's own toolkit ships under `lib/stubs`: the driver library comes with a GPU's
+//!    driver, never in a wheel, and on a GPU machine the real one is loaded instead.
+//! 3. `cargo build --release --features cuda` of the binaries, in a target folder of its own
+//!    (its RUSTFLAGS differ, and nvcc compiling candle's kernels is most of the ~15 minutes).
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use crate::{project_root, run};
+
+/// The wheels, all CUDA 13.0: cudarc 0.19 accepts toolkits up to 13.4, and the lent GPU
+/// machines' driver (580) runs CUDA 13.0 PTX.
+const WHEELS: [&str; 8] = [
+    "nvidia-cuda-nvcc==13.0.*",
+    "nvidia-cuda-crt==13.0.*",
+    "nvidia-nvvm==13.0.*",
+    "nvidia-cuda-cccl==13.0.*",
+    "nvidia-cuda-runtime==13.0.*",
+    "nvidia-cuda-nvrtc==13.0.*",
+    "nvidia-cublas==13.0.*",
+    "nvidia-curand==10.4.0.*",
+];
+
+/// Build the CUDA binaries here, with a toolchain fetched from PyPI (no GPU needed).
+#[derive(clap::Args, Debug)]
+pub struct CudaCheck {
+    /// Where the toolchain wheels are installed (reused when present).
+    #[arg(long, value_name = "DIR", default_value = "target/cuda-toolkit")]
+    toolkit: PathBuf,
+    /// Compute capability compiled for (90: H100/H200).
+    #[arg(long, default_value = "90")]
+    compute_cap: String,
+    /// Only type-check (`cargo check --features cuda`, no stub, no link).
+    #[arg(long)]
+    check_only: bool,
+    /// Python with pip, for installing the wheels.
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
+}
+
+impl CudaCheck {
+    pub fn run(&self) -> anyhow::Result<()> {
+        let root = project_root();
+        let toolkit = root.join(&self.toolkit);
+        let cuda = toolkit.join("nvidia/cu13");
+        if !cuda.join("bin/nvcc").is_file() {
+            println!(
+                "xtask: installing the CUDA 13.0 wheels into {} (~1.2 GB, once)",
+                toolkit.display()
+            );
+            run(Command::new(&self.python)
+                .args(["-m", "pip", "install", "--quiet", "--upgrade", "--target"])
+                .arg(&toolkit)
+                .args(WHEELS))
+            .context("installing the CUDA wheels")?;
+        }
+        let nvcc = cuda.join("bin/nvcc");
+        if !nvcc.is_file() {
+            bail!("{} missing after installing the wheels", nvcc.display());
+        }
+        let target = root.join("target/cuda");
+        let link_dir = target.join("link");
+        std::fs::create_dir_all(&link_dir)?;
+        link_unversioned(&cuda.join("lib"), &link_dir)?;
+
+        let env = |cmd: &mut Command| {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut paths = vec![cuda.join("bin")];
+            paths.extend(std::env::split_paths(&path));
+            cmd.current_dir(&root)
+                .env("PATH", std::env::join_paths(paths).unwrap_or(path))
+                .env("CUDA_HOME", &cuda)
+                .env("CUDA_PATH", &cuda)
+                .env("CUDA_ROOT", &cuda)
+                .env("NVCC", &nvcc)
+                .env("CUDA_COMPUTE_CAP", &self.compute_cap)
+                .env("CARGO_TARGET_DIR", &target)
+                .env("RUSTFLAGS", format!("-L native={}", link_dir.display()));
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let packages = ["-p", "fmnist-train", "-p", "fmnist-eval"];
+        if self.check_only {
+            let mut cmd = Command::new(&cargo);
+            env(&mut cmd);
+            cmd.args(["check", "--release", "--features", "cuda", "--all-targets"])
+                .args(packages);
+            run(&mut cmd)?;
+            println!("xtask: cuda-check passed (cargo check --features cuda)");
+            return Ok(());
+        }
+        // The libraries first (nothing links yet), to read which driver functions they call.
+        let mut libs = Command::new(&cargo);
+        env(&mut libs);
+        libs.args(["build", "--release", "--features", "cuda", "--lib"])
+            .args(packages);
+        run(&mut libs)?;
+        let symbols = driver_symbols(&target.join("release/deps"))?;
+        write_stub(&symbols, &link_dir)?;
+        let mut bins = Command::new(&cargo);
+        env(&mut bins);
+        bins.args(["build", "--release", "--features", "cuda", "--bins"])
+            .args(packages);
+        run(&mut bins)?;
+        let out = target.join("release");
+        println!(
+            "xtask: cuda-check passed: {} and {} built with --features cuda (stub libcuda with {} driver functions). On a GPU machine put the CUDA 13 libraries on LD_LIBRARY_PATH next to the driver's and run them with --device cuda.",
+            out.join("fmnist-train").display(),
+            out.join("fmnist-eval").display(),
+            symbols.len()
+        );
+        Ok(())
+    }
+}
+
+/// `libX.so` -> `libX.so.N` for every versioned library of `lib` (the linker asks for `-lX`).
+fn link_unversioned(lib: &Path, link_dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(lib).with_context(|| format!("reading {}", lib.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let Some((stem, _version)) = name.split_once(".so.") else {
+            continue;
+        };
+        let link = link_dir.join(format!("{stem}.so"));
+        if link.symlink_metadata().is_ok() {
+            std::fs::remove_file(&link)?;
+        }
+        std::os::unix::fs::symlink(&path, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    Ok(())
+}
+
+/// The CUDA driver functions (`cu` + capital letter) that the compiled libraries (cudarc,
+/// candle) leave undefined.
+fn driver_symbols(deps: &Path) -> anyhow::Result<Vec<String>> {
+    let rlibs: Vec<PathBuf> = std::fs::read_dir(deps)
+        .with_context(|| format!("reading {}", deps.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "rlib"))
+        .collect();
+    let out = Command::new("nm")
+        .args(["--undefined-only", "--format=just-symbols"])
+        .args(&rlibs)
+        .output()
+        .context("running nm (binutils)")?;
+    if !out.status.success() {
+        bail!("nm failed on the libraries of {}", deps.display());
+    }
+    let mut symbols: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|s| {
+            s.strip_prefix("cu")
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
+        })
+        .map(String::from)
+        .collect();
+    symbols.sort();
+    symbols.dedup();
+    if symbols.is_empty() {
+        bail!(
+            "found no driver functions in the libraries of {}",
+            deps.display()
+        );
+    }
+    Ok(symbols)
+}
+
+/// Compiles `libcuda.so` exporting `symbols` as functions that are never called.
+fn write_stub(symbols: &[String], link_dir: &Path) -> anyhow::Result<()> {
+    let mut c =
+        String::from("/* Link-time stub of the CUDA driver library (cargo xtask cuda-check). */\n");
+    for s in symbols {
+        let _ = writeln!(c, "int {s}(void) {{ return 999; }}");
+    }
+    let source = link_dir.join("cuda_stub.c");
+    std::fs::write(&source, c)?;
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    run(Command::new(cc)
+        .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+        .arg(link_dir.join("libcuda.so"))
+        .arg(&source))
+    .context("compiling the libcuda stub")
+}
