@@ -11,7 +11,7 @@ use candle::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 use candle_nn::Conv2dConfig;
 use rayon::prelude::*;
 
-use crate::kernels::{f32_slice, kernels, Kernels};
+use crate::kernels::{f32_slice, kernels, max_pool2_with, Kernels};
 
 /// A convolution (groups 1, dilation 1) holding candle-nn's layer for its weights.
 #[derive(Debug, Clone)]
@@ -31,6 +31,29 @@ impl Conv2d {
 
     /// The forward pass with the kernels given.
     pub fn forward_with(&self, x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
+        match self.channel_major(x, k)? {
+            Some(y) => to_batch_major(&y),
+            None => self.inner.forward(x),
+        }
+    }
+
+    /// The convolution followed by 2x2 max-pooling ([`crate::kernels::max_pool2`]). On the
+    /// im2col path the pooling runs on the GEMM's channel-major output, so only the pooled
+    /// quarter is transposed to `[B, O, H, W]`.
+    pub fn forward_pooled(&self, x: &Tensor) -> candle::Result<Tensor> {
+        self.forward_pooled_with(x, kernels())
+    }
+
+    /// [`Conv2d::forward_pooled`] with the kernels given.
+    pub fn forward_pooled_with(&self, x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
+        match self.channel_major(x, k)? {
+            Some(y) => to_batch_major(&max_pool2_with(&y, k)?),
+            None => max_pool2_with(&self.inner.forward(x)?, k),
+        }
+    }
+
+    /// The output `[O, B, H, W]` on the im2col path, `None` where candle's path runs.
+    fn channel_major(&self, x: &Tensor, k: Kernels) -> candle::Result<Option<Tensor>> {
         let cfg = self.inner.config();
         if k == Kernels::Fused
             && x.device().is_cpu()
@@ -38,9 +61,9 @@ impl Conv2d {
             && cfg.groups == 1
             && cfg.dilation == 1
         {
-            conv2d_im2col(x, self.inner.weight(), self.inner.bias(), cfg)
+            conv2d_im2col(x, self.inner.weight(), self.inner.bias(), cfg).map(Some)
         } else {
-            self.inner.forward(x)
+            Ok(None)
         }
     }
 }
@@ -75,11 +98,14 @@ fn conv2d_im2col(
         Some(bias) => Tensor::cat(&[&kernel, &bias.reshape((o, 1))?], 1)?,
         None => kernel,
     };
-    let y = kernel.matmul(&cols)?; // [O, B·L]
-    let (oh, ow) = (geometry.out_h, geometry.out_w);
-    y.reshape((o, b, oh * ow))?
-        .transpose(0, 1)?
-        .reshape((b, o, oh, ow))
+    kernel
+        .matmul(&cols)? // [O, B·L]
+        .reshape((o, b, geometry.out_h, geometry.out_w))
+}
+
+/// `[O, B, H, W]` (the GEMM's layout) to `[B, O, H, W]`.
+fn to_batch_major(y: &Tensor) -> candle::Result<Tensor> {
+    y.transpose(0, 1)?.contiguous()
 }
 
 /// Sizes of one unfolding.
@@ -266,9 +292,18 @@ mod tests {
             cfg,
         ));
         let reference = conv.forward_with(x.as_tensor(), Kernels::Generic).unwrap();
-        let up = Tensor::randn(0f32, 1.0, reference.shape(), &dev).unwrap();
+        let pooled = reference.dims4().unwrap();
+        let outputs =
+            reference.elem_count() + pooled.0 * pooled.1 * (pooled.2 / 2) * (pooled.3 / 2);
+        let up = Tensor::randn(0f32, 1.0, outputs, &dev).unwrap();
         let grads_of = |k: Kernels| {
             let y = conv.forward_with(x.as_tensor(), k).unwrap();
+            let pooled = conv.forward_pooled_with(x.as_tensor(), k).unwrap();
+            let y = Tensor::cat(
+                &[y.flatten_all().unwrap(), pooled.flatten_all().unwrap()],
+                0,
+            )
+            .unwrap();
             let g = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
             let mut all = vec![flat(&y)];
             for v in [&x, &w, &bias] {
