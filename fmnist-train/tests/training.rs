@@ -223,3 +223,27 @@ fn an_existing_run_is_not_overwritten_without_force() {
             .is_some()
     );
 }
+
+#[test]
+fn bench_times_the_steps_and_scores_the_test_set_repeatably() {
+    use fmnist_train::bench::{bench, BenchConfig};
+    let data = synthetic();
+    let config = BenchConfig {
+        model: ModelKind::Lstm,
+        batch_size: 50,
+        warmup: 1,
+        batches: 6,
+    };
+    let a = bench(&config, &data, 0.25, &Device::Cpu).unwrap();
+    let b = bench(&config, &data, 0.25, &Device::Cpu).unwrap();
+    assert_eq!((a.model.as_str(), a.batches, a.batch_size), ("lstm", 6, 50));
+    assert!(a.train_images_per_s > 0.0 && a.infer_images_per_s > 0.0);
+    assert!((a.epoch_seconds - 48_000.0 / a.train_images_per_s).abs() < 1e-6);
+    assert_eq!(a.data_load_seconds, 0.25);
+    assert_eq!(a.data_dir, "synthetic");
+    if cfg!(target_os = "linux") {
+        assert!(a.peak_rss_mb.unwrap() > 1.0);
+    }
+    // Same seed, same steps: the same model, whatever the timings.
+    assert_eq!(a.test_accuracy, b.test_accuracy);
+}

@@ -334,3 +334,61 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(implementation: &str, model: &str, train: f64, infer: f64, rss: f64) -> Measurement {
+        Measurement {
+            implementation: implementation.into(),
+            model: model.into(),
+            threads: 2,
+            batch_size: 256,
+            batches: 40,
+            train_images_per_s: train,
+            epoch_seconds: 48_000.0 / train,
+            infer_images_per_s: infer,
+            test_accuracy: 0.5,
+            data_load_seconds: 0.3,
+            peak_rss_mb: Some(rss),
+            data_dir: None,
+        }
+    }
+
+    #[test]
+    fn medians_per_implementation_and_ratios_to_the_peer() {
+        let ms = vec![
+            m("candle-fused", "cnn", 1000.0, 4000.0, 500.0),
+            m("pytorch-2", "cnn", 2000.0, 2000.0, 1000.0),
+            m("candle-fused", "cnn", 3000.0, 5000.0, 400.0),
+            m("pytorch-2", "cnn", 2000.0, 2000.0, 1000.0),
+            m("candle-fused", "cnn", 2000.0, 6000.0, 450.0),
+            m("pytorch-2", "cnn", 1000.0, 2000.0, 1000.0),
+        ];
+        let rows = medians(&ms);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].implementation, "candle-fused");
+        assert_eq!(rows[0].train_images_per_s, 2000.0);
+        assert_eq!(rows[0].infer_images_per_s, 5000.0);
+        assert_eq!(rows[0].peak_rss_mb, Some(450.0));
+        assert_eq!(rows[0].train_images_per_s_all, vec![1000.0, 3000.0, 2000.0]);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        let table = markdown(&Report {
+            machine: "test".into(),
+            commit: "abc".into(),
+            command: "cargo xtask bench".into(),
+            rows,
+            measurements: ms,
+        });
+        assert!(
+            table.contains(
+                "| cnn | candle-fused | 2000 | 24.0 | 5000 | 450 | 0.30 | 1.00x | 2.50x | 0.45x |"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("| cnn | pytorch-2 | 2000 | 24.0 | 2000 | 1000 | 0.30 | - | - | - |")
+        );
+    }
+}

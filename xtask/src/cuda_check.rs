@@ -97,13 +97,30 @@ impl CudaCheck {
             println!("xtask: cuda-check passed (cargo check --features cuda)");
             return Ok(());
         }
-        // The libraries first (nothing links yet), to read which driver functions they call.
+        // The libraries and their kernels first (nvcc: most of the time).
         let mut libs = Command::new(&cargo);
         env(&mut libs);
         libs.args(["build", "--release", "--features", "cuda", "--lib"])
             .args(packages);
         run(&mut libs)?;
-        let symbols = driver_symbols(&target.join("release/deps"))?;
+        // Which driver functions the link needs: link once against an empty stub with no cap
+        // on the linker's error count (a flag of the final crate only, so nothing else is
+        // rebuilt; the libraries are LLVM bitcode under LTO, so nm cannot read them).
+        write_stub(&[], &link_dir)?;
+        let mut probe = Command::new(&cargo);
+        env(&mut probe);
+        probe
+            .args(["rustc", "--release", "--features", "cuda"])
+            .args(["-p", "fmnist-train", "--bin", "fmnist-train", "--"])
+            .args(["-C", "link-arg=-Wl,--error-limit=0"]);
+        let out = probe
+            .output()
+            .with_context(|| format!("starting {probe:?}"))?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        let symbols = undefined_driver_symbols(&log);
+        if symbols.is_empty() && !out.status.success() {
+            bail!("the CUDA build failed before linking:\n{log}");
+        }
         write_stub(&symbols, &link_dir)?;
         let mut bins = Command::new(&cargo);
         env(&mut bins);
@@ -139,25 +156,12 @@ fn link_unversioned(lib: &Path, link_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The CUDA driver functions (`cu` + capital letter) that the compiled libraries (cudarc,
-/// candle) leave undefined.
-fn driver_symbols(deps: &Path) -> anyhow::Result<Vec<String>> {
-    let rlibs: Vec<PathBuf> = std::fs::read_dir(deps)
-        .with_context(|| format!("reading {}", deps.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "rlib"))
-        .collect();
-    let out = Command::new("nm")
-        .args(["--undefined-only", "--format=just-symbols"])
-        .args(&rlibs)
-        .output()
-        .context("running nm (binutils)")?;
-    if !out.status.success() {
-        bail!("nm failed on the libraries of {}", deps.display());
-    }
-    let mut symbols: Vec<String> = String::from_utf8_lossy(&out.stdout)
+/// The CUDA driver functions (`cu` + capital letter) a linker log reports undefined.
+fn undefined_driver_symbols(log: &str) -> Vec<String> {
+    let mut symbols: Vec<String> = log
         .lines()
-        .map(str::trim)
+        .filter_map(|l| l.split("undefined symbol: ").nth(1))
+        .map(|s| s.trim().trim_matches(|c| c == '`' || c == '\''))
         .filter(|s| {
             s.strip_prefix("cu")
                 .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
@@ -166,13 +170,7 @@ fn driver_symbols(deps: &Path) -> anyhow::Result<Vec<String>> {
         .collect();
     symbols.sort();
     symbols.dedup();
-    if symbols.is_empty() {
-        bail!(
-            "found no driver functions in the libraries of {}",
-            deps.display()
-        );
-    }
-    Ok(symbols)
+    symbols
 }
 
 /// Compiles `libcuda.so` exporting `symbols` as functions that are never called.
@@ -190,4 +188,23 @@ fn write_stub(symbols: &[String], link_dir: &Path) -> anyhow::Result<()> {
         .arg(link_dir.join("libcuda.so"))
         .arg(&source))
     .context("compiling the libcuda stub")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_functions_are_read_from_the_linker_log() {
+        let log = "  = note: rust-lld: error: undefined symbol: cuInit\n\
+                   >>> referenced by driver.rs\n\
+                   rust-lld: error: undefined symbol: cuMemAlloc_v2\n\
+                   rust-lld: error: undefined symbol: cuInit\n\
+                   rust-lld: error: undefined symbol: cublasCreate_v2\n\
+                   rust-lld: error: undefined symbol: cudaMalloc\n";
+        assert_eq!(
+            undefined_driver_symbols(log),
+            vec!["cuInit", "cuMemAlloc_v2"]
+        );
+    }
 }
