@@ -352,26 +352,9 @@ pub struct Provenance {
 
 impl Provenance {
     pub fn detect(command: String) -> Self {
-        let commit = std::process::Command::new("git")
-            .args(["rev-parse", "--short", "HEAD"])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_else(|| "unknown".into());
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split(':').nth(1))
-                    .map(|s| s.trim().to_string())
-            })
-            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Provenance {
-            commit,
-            machine: format!("{cpu}, {cores} cores, {}", std::env::consts::OS),
+            commit: fmnist_train::device::git_commit(),
+            machine: fmnist_train::device::machine_description(),
             command,
         }
     }

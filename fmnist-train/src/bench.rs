@@ -43,6 +43,9 @@ pub struct BenchResult {
     pub peak_rss_mb: Option<f64>,
     /// The folder the data was read from.
     pub data_dir: String,
+    /// Where and from which commit it was measured.
+    pub machine: String,
+    pub commit: String,
 }
 
 /// Trains `config.model` (study recipe: Adam 1e-3) for `warmup + batches` steps, timing the last
@@ -96,6 +99,8 @@ pub fn bench(
         data_load_seconds,
         peak_rss_mb: peak_rss_mb(),
         data_dir: data.source.dir.display().to_string(),
+        machine: crate::device::machine_description(),
+        commit: crate::device::git_commit(),
     })
 }
 

@@ -1,4 +1,5 @@
-//! Choosing the device: `auto` tries CUDA, then Metal, then the CPU, and says why.
+//! Choosing the device: `auto` tries CUDA, then Metal, then the CPU, and says why; the
+//! thread count; the machine and commit that reports and benchmarks state.
 use anyhow::bail;
 use candle::Device;
 
@@ -61,4 +62,30 @@ pub fn set_threads(threads: Option<usize>) {
 /// The thread count candle uses on the CPU.
 pub fn cpu_threads() -> usize {
     candle::utils::get_num_threads()
+}
+
+/// The CPU model (from /proc/cpuinfo where there is one), logical cores and OS.
+pub fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cpu}, {cores} cores, {}", std::env::consts::OS)
+}
+
+/// The short hash of the checked-out commit, or `unknown` outside a git checkout.
+pub fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
 }

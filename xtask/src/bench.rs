@@ -74,6 +74,11 @@ struct Measurement {
     /// The data folder read (fmnist-bench reports it; the peer is given it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     data_dir: Option<String>,
+    /// Where and from which commit (fmnist-bench reports them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    machine: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    commit: Option<String>,
 }
 
 /// The medians of one (implementation, model) over the repeats.
@@ -148,9 +153,15 @@ impl Bench {
             }
         }
         let rows = medians(&measurements);
+        let told = |f: fn(&Measurement) -> Option<String>| {
+            measurements
+                .iter()
+                .find_map(f)
+                .unwrap_or_else(|| "unknown".into())
+        };
         let report = Report {
-            machine: machine(),
-            commit: commit(&root),
+            machine: told(|m| m.machine.clone()),
+            commit: told(|m| m.commit.clone()),
             command: self.command_line(),
             rows,
             measurements,
@@ -302,32 +313,6 @@ fn markdown(r: &Report) -> String {
     s
 }
 
-/// CPU model and core count, from /proc/cpuinfo where there is one.
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    format!("{model}, {cores} logical cores, {}", std::env::consts::OS)
-}
-
-fn commit(root: &Path) -> String {
-    Command::new("git")
-        .current_dir(root)
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
@@ -353,6 +338,8 @@ mod tests {
             data_load_seconds: 0.3,
             peak_rss_mb: Some(rss),
             data_dir: None,
+            machine: None,
+            commit: None,
         }
     }
 

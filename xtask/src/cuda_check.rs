@@ -106,12 +106,13 @@ impl CudaCheck {
         // Which driver functions the link needs: link once against an empty stub with no cap
         // on the linker's error count (a flag of the final crate only, so nothing else is
         // rebuilt; the libraries are LLVM bitcode under LTO, so nm cannot read them).
+        // fmnist-eval depends on fmnist-train, so its features unify as the two packages do.
         write_stub(&[], &link_dir)?;
         let mut probe = Command::new(&cargo);
         env(&mut probe);
         probe
             .args(["rustc", "--release", "--features", "cuda"])
-            .args(["-p", "fmnist-train", "--bin", "fmnist-train", "--"])
+            .args(["-p", "fmnist-eval", "--bin", "fmnist-eval", "--"])
             .args(["-C", "link-arg=-Wl,--error-limit=0"]);
         let out = probe
             .output()
