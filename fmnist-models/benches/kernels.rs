@@ -1,8 +1,12 @@
-//! The fused CPU kernels against the generic candle paths, side by side in one run:
-//! forward + backward of 2x2 max-pooling on the cnn's first activation (batch 256, 32x26x26).
-use candle::{Device, Tensor, Var};
+//! The fused CPU kernels against the generic candle paths, side by side in one run, forward +
+//! backward at batch 256: 2x2 max-pooling on the cnn's first activation (32x26x26), the cnn's
+//! second convolution (32 -> 32, 3x3 on 13x13) and the LSTM-128 over the 28 rows.
+use candle::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion};
+use fmnist_models::conv::Conv2d;
 use fmnist_models::kernels::{max_pool2_with, Kernels};
+use fmnist_models::recurrent::Lstm;
 
 fn max_pool(c: &mut Criterion) {
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (256, 32, 26, 26), &Device::Cpu).unwrap())
@@ -35,5 +39,66 @@ fn max_pool(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, max_pool);
+fn conv(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let x = Var::randn(0f32, 1.0, (256, 32, 13, 13), &dev).unwrap();
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
+    let conv = Conv2d::new(candle_nn::conv2d(32, 32, 3, Default::default(), vb).unwrap());
+    let mut group = c.benchmark_group("conv2d 3x3 32->32 fwd+bwd 256x32x13x13");
+    group.sample_size(20);
+    for (name, k) in [
+        ("generic (candle conv2d)", Kernels::Generic),
+        ("fused (im2col + GEMM)", Kernels::Fused),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                conv.forward_with(x.as_tensor(), k)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn lstm(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (256, 28, 28), &dev).unwrap();
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
+    let inner = candle_nn::lstm(28, 128, Default::default(), vb.clone()).unwrap();
+    let get = |name: &str, shape: &[usize]| vb.get(shape, name).unwrap();
+    let layer = Lstm::new(
+        inner,
+        get("weight_ih_l0", &[512, 28]),
+        get("weight_hh_l0", &[512, 128]),
+        get("bias_ih_l0", &[512]),
+        get("bias_hh_l0", &[512]),
+    );
+    let mut group = c.benchmark_group("lstm-128 over 28 rows fwd+bwd batch 256");
+    group.sample_size(10);
+    for (name, k) in [
+        ("generic (candle LSTM)", Kernels::Generic),
+        ("fused (one recurrence op)", Kernels::Fused),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                layer
+                    .last_hidden_with(&x, k)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, max_pool, conv, lstm);
 criterion_main!(benches);
