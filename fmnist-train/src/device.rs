@@ -22,20 +22,29 @@ pub fn select_device(choice: DeviceChoice) -> anyhow::Result<(Device, String)> {
             if !cfg!(feature = "cuda") {
                 bail!("--device cuda needs a build with `--features cuda`");
             }
-            Ok((Device::new_cuda(0)?, "cuda:0 (asked for)".into()))
+            let device = Device::new_cuda(0).map_err(|e| {
+                anyhow::anyhow!(
+                    "no CUDA device could be opened ({}): is an NVIDIA driver installed and the GPU visible?",
+                    headline(&e)
+                )
+            })?;
+            Ok((device, "cuda:0 (asked for)".into()))
         }
         DeviceChoice::Metal => {
             if !cfg!(feature = "metal") {
                 bail!("--device metal needs a build with `--features metal`");
             }
-            Ok((Device::new_metal(0)?, "metal:0 (asked for)".into()))
+            let device = Device::new_metal(0).map_err(|e| {
+                anyhow::anyhow!("no Metal device could be opened ({})", headline(&e))
+            })?;
+            Ok((device, "metal:0 (asked for)".into()))
         }
         DeviceChoice::Auto => {
             let mut why = Vec::new();
             if cfg!(feature = "cuda") {
                 match Device::new_cuda(0) {
                     Ok(d) => return Ok((d, "cuda:0 (auto)".into())),
-                    Err(e) => why.push(format!("cuda unavailable: {e}")),
+                    Err(e) => why.push(format!("cuda unavailable: {}", headline(&e))),
                 }
             } else {
                 why.push("built without cuda".into());
@@ -43,12 +52,17 @@ pub fn select_device(choice: DeviceChoice) -> anyhow::Result<(Device, String)> {
             if cfg!(feature = "metal") {
                 match Device::new_metal(0) {
                     Ok(d) => return Ok((d, "metal:0 (auto)".into())),
-                    Err(e) => why.push(format!("metal unavailable: {e}")),
+                    Err(e) => why.push(format!("metal unavailable: {}", headline(&e))),
                 }
             }
             Ok((Device::Cpu, format!("cpu (auto: {})", why.join("; "))))
         }
     }
+}
+
+/// The first line of a candle error (its display carries a backtrace when RUST_BACKTRACE is set).
+fn headline(e: &candle::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 /// Sets the CPU thread count before candle first reads it (it reads `RAYON_NUM_THREADS` once).

@@ -188,7 +188,14 @@ fn write_stub(symbols: &[String], link_dir: &Path) -> anyhow::Result<()> {
         .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
         .arg(link_dir.join("libcuda.so"))
         .arg(&source))
-    .context("compiling the libcuda stub")
+    .context("compiling the libcuda stub")?;
+    // So the binaries also start here, where `--device auto` then falls back to the CPU.
+    let soname = link_dir.join("libcuda.so.1");
+    if soname.symlink_metadata().is_ok() {
+        std::fs::remove_file(&soname)?;
+    }
+    std::os::unix::fs::symlink("libcuda.so", &soname)?;
+    Ok(())
 }
 
 #[cfg(test)]
