@@ -19,7 +19,8 @@ pub struct TrainAll {
     /// Preset of every run: `study` (the studies' setup) or `best` (our recipes).
     #[arg(long, default_value = "study")]
     preset: String,
-    /// Seeds per model: 1 trains seed 42; N trains seeds 42..42+N, each in MODEL/seed-S.
+    /// Seeds per model: N trains seeds 42..42+N, each in MODEL/seed-S; 1 trains seed 42 in MODEL/
+    /// (in MODEL/seed-42 where MODEL/ already holds seed runs, as the committed reference does).
     #[arg(long, default_value_t = 1)]
     seeds: u64,
     /// Smoke run: a class-balanced subset of 5,000 images, two epochs of batch 64 per model.
@@ -63,12 +64,15 @@ impl TrainAll {
             } else {
                 model.clone()
             };
-            let run_dirs: Vec<PathBuf> = if self.seeds > 1 {
+            // One seed is MODEL/ itself, unless the folder already holds seed-S runs (the
+            // committed reference has three), in which case it is MODEL/seed-42.
+            let group = results.join(&dir_name);
+            let run_dirs: Vec<PathBuf> = if self.seeds > 1 || group.join("seed-42").is_dir() {
                 (42..42 + self.seeds)
-                    .map(|s| results.join(&dir_name).join(format!("seed-{s}")))
+                    .map(|s| group.join(format!("seed-{s}")))
                     .collect()
             } else {
-                vec![results.join(&dir_name)]
+                vec![group.clone()]
             };
             if !self.force && run_dirs.iter().all(|d| d.join("summary.json").is_file()) {
                 println!("xtask: {dir_name} is already trained in {}: reusing it (--force trains it again)", results.display());
@@ -102,7 +106,7 @@ impl TrainAll {
                     &self.device,
                 ])
                 .arg("--out")
-                .arg(results.join(&dir_name));
+                .arg(if self.seeds > 1 { &group } else { &run_dirs[0] });
             if self.seeds > 1 {
                 let seeds: Vec<String> = (42..42 + self.seeds).map(|s| s.to_string()).collect();
                 cmd.args(["--seeds", &seeds.join(",")]);
