@@ -3,10 +3,24 @@
 //! second convolution (32 -> 32, 3x3 on 13x13) and the LSTM-128 over the 28 rows.
 use candle::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use fmnist_models::conv::Conv2d;
 use fmnist_models::kernels::{max_pool2_with, Kernels};
 use fmnist_models::recurrent::Lstm;
+
+/// Forward + backward of `forward` under the generic and then the fused kernels, side by side.
+fn fused_and_generic(
+    group: &mut BenchmarkGroup<WallTime>,
+    [generic, fused]: [&str; 2],
+    forward: impl Fn(Kernels) -> Tensor,
+) {
+    for (name, k) in [(generic, Kernels::Generic), (fused, Kernels::Fused)] {
+        group.bench_function(name, |b| {
+            b.iter(|| forward(k).sum_all().unwrap().backward().unwrap())
+        });
+    }
+}
 
 fn max_pool(c: &mut Criterion) {
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (256, 32, 26, 26), &Device::Cpu).unwrap())
@@ -24,18 +38,9 @@ fn max_pool(c: &mut Criterion) {
                 .unwrap()
         })
     });
-    for (name, k) in [("generic", Kernels::Generic), ("fused", Kernels::Fused)] {
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                max_pool2_with(x.as_tensor(), k)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap()
-            })
-        });
-    }
+    fused_and_generic(&mut group, ["generic", "fused"], |k| {
+        max_pool2_with(x.as_tensor(), k).unwrap()
+    });
     group.finish();
 }
 
@@ -47,21 +52,11 @@ fn conv(c: &mut Criterion) {
     let conv = Conv2d::new(candle_nn::conv2d(32, 32, 3, Default::default(), vb).unwrap());
     let mut group = c.benchmark_group("conv2d 3x3 32->32 fwd+bwd 256x32x13x13");
     group.sample_size(20);
-    for (name, k) in [
-        ("generic (candle conv2d)", Kernels::Generic),
-        ("fused (im2col + GEMM)", Kernels::Fused),
-    ] {
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                conv.forward_with(x.as_tensor(), k)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap()
-            })
-        });
-    }
+    fused_and_generic(
+        &mut group,
+        ["generic (candle conv2d)", "fused (im2col + GEMM)"],
+        |k| conv.forward_with(x.as_tensor(), k).unwrap(),
+    );
     group.finish();
 }
 
@@ -81,22 +76,11 @@ fn lstm(c: &mut Criterion) {
     );
     let mut group = c.benchmark_group("lstm-128 over 28 rows fwd+bwd batch 256");
     group.sample_size(10);
-    for (name, k) in [
-        ("generic (candle LSTM)", Kernels::Generic),
-        ("fused (one recurrence op)", Kernels::Fused),
-    ] {
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                layer
-                    .last_hidden_with(&x, k)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap()
-            })
-        });
-    }
+    fused_and_generic(
+        &mut group,
+        ["generic (candle LSTM)", "fused (one recurrence op)"],
+        |k| layer.last_hidden_with(&x, k).unwrap(),
+    );
     group.finish();
 }
 

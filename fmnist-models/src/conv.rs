@@ -24,11 +24,6 @@ impl Conv2d {
         Conv2d { inner }
     }
 
-    /// The kernel `[O, C, k, k]`.
-    pub fn weight(&self) -> &Tensor {
-        self.inner.weight()
-    }
-
     /// The forward pass with the kernels given.
     pub fn forward_with(&self, x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
         match self.channel_major(x, k)? {
