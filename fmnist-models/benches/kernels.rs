@@ -1,12 +1,14 @@
 //! The fused CPU kernels against the generic candle paths, side by side in one run, forward +
-//! backward at batch 256: 2x2 max-pooling on the cnn's first activation (32x26x26), the cnn's
-//! second convolution (32 -> 32, 3x3 on 13x13) and the LSTM-128 over the 28 rows.
+//! backward: 2x2 max-pooling on the cnn's first activation (32x26x26), the cnn's second
+//! convolution (32 -> 32, 3x3 on 13x13) and the LSTM-128 over the 28 rows at batch 256, and
+//! BatchNorm + ReLU on a 32x28x28 activation at batch 128 (the resnet's stem).
 use candle::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use fmnist_models::conv::Conv2d;
 use fmnist_models::kernels::{max_pool2_with, Kernels};
+use fmnist_models::norm::BatchNorm2d;
 use fmnist_models::recurrent::Lstm;
 
 /// Forward + backward of `forward` under the generic and then the fused kernels, side by side.
@@ -60,6 +62,22 @@ fn conv(c: &mut Criterion) {
     group.finish();
 }
 
+fn batch_norm(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let x = Var::randn(0f32, 1.0, (128, 32, 28, 28), &dev).unwrap();
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
+    let bn = BatchNorm2d::new(candle_nn::batch_norm(32, 1e-5, vb).unwrap());
+    let mut group = c.benchmark_group("batch norm + relu, training, fwd+bwd 128x32x28x28");
+    group.sample_size(20);
+    fused_and_generic(
+        &mut group,
+        ["generic (candle-nn BatchNorm, relu)", "fused (two passes each way)"],
+        |k| bn.forward_with(x.as_tensor(), true, true, k).unwrap(),
+    );
+    group.finish();
+}
+
 fn lstm(c: &mut Criterion) {
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1.0, (256, 28, 28), &dev).unwrap();
@@ -84,5 +102,5 @@ fn lstm(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, max_pool, conv, lstm);
+criterion_group!(benches, max_pool, conv, batch_norm, lstm);
 criterion_main!(benches);

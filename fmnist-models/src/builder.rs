@@ -5,11 +5,12 @@
 use std::sync::{Arc, Mutex};
 
 use candle::{DType, Device, Module, Tensor, Var};
-use candle_nn::{BatchNorm, Conv2dConfig, Linear, VarBuilder, VarMap};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::conv::Conv2d;
+use crate::norm::BatchNorm2d;
 use crate::recurrent::Lstm;
 
 /// Builds the layers of one model into one [`VarMap`], drawing their initial values in
@@ -95,12 +96,13 @@ impl Builder {
     }
 
     /// BatchNorm over `features` channels: weight 1, bias 0, running statistics 0 and 1, momentum 0.1.
-    pub fn batch_norm(&mut self, name: &str, features: usize) -> candle::Result<BatchNorm> {
+    pub fn batch_norm(&mut self, name: &str, features: usize) -> candle::Result<BatchNorm2d> {
         candle_nn::batch_norm(
             features,
             candle_nn::BatchNormConfig::default(),
             self.vb(name),
         )
+        .map(BatchNorm2d::new)
     }
 
     /// A single-layer LSTM, PyTorch's default init: every weight and both biases U(±1/√hidden).

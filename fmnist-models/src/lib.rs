@@ -10,6 +10,7 @@ pub mod kernels;
 pub mod kind;
 pub mod model;
 pub mod nets;
+pub mod norm;
 pub mod recurrent;
 
 pub use builder::{Builder, Dropout};

@@ -1,0 +1,456 @@
+//! BatchNorm over the channels of `[B, C, H, W]`, optionally followed by ReLU, with a fused
+//! CPU kernel beside candle-nn's generic layer (which holds the parameters and statistics).
+//!
+//! candle-nn's training forward transposes and copies the input, then runs about ten
+//! broadcast operations, each a pass over the activation with a fresh allocation, and as many
+//! again backward. The fused path makes two passes forward (statistics, then the affine map
+//! and the ReLU) and two backward (the per-channel sums, then the input gradient), using the
+//! closed form `dx = γ/σ · (dy - mean(dy) - x̂·mean(dy·x̂))`. In evaluation the fused path
+//! records no graph: nothing is kept for a backward pass that will not come.
+use candle::{CpuStorage, CustomOp3, DType, Layout, Module, ModuleT, Shape, Tensor, Var};
+use candle_nn::BatchNorm;
+use rayon::prelude::*;
+
+use crate::kernels::{f32_slice, kernels, Kernels};
+
+/// A BatchNorm layer (`candle_nn::BatchNorm` underneath, so checkpoints are unchanged).
+pub struct BatchNorm2d {
+    inner: BatchNorm,
+}
+
+impl BatchNorm2d {
+    pub fn new(inner: BatchNorm) -> Self {
+        BatchNorm2d { inner }
+    }
+
+    /// Normalized `x`: batch statistics in training (which also update the running ones),
+    /// running statistics in evaluation.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        self.forward_with(x, train, false, kernels())
+    }
+
+    /// `relu(forward_t(x, train))` in one pass on the fused path.
+    pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        self.forward_with(x, train, true, kernels())
+    }
+
+    /// [`BatchNorm2d::forward_t`] followed by ReLU if `relu`, with the kernels given.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        train: bool,
+        relu: bool,
+        k: Kernels,
+    ) -> candle::Result<Tensor> {
+        let fused = k == Kernels::Fused && x.device().is_cpu() && x.dtype() == DType::F32;
+        let Some((gamma, beta)) = self.inner.weight_and_bias().filter(|_| fused) else {
+            let y = self.inner.forward_t(x, train)?;
+            return if relu { y.relu() } else { Ok(y) };
+        };
+        let x = x.contiguous()?;
+        let (b, _, h, w) = x.dims4()?;
+        let eps = self.inner.eps() as f32;
+        if !train {
+            let mean = self.inner.running_mean().to_vec1::<f32>()?;
+            let var = self.inner.running_var().to_vec1::<f32>()?;
+            let inv_std = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+            let op = Normalize {
+                mean,
+                inv_std,
+                relu,
+            };
+            return x.apply_op3_no_bwd(&gamma.detach(), &beta.detach(), &op);
+        }
+        let stats = x.apply_op1_no_bwd(&ChannelStats)?.to_vec2::<f32>()?;
+        let (mean, var) = (&stats[0], &stats[1]);
+        let n = (b * h * w) as f32;
+        if n < 2.0 {
+            candle::bail!("batch norm: needs more than one value per channel in training");
+        }
+        let m = self.inner.momentum() as f32;
+        let updated = |running: &Tensor, batch: &mut dyn Iterator<Item = f32>| {
+            let old = running.to_vec1::<f32>()?;
+            let new: Vec<f32> = old
+                .iter()
+                .zip(batch)
+                .map(|(o, v)| (1.0 - m) * o + m * v)
+                .collect();
+            // The running statistics are Vars: from_tensor shares their storage.
+            Var::from_tensor(running)?.set(&Tensor::new(new, running.device())?)
+        };
+        updated(self.inner.running_mean(), &mut mean.iter().copied())?;
+        updated(
+            self.inner.running_var(),
+            &mut var.iter().map(|v| v * n / (n - 1.0)),
+        )?;
+        let op = Normalize {
+            mean: mean.clone(),
+            inv_std: var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
+            relu,
+        };
+        x.apply_op3(gamma, beta, op)
+    }
+}
+
+impl Module for BatchNorm2d {
+    fn forward(&self, x: &Tensor) -> candle::Result<Tensor> {
+        self.forward_t(x, false)
+    }
+}
+
+/// Per-channel mean and biased variance of `[B, C, H, W]`, as `[2, C]` (two passes, in f64).
+struct ChannelStats;
+
+impl candle::CustomOp1 for ChannelStats {
+    fn name(&self) -> &'static str {
+        "fmnist-channel-stats"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle::Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l.shape().dims4()?;
+        let x = f32_slice(s, l, "channel stats")?;
+        let plane = h * w;
+        let n = (b * plane) as f64;
+        let per_channel: Vec<(f32, f32)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let channel = || (0..b).map(|i| &x[(i * c + ch) * plane..][..plane]);
+                let sum: f64 = channel()
+                    .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+                    .sum();
+                let mean = sum / n;
+                let sq: f64 = channel()
+                    .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+                    .sum();
+                (mean as f32, (sq / n) as f32)
+            })
+            .collect();
+        let mut out: Vec<f32> = per_channel.iter().map(|s| s.0).collect();
+        out.extend(per_channel.iter().map(|s| s.1));
+        Ok((CpuStorage::F32(out), Shape::from((2, c))))
+    }
+}
+
+/// `y = γ·(x - mean)/σ + β`, then ReLU if `relu`; statistics fixed by the caller. Arguments:
+/// x `[B, C, H, W]`, γ `[C]`, β `[C]`.
+struct Normalize {
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+    relu: bool,
+}
+
+impl Normalize {
+    /// Per channel `(scale, shift)` with `y = scale·x + shift`.
+    fn affine(&self, gamma: &[f32], beta: &[f32]) -> Vec<(f32, f32)> {
+        (0..gamma.len())
+            .map(|ch| {
+                let scale = gamma[ch] * self.inv_std[ch];
+                (scale, beta[ch] - self.mean[ch] * scale)
+            })
+            .collect()
+    }
+}
+
+impl CustomOp3 for Normalize {
+    fn name(&self) -> &'static str {
+        "fmnist-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let (_, c, h, w) = l1.shape().dims4()?;
+        let x = f32_slice(s1, l1, "batch norm")?;
+        let gamma = f32_slice(s2, l2, "batch norm weight")?;
+        let beta = f32_slice(s3, l3, "batch norm bias")?;
+        if gamma.len() != c || beta.len() != c || self.mean.len() != c {
+            candle::bail!("batch norm: {c} channels, {} parameters", gamma.len());
+        }
+        let affine = self.affine(gamma, beta);
+        let plane = h * w;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(plane)
+            .zip(x.par_chunks(plane))
+            .enumerate()
+            .for_each(|(i, (dst, src))| {
+                let (scale, shift) = affine[i % c];
+                if self.relu {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = (scale * v + shift).max(0.0);
+                    }
+                } else {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = scale * v + shift;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> candle::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let y = y.contiguous()?;
+        let backward = Backward {
+            mean: self.mean.clone(),
+            inv_std: self.inv_std.clone(),
+            relu: self.relu,
+        };
+        // [2, C]: Σ dy and Σ dy·x̂ per channel (dy after the ReLU's mask).
+        let sums = x.apply_op3_no_bwd(&dy, &y, &GradSums(&backward))?;
+        let host = sums.to_vec2::<f32>()?;
+        let dx = x.apply_op3_no_bwd(
+            &dy,
+            &y,
+            &GradInput {
+                backward: &backward,
+                gamma: gamma.to_vec1::<f32>()?,
+                sum_dy: host[0].clone(),
+                sum_dy_xhat: host[1].clone(),
+            },
+        )?;
+        Ok((Some(dx), Some(sums.get(1)?), Some(sums.get(0)?)))
+    }
+}
+
+/// What the two backward kernels share.
+struct Backward {
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+    relu: bool,
+}
+
+impl Backward {
+    /// `(x̂, dy)` of a plane of channel `ch`, `dy` zeroed where the ReLU clipped.
+    #[inline]
+    fn terms<'a>(
+        &'a self,
+        ch: usize,
+        x: &'a [f32],
+        dy: &'a [f32],
+        y: &'a [f32],
+    ) -> impl Iterator<Item = (f32, f32)> + 'a {
+        let (mean, inv_std) = (self.mean[ch], self.inv_std[ch]);
+        x.iter().zip(dy).zip(y).map(move |((&x, &g), &y)| {
+            let g = if self.relu && y <= 0.0 { 0.0 } else { g };
+            ((x - mean) * inv_std, g)
+        })
+    }
+}
+
+/// Arguments x, dy, y, all `[B, C, H, W]`.
+fn three<'a>(s: [(&'a CpuStorage, &Layout); 3]) -> candle::Result<([&'a [f32]; 3], usize, usize)> {
+    let (_, c, h, w) = s[0].1.shape().dims4()?;
+    let mut out = [&[][..]; 3];
+    for (o, (s, l)) in out.iter_mut().zip(s) {
+        *o = f32_slice(s, l, "batch norm backward")?;
+    }
+    if out.iter().any(|v| v.len() != out[0].len()) {
+        candle::bail!("batch norm backward: x, dy and y differ in size");
+    }
+    Ok((out, c, h * w))
+}
+
+struct GradSums<'a>(&'a Backward);
+
+impl CustomOp3 for GradSums<'_> {
+    fn name(&self) -> &'static str {
+        "fmnist-batch-norm-grad-sums"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let ([x, dy, y], c, plane) = three([(s1, l1), (s2, l2), (s3, l3)])?;
+        let b = x.len() / (c * plane);
+        let per_channel: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut sum, mut sum_xhat) = (0f64, 0f64);
+                for i in 0..b {
+                    let at = (i * c + ch) * plane..(i * c + ch + 1) * plane;
+                    let (s, sx) = self
+                        .0
+                        .terms(ch, &x[at.clone()], &dy[at.clone()], &y[at])
+                        .fold((0f32, 0f32), |(s, sx), (xhat, g)| (s + g, sx + g * xhat));
+                    sum += s as f64;
+                    sum_xhat += sx as f64;
+                }
+                (sum, sum_xhat)
+            })
+            .collect();
+        let mut out: Vec<f32> = per_channel.iter().map(|s| s.0 as f32).collect();
+        out.extend(per_channel.iter().map(|s| s.1 as f32));
+        Ok((CpuStorage::F32(out), Shape::from((2, c))))
+    }
+}
+
+struct GradInput<'a> {
+    backward: &'a Backward,
+    gamma: Vec<f32>,
+    sum_dy: Vec<f32>,
+    sum_dy_xhat: Vec<f32>,
+}
+
+impl CustomOp3 for GradInput<'_> {
+    fn name(&self) -> &'static str {
+        "fmnist-batch-norm-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let ([x, dy, y], c, plane) = three([(s1, l1), (s2, l2), (s3, l3)])?;
+        let n = (x.len() / c) as f32;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+            let ch = i % c;
+            let at = i * plane..(i + 1) * plane;
+            let k = self.gamma[ch] * self.backward.inv_std[ch];
+            let (mean_dy, mean_dy_xhat) = (self.sum_dy[ch] / n, self.sum_dy_xhat[ch] / n);
+            let terms = self
+                .backward
+                .terms(ch, &x[at.clone()], &dy[at.clone()], &y[at]);
+            for (d, (xhat, g)) in dst.iter_mut().zip(terms) {
+                *d = k * (g - mean_dy - xhat * mean_dy_xhat);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle::Device;
+
+    fn layer(c: usize, dev: &Device) -> (BatchNorm2d, Var, Var) {
+        let gamma = Var::randn(1f32, 0.3, c, dev).unwrap();
+        let beta = Var::randn(0f32, 0.3, c, dev).unwrap();
+        let bn = BatchNorm::new(
+            c,
+            Tensor::randn(0f32, 0.1, c, dev).unwrap(),
+            Tensor::rand(0.5f32, 1.5, c, dev).unwrap(),
+            gamma.as_tensor().clone(),
+            beta.as_tensor().clone(),
+            1e-5,
+        )
+        .unwrap();
+        (BatchNorm2d::new(bn), gamma, beta)
+    }
+
+    fn rel_error(a: &Tensor, b: &Tensor) -> f32 {
+        let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap();
+        let norm = b.sqr().unwrap().sum_all().unwrap();
+        let (d, n) = (
+            diff.to_scalar::<f32>().unwrap(),
+            norm.to_scalar::<f32>().unwrap(),
+        );
+        (d / n.max(f32::MIN_POSITIVE)).sqrt()
+    }
+
+    /// Outputs, running statistics and the gradients of x, γ and β agree with candle-nn's layer.
+    #[test]
+    fn fused_path_agrees_with_candle_in_both_modes() {
+        let dev = Device::Cpu;
+        let (b, c, h, w) = (3, 4, 5, 6);
+        for relu in [false, true] {
+            let x = Var::randn(0.5f32, 2.0, (b, c, h, w), &dev).unwrap();
+            let up = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap();
+            let run = |k: Kernels| {
+                let (bn, gamma, beta) = layer(c, &dev);
+                // Same parameters for both paths: the layers are drawn afresh, so copy them.
+                gamma
+                    .set(&Tensor::new(&[1.2f32, 0.7, -0.4, 1.0], &dev).unwrap())
+                    .unwrap();
+                beta.set(&Tensor::new(&[0.1f32, -0.3, 0.2, 0.0], &dev).unwrap())
+                    .unwrap();
+                Var::from_tensor(bn.inner.running_mean())
+                    .unwrap()
+                    .set(&Tensor::new(&[0.0f32, 0.1, -0.1, 0.2], &dev).unwrap())
+                    .unwrap();
+                Var::from_tensor(bn.inner.running_var())
+                    .unwrap()
+                    .set(&Tensor::new(&[1.0f32, 0.5, 2.0, 1.5], &dev).unwrap())
+                    .unwrap();
+                let y = bn.forward_with(x.as_tensor(), true, relu, k).unwrap();
+                let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                let eval = bn.forward_with(x.as_tensor(), false, relu, k).unwrap();
+                let grad = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
+                vec![
+                    ("train output", y),
+                    ("dx", grad(&x)),
+                    ("dgamma", grad(&gamma)),
+                    ("dbeta", grad(&beta)),
+                    ("running mean", bn.inner.running_mean().clone()),
+                    ("running var", bn.inner.running_var().clone()),
+                    ("eval output", eval),
+                ]
+            };
+            let (fused, generic) = (run(Kernels::Fused), run(Kernels::Generic));
+            for ((what, a), (_, b)) in fused.iter().zip(&generic) {
+                assert_eq!(a.dims(), b.dims(), "{what}");
+                let rel = rel_error(a, b);
+                assert!(rel <= 1e-5, "relu {relu}, {what}: relative error {rel}");
+            }
+        }
+    }
+
+    /// In training each channel comes out with mean β and standard deviation |γ|.
+    #[test]
+    fn training_output_has_the_affine_statistics() {
+        let dev = Device::Cpu;
+        let (bn, gamma, beta) = layer(2, &dev);
+        gamma
+            .set(&Tensor::new(&[2.0f32, 0.5], &dev).unwrap())
+            .unwrap();
+        beta.set(&Tensor::new(&[1.0f32, -3.0], &dev).unwrap())
+            .unwrap();
+        let x = Tensor::randn(5f32, 3.0, (8, 2, 4, 4), &dev).unwrap();
+        let y = bn.forward_with(&x, true, false, Kernels::Fused).unwrap();
+        let per_channel = y.transpose(0, 1).unwrap().flatten_from(1).unwrap();
+        let mean = per_channel.mean(1).unwrap().to_vec1::<f32>().unwrap();
+        let std = per_channel
+            .broadcast_sub(&per_channel.mean_keepdim(1).unwrap())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean(1)
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (got, want) in mean
+            .iter()
+            .zip([1.0, -3.0])
+            .chain(std.iter().zip([2.0, 0.5]))
+        {
+            assert!((got - want).abs() < 1e-3, "{got} vs {want}");
+        }
+    }
+}
