@@ -114,6 +114,18 @@ pub fn optimizer_config(c: &TrainConfig) -> OptimizerConfig {
     }
 }
 
+/// A run directory (one holding `config.json`) directly inside `dir`, such as `--seeds`'
+/// `dir/seed-42`.
+fn nested_run(dir: &Path) -> Option<std::path::PathBuf> {
+    let mut runs: Vec<_> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| RunDir::new(p).config().is_file())
+        .collect();
+    runs.sort();
+    runs.into_iter().next()
+}
+
 /// Trains a new run into `dir` and returns its summary (`None` if interrupted by `interrupt_after`).
 pub fn train(
     config: &TrainConfig,
@@ -124,6 +136,15 @@ pub fn train(
 ) -> anyhow::Result<Option<RunSummary>> {
     config.validate()?;
     let run = RunDir::new(dir);
+    if let Some(nested) = nested_run(dir) {
+        // Even --force: replacing `dir` would delete them.
+        bail!(
+            "{} holds other runs (e.g. {}): a run there would hide them from fmnist-eval and \
+             --force would delete them; choose another --out",
+            dir.display(),
+            nested.display()
+        );
+    }
     if run.config().exists() || run.state().exists() {
         if !options.force {
             bail!(

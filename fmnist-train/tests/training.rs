@@ -225,6 +225,30 @@ fn an_existing_run_is_not_overwritten_without_force() {
 }
 
 #[test]
+fn a_folder_of_seed_runs_is_refused_even_with_force() {
+    let data = synthetic();
+    let dir = tempfile::tempdir().unwrap();
+    let c = small(ModelKind::Lstm, 1);
+    let seed_run = dir.path().join("seed-42");
+    fmnist_train::train(&c, &data, &seed_run, &Device::Cpu, &quiet()).unwrap();
+    let forced = RunOptions {
+        force: true,
+        ..quiet()
+    };
+    let msg = fmnist_train::train(&c, &data, dir.path(), &Device::Cpu, &forced)
+        .unwrap_err()
+        .to_string();
+    let expected = format!(
+        "{} holds other runs (e.g. {}): a run there would hide them from fmnist-eval and \
+         --force would delete them; choose another --out",
+        dir.path().display(),
+        seed_run.display()
+    );
+    assert_eq!(msg, expected);
+    assert!(seed_run.join("model.safetensors").is_file());
+}
+
+#[test]
 fn bench_times_the_steps_and_scores_the_test_set_repeatably() {
     use fmnist_train::bench::{bench, BenchConfig};
     let data = synthetic();
