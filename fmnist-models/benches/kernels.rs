@@ -72,7 +72,10 @@ fn batch_norm(c: &mut Criterion) {
     group.sample_size(20);
     fused_and_generic(
         &mut group,
-        ["generic (candle-nn BatchNorm, relu)", "fused (two passes each way)"],
+        [
+            "generic (candle-nn BatchNorm, relu)",
+            "fused (two passes each way)",
+        ],
         |k| bn.forward_with(x.as_tensor(), true, true, k).unwrap(),
     );
     group.finish();

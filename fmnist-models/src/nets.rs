@@ -87,9 +87,9 @@ impl Lstm {
 }
 
 impl Net for Lstm {
-    fn forward_t(&self, x: &Tensor, _train: bool) -> candle::Result<Tensor> {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         let rows = x.squeeze(1)?; // [B, 28 steps, 28 features]
-        self.fc.forward(&self.lstm.last_hidden(&rows)?)
+        self.fc.forward(&self.lstm.last_hidden_t(&rows, train)?)
     }
 }
 

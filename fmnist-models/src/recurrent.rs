@@ -43,24 +43,28 @@ impl Lstm {
     }
 
     /// The hidden state `[B, H]` after the last step of `x [B, T, I]`, from a zero state.
-    pub fn last_hidden(&self, x: &Tensor) -> candle::Result<Tensor> {
-        self.last_hidden_with(x, kernels())
+    /// In evaluation (`train` false) the fused path records no graph and keeps no activations.
+    pub fn last_hidden_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let k = kernels();
+        if train || !fused(x, k) {
+            return self.last_hidden_with(x, k);
+        }
+        let [w_ih, w_hh, b_ih, b_hh] = [&self.w_ih, &self.w_hh, &self.b_ih, &self.b_hh];
+        recurrence(
+            x,
+            [
+                &w_ih.detach(),
+                &w_hh.detach(),
+                &b_ih.detach(),
+                &b_hh.detach(),
+            ],
+        )
     }
 
-    /// [`Lstm::last_hidden`] with the kernels given.
+    /// [`Lstm::last_hidden_t`] in training, with the kernels given.
     pub fn last_hidden_with(&self, x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
-        if k == Kernels::Fused && x.device().is_cpu() && x.dtype() == DType::F32 {
-            let (b, t, i) = x.dims3()?;
-            let gates = x
-                .reshape((b * t, i))?
-                .matmul(&self.w_ih.t()?)?
-                .broadcast_add(&(&self.b_ih + &self.b_hh)?)?
-                .reshape((b, t, ()))?;
-            let op = Recurrence {
-                save: gates.track_op() || self.w_hh.track_op(),
-                saved: Mutex::new(None),
-            };
-            return gates.apply_op2(&self.w_hh, op);
+        if fused(x, k) {
+            return recurrence(x, [&self.w_ih, &self.w_hh, &self.b_ih, &self.b_hh]);
         }
         let states = self.inner.seq(x)?;
         let last = states
@@ -68,6 +72,26 @@ impl Lstm {
             .ok_or_else(|| candle::Error::Msg("empty sequence".into()))?;
         Ok(last.h.clone())
     }
+}
+
+fn fused(x: &Tensor, k: Kernels) -> bool {
+    k == Kernels::Fused && x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// The fused path: one GEMM for the input projection of every step, then [`Recurrence`],
+/// which saves its activations only if a gradient can flow.
+fn recurrence(x: &Tensor, [w_ih, w_hh, b_ih, b_hh]: [&Tensor; 4]) -> candle::Result<Tensor> {
+    let (b, t, i) = x.dims3()?;
+    let gates = x
+        .reshape((b * t, i))?
+        .matmul(&w_ih.t()?)?
+        .broadcast_add(&(b_ih + b_hh)?)?
+        .reshape((b, t, ()))?;
+    let op = Recurrence {
+        save: gates.track_op() || w_hh.track_op(),
+        saved: Mutex::new(None),
+    };
+    gates.apply_op2(w_hh, op)
 }
 
 /// What the forward pass keeps for the backward pass: per step the activated gates
@@ -303,6 +327,13 @@ mod tests {
             }
             all
         };
+        // Evaluation of data (not a Var) gives the same state, with no graph behind it.
+        let data = x.as_detached_tensor();
+        let eval = lstm.last_hidden_t(&data, false).unwrap();
+        assert!(!eval.track_op());
+        let train = lstm.last_hidden_t(&data, true).unwrap();
+        assert!(train.track_op());
+        assert_eq!(flat(&eval), flat(&train));
         let (fused, generic) = (run(Kernels::Fused), run(Kernels::Generic));
         for (what, (a, b)) in ["h", "dW_ih", "dW_hh", "db_ih", "db_hh", "dx"]
             .iter()
