@@ -51,24 +51,29 @@ impl BatchNorm2d {
         let (b, _, h, w) = x.dims4()?;
         let eps = self.inner.eps() as f32;
         if !train {
-            let mean = self.inner.running_mean().to_vec1::<f32>()?;
-            let var = self.inner.running_var().to_vec1::<f32>()?;
-            let inv_std = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-            let op = Normalize {
-                mean,
-                inv_std,
+            let op = Normalize::new(
+                self.inner.running_mean().to_vec1::<f32>()?,
+                &self.inner.running_var().to_vec1::<f32>()?,
+                eps,
                 relu,
-            };
+            );
             return x.apply_op3_no_bwd(&gamma.detach(), &beta.detach(), &op);
         }
-        let stats = x.apply_op1_no_bwd(&ChannelStats)?.to_vec2::<f32>()?;
-        let (mean, var) = (&stats[0], &stats[1]);
+        let mut stats = x.apply_op1_no_bwd(&ChannelStats)?.to_vec2::<f32>()?;
+        let (var, mean) = (
+            stats.pop().unwrap_or_default(),
+            stats.pop().unwrap_or_default(),
+        );
         let n = (b * h * w) as f32;
         if n < 2.0 {
             candle::bail!("batch norm: needs more than one value per channel in training");
         }
         let m = self.inner.momentum() as f32;
-        let updated = |running: &Tensor, batch: &mut dyn Iterator<Item = f32>| {
+        let unbiased: Vec<f32> = var.iter().map(|v| v * n / (n - 1.0)).collect();
+        for (running, batch) in [
+            (self.inner.running_mean(), &mean),
+            (self.inner.running_var(), &unbiased),
+        ] {
             let old = running.to_vec1::<f32>()?;
             let new: Vec<f32> = old
                 .iter()
@@ -76,19 +81,9 @@ impl BatchNorm2d {
                 .map(|(o, v)| (1.0 - m) * o + m * v)
                 .collect();
             // The running statistics are Vars: from_tensor shares their storage.
-            Var::from_tensor(running)?.set(&Tensor::new(new, running.device())?)
-        };
-        updated(self.inner.running_mean(), &mut mean.iter().copied())?;
-        updated(
-            self.inner.running_var(),
-            &mut var.iter().map(|v| v * n / (n - 1.0)),
-        )?;
-        let op = Normalize {
-            mean: mean.clone(),
-            inv_std: var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
-            relu,
-        };
-        x.apply_op3(gamma, beta, op)
+            Var::from_tensor(running)?.set(&Tensor::new(new, running.device())?)?;
+        }
+        x.apply_op3(gamma, beta, Normalize::new(mean, &var, eps, relu))
     }
 }
 
@@ -96,6 +91,23 @@ impl Module for BatchNorm2d {
     fn forward(&self, x: &Tensor) -> candle::Result<Tensor> {
         self.forward_t(x, false)
     }
+}
+
+/// The range of plane `(image, ch)` in a contiguous `[B, C, H, W]` slice.
+fn plane_of(image: usize, ch: usize, c: usize, plane: usize) -> std::ops::Range<usize> {
+    let start = (image * c + ch) * plane;
+    start..start + plane
+}
+
+/// `[2, C]` of a pair of values per channel, computed in parallel over the channels.
+fn per_channel_pairs(
+    c: usize,
+    pair: impl Fn(usize) -> (f64, f64) + Sync + Send,
+) -> (CpuStorage, Shape) {
+    let pairs: Vec<(f64, f64)> = (0..c).into_par_iter().map(pair).collect();
+    let mut out: Vec<f32> = pairs.iter().map(|p| p.0 as f32).collect();
+    out.extend(pairs.iter().map(|p| p.1 as f32));
+    (CpuStorage::F32(out), Shape::from((2, c)))
 }
 
 /// Per-channel mean and biased variance of `[B, C, H, W]`, as `[2, C]` (two passes, in f64).
@@ -111,23 +123,17 @@ impl candle::CustomOp1 for ChannelStats {
         let x = f32_slice(s, l, "channel stats")?;
         let plane = h * w;
         let n = (b * plane) as f64;
-        let per_channel: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let channel = || (0..b).map(|i| &x[(i * c + ch) * plane..][..plane]);
-                let sum: f64 = channel()
-                    .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
-                    .sum();
-                let mean = sum / n;
-                let sq: f64 = channel()
-                    .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
-                    .sum();
-                (mean as f32, (sq / n) as f32)
-            })
-            .collect();
-        let mut out: Vec<f32> = per_channel.iter().map(|s| s.0).collect();
-        out.extend(per_channel.iter().map(|s| s.1));
-        Ok((CpuStorage::F32(out), Shape::from((2, c))))
+        Ok(per_channel_pairs(c, |ch| {
+            let channel = || (0..b).map(|i| &x[plane_of(i, ch, c, plane)]);
+            let sum: f64 = channel()
+                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+                .sum();
+            let mean = sum / n;
+            let sq: f64 = channel()
+                .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+                .sum();
+            (mean, sq / n)
+        }))
     }
 }
 
@@ -140,6 +146,15 @@ struct Normalize {
 }
 
 impl Normalize {
+    fn new(mean: Vec<f32>, var: &[f32], eps: f32, relu: bool) -> Self {
+        let inv_std = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+        Normalize {
+            mean,
+            inv_std,
+            relu,
+        }
+    }
+
     /// Per channel `(scale, shift)` with `y = scale·x + shift`.
     fn affine(&self, gamma: &[f32], beta: &[f32]) -> Vec<(f32, f32)> {
         (0..gamma.len())
@@ -281,25 +296,19 @@ impl CustomOp3 for GradSums<'_> {
     ) -> candle::Result<(CpuStorage, Shape)> {
         let ([x, dy, y], c, plane) = three([(s1, l1), (s2, l2), (s3, l3)])?;
         let b = x.len() / (c * plane);
-        let per_channel: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (mut sum, mut sum_xhat) = (0f64, 0f64);
-                for i in 0..b {
-                    let at = (i * c + ch) * plane..(i * c + ch + 1) * plane;
-                    let (s, sx) = self
-                        .0
-                        .terms(ch, &x[at.clone()], &dy[at.clone()], &y[at])
-                        .fold((0f32, 0f32), |(s, sx), (xhat, g)| (s + g, sx + g * xhat));
-                    sum += s as f64;
-                    sum_xhat += sx as f64;
-                }
-                (sum, sum_xhat)
-            })
-            .collect();
-        let mut out: Vec<f32> = per_channel.iter().map(|s| s.0 as f32).collect();
-        out.extend(per_channel.iter().map(|s| s.1 as f32));
-        Ok((CpuStorage::F32(out), Shape::from((2, c))))
+        Ok(per_channel_pairs(c, |ch| {
+            let (mut sum, mut sum_xhat) = (0f64, 0f64);
+            for i in 0..b {
+                let at = plane_of(i, ch, c, plane);
+                let (s, sx) = self
+                    .0
+                    .terms(ch, &x[at.clone()], &dy[at.clone()], &y[at])
+                    .fold((0f32, 0f32), |(s, sx), (xhat, g)| (s + g, sx + g * xhat));
+                sum += s as f64;
+                sum_xhat += sx as f64;
+            }
+            (sum, sum_xhat)
+        }))
     }
 }
 
