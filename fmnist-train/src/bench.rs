@@ -87,7 +87,7 @@ pub fn bench(
     let test = score(&test_logits, &data.test.labels);
     let rate = images as f64 / timed.max(f64::MIN_POSITIVE);
     Ok(BenchResult {
-        implementation: format!("candle-{}", kernels_name(fmnist_models::kernels::kernels())),
+        implementation: implementation_name(device),
         model: config.model.name().to_string(),
         threads: crate::device::cpu_threads(),
         batch_size: config.batch_size,
@@ -102,6 +102,16 @@ pub fn bench(
         machine: crate::device::machine_description(),
         commit: crate::device::git_commit(),
     })
+}
+
+/// `candle-fused` or `candle-generic` on the CPU; `candle-cuda` or `candle-metal` on a GPU,
+/// where the generic path always runs.
+fn implementation_name(device: &Device) -> String {
+    match device {
+        Device::Cpu => format!("candle-{}", kernels_name(fmnist_models::kernels::kernels())),
+        Device::Cuda(_) => "candle-cuda".into(),
+        Device::Metal(_) => "candle-metal".into(),
+    }
 }
 
 fn kernels_name(k: Kernels) -> &'static str {

@@ -93,13 +93,7 @@ pub fn machine_description() -> String {
     format!("{cpu}, {cores} cores, {}", std::env::consts::OS)
 }
 
-/// The short hash of the checked-out commit, or `unknown` outside a git checkout.
+/// The short hash of the commit this binary was built from (`unknown` outside a git checkout).
 pub fn git_commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+    env!("FMNIST_GIT_COMMIT").to_string()
 }

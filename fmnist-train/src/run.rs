@@ -23,6 +23,9 @@ pub struct RunConfig {
     #[serde(default)]
     pub kernels: fmnist_models::Kernels,
     pub fmnist_version: String,
+    /// The commit the training binary was built from (absent in runs of older binaries).
+    #[serde(default)]
+    pub commit: Option<String>,
 }
 
 /// Where training stands after a completed epoch (what `--resume` continues from).

@@ -167,6 +167,7 @@ pub fn train(
         threads: crate::device::cpu_threads(),
         kernels: fmnist_models::kernels::kernels(),
         fmnist_version: env!("CARGO_PKG_VERSION").to_string(),
+        commit: Some(crate::device::git_commit()),
     };
     write_json(&run.config(), &run_config)?;
     let optimizer = Optimizer::new(optimizer_config(config), model.trainable_vars())?;

@@ -1,12 +1,13 @@
 //! The training loop end to end on small data: learning on real Fashion-MNIST, bit-for-bit
 //! repeatability, resume equal to an uninterrupted run, a NaN stop that keeps the last good
-//! checkpoint, and a run directory that is never overwritten by accident.
+//! checkpoint, a run directory that is never overwritten by accident, and the commit recorded.
 use std::path::Path;
 
 use candle::Device;
 use fmnist_data::{DataArgs, DataSource, FashionMnist, ImageSet, Origin, FASHION_MNIST_CLASSES};
 use fmnist_models::ModelKind;
-use fmnist_train::{EpochRecord, Preset, RunDir, RunOptions, TrainConfig};
+use fmnist_train::run::read_json;
+use fmnist_train::{EpochRecord, Preset, RunConfig, RunDir, RunOptions, TrainConfig};
 
 /// 500 images whose class is a bright band two pixels high at rows 2c+3 and 2c+4, plus
 /// pseudo-random noise.
@@ -133,6 +134,14 @@ fn synthetic_bands_are_learned() {
     .unwrap();
     assert!(s.test.accuracy > 0.9, "{}", s.test.accuracy);
     assert_eq!(history(dir.path()).len(), 3);
+    // config.json names the commit the binary was built from: this checkout's HEAD.
+    let config: RunConfig = read_json(&RunDir::new(dir.path()).config()).unwrap();
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .unwrap();
+    let head = String::from_utf8(head.stdout).unwrap();
+    assert_eq!(config.commit.as_deref(), Some(head.trim()));
 }
 
 #[test]
