@@ -160,6 +160,14 @@ fn gate_rows(row: &mut [f32], hidden: usize) -> [&mut [f32]; 4] {
     [i, f, g, &mut o[..hidden]]
 }
 
+/// [`gate_rows`] for reading.
+fn gate_parts(row: &[f32], hidden: usize) -> [&[f32]; 4] {
+    let (i, rest) = row.split_at(hidden);
+    let (f, rest) = rest.split_at(hidden);
+    let (g, o) = rest.split_at(hidden);
+    [i, f, g, &o[..hidden]]
+}
+
 /// `a [m, k] · bᵀ` for `b [n, k]` (`transpose_b`) or `a · b` for `b [k, n]`, through candle's GEMM.
 fn gemm(a: &[f32], m: usize, b: &Tensor, transpose_b: bool) -> candle::Result<Vec<f32>> {
     let k = a.len() / m.max(1);
@@ -197,8 +205,7 @@ fn forward(
             .for_each(|(row, ((g, h), (c, tc)))| {
                 let p = &proj[(row * t + step) * g4..][..g4];
                 let [gi, gf, gg, go] = gate_rows(g, hidden);
-                let (pi, pf) = (&p[..hidden], &p[hidden..2 * hidden]);
-                let (pg, po) = (&p[2 * hidden..3 * hidden], &p[3 * hidden..]);
+                let [pi, pf, pg, po] = gate_parts(p, hidden);
                 // Equal lengths, stated once, let the loop run without bounds checks and vectorize.
                 let (h, c, tc) = (&mut h[..hidden], &mut c[..hidden], &mut tc[..hidden]);
                 for j in 0..hidden {
@@ -281,8 +288,7 @@ impl CustomOp2 for Recurrence {
                 .enumerate()
                 .for_each(|(row, (d, dc))| {
                     let g = &gates[row * g4..][..g4];
-                    let (gi, gf) = (&g[..hidden], &g[hidden..2 * hidden]);
-                    let (gg, go) = (&g[2 * hidden..3 * hidden], &g[3 * hidden..]);
+                    let [gi, gf, gg, go] = gate_parts(g, hidden);
                     let [di, df, dg, d_o] = gate_rows(d, hidden);
                     let cp = &c_prev[row * hidden..][..hidden];
                     let tcs = &tanh_now[row * hidden..][..hidden];
