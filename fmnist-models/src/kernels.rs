@@ -47,6 +47,16 @@ pub fn kernels() -> Kernels {
     }
 }
 
+/// Runs `f` compiled for the widest vector instructions the CPU has (AVX-512, else AVX2 with
+/// FMA, else the x86-64 baseline's SSE2), chosen at run time, so that the loops of the fused
+/// kernels vectorize 8 or 16 floats wide. Everything `f` calls must be inlined into it for
+/// that (`#[inline(always)]` on small helpers). Rust never contracts `a * b + c` into an FMA,
+/// so the results are the same bits whichever instructions run.
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
+
 /// 2x2 max-pooling with stride 2, flooring odd sizes as PyTorch and Keras do.
 ///
 /// The generic path is built from reductions over a reshaped view rather than candle's `max_pool2d`,
@@ -78,6 +88,54 @@ pub fn max_pool2_with(x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
     let count = mask.sum_keepdim(5)?.sum_keepdim(3)?;
     let share = mask.broadcast_div(&count)?.detach();
     (x * share)?.sum(5)?.sum(3)
+}
+
+/// `dst [m, n] = a [m, k] · b`, or `dst += a · b` (`accumulate`), where `b` is `[k, n]`, or
+/// `[n, k]` read transposed (`b_transposed`), all row-major: the `gemm` crate's GEMM (the one
+/// candle's matmul runs) on slices, so that a loop of small products neither copies into
+/// tensors nor allocates.
+pub(crate) fn gemm_into(
+    dst: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    b_transposed: bool,
+    accumulate: bool,
+) {
+    assert!(dst.len() == m * n && a.len() == m * k && b.len() == k * n);
+    let (b_col, b_row) = if b_transposed { (k, 1) } else { (1, n) };
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the strides address exactly the m·n, m·k and k·n elements the three slices hold
+    // (asserted above), and `dst` is borrowed mutably, so it aliases neither input.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            b_col as isize,
+            b_row as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
 }
 
 pub(crate) fn f32_slice<'a>(

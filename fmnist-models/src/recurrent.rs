@@ -6,13 +6,15 @@
 //! (candle ops, so its gradients are candle's), and the recurrence — one `h·W_hhᵀ` GEMM and
 //! the fused gate arithmetic per step — is a single custom op that keeps its gate activations
 //! for a hand-written backward through time (two GEMMs per step, one for `W_hh` at the end).
+//! Everything is time-major (`[T, B, ·]`), so each step's GEMM accumulates straight into that
+//! step's block of the projections, with no copy in or out and no allocation per step.
 use std::sync::Mutex;
 
 use candle::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use candle_nn::rnn::RNN;
 use rayon::prelude::*;
 
-use crate::kernels::{f32_slice, kernels, Kernels};
+use crate::kernels::{f32_slice, gemm_into, kernels, simd, Kernels};
 
 /// A single-layer LSTM (PyTorch's gate order i, f, g, o) read for its last hidden state.
 #[derive(Debug, Clone)]
@@ -82,14 +84,16 @@ fn fused(x: &Tensor, k: Kernels) -> bool {
 /// which saves its activations only if a gradient can flow.
 fn recurrence(x: &Tensor, [w_ih, w_hh, b_ih, b_hh]: [&Tensor; 4]) -> candle::Result<Tensor> {
     let (b, t, i) = x.dims3()?;
+    // Time-major rows (step, image), so that each step's gates are one contiguous block.
+    let x = x.transpose(0, 1)?.contiguous()?.reshape((t * b, i))?;
     // The biases ride in the GEMM as one more input column against a column of ones, so no
-    // broadcast add runs over the `[B·T, 4H]` projections and their gradient comes out of the
+    // broadcast add runs over the `[T·B, 4H]` projections and their gradient comes out of the
     // same GEMM as `W_ih`'s instead of a reduction over them.
-    let ones = Tensor::ones((b * t, 1), x.dtype(), x.device())?;
-    let inputs = Tensor::cat(&[&x.reshape((b * t, i))?, &ones], 1)?;
+    let ones = Tensor::ones((t * b, 1), x.dtype(), x.device())?;
+    let inputs = Tensor::cat(&[&x, &ones], 1)?;
     let bias = (b_ih + b_hh)?.unsqueeze(1)?;
     let weights = Tensor::cat(&[w_ih, &bias], 1)?; // [4H, I + 1]
-    let gates = inputs.matmul(&weights.t()?)?.reshape((b, t, ()))?;
+    let gates = inputs.matmul(&weights.t()?)?.reshape((t, b, ()))?;
     let op = Recurrence {
         save: gates.track_op() || w_hh.track_op(),
         saved: Mutex::new(None),
@@ -97,17 +101,17 @@ fn recurrence(x: &Tensor, [w_ih, w_hh, b_ih, b_hh]: [&Tensor; 4]) -> candle::Res
     gates.apply_op2(w_hh, op)
 }
 
-/// What the forward pass keeps for the backward pass: per step the activated gates
-/// (i, f, g, o) `[T, B, 4H]`, the cells `[T + 1, B, H]` (zero first), their tanh `[T, B, H]`
-/// and the hidden states entering each step `[T, B, H]`.
+/// What the forward pass keeps for the backward pass, each time-major: the activated gates
+/// (i, f, g, o) `[T, B, 4H]`, the cells `[T + 1, B, H]` and hidden states `[T + 1, B, H]`
+/// (zero first), and the cells' tanh `[T, B, H]`.
 struct Saved {
     gates: Vec<f32>,
     cells: Vec<f32>,
+    hiddens: Vec<f32>,
     tanh_cells: Vec<f32>,
-    hidden_in: Vec<f32>,
 }
 
-/// The recurrence over precomputed input projections `[B, T, 4H]` with `W_hh [4H, H]`,
+/// The recurrence over precomputed input projections `[T, B, 4H]` with `W_hh [4H, H]`,
 /// returning the last hidden state `[B, H]`.
 struct Recurrence {
     /// Keep the activations (a backward pass may follow).
@@ -115,6 +119,7 @@ struct Recurrence {
     saved: Mutex<Option<Saved>>,
 }
 
+#[inline(always)]
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
@@ -148,11 +153,13 @@ fn exp(x: f32) -> f32 {
 
 /// tanh through `exp` (libm's `tanhf` goes through the much slower `expm1f`); absolute
 /// error ~1e-7, which is all the gate arithmetic needs.
+#[inline(always)]
 fn tanh(x: f32) -> f32 {
     2.0 * sigmoid(2.0 * x) - 1.0
 }
 
 /// One row of gates `[4H]` as its four gates (i, f, g, o) of `hidden` values each.
+#[inline(always)]
 fn gate_rows(row: &mut [f32], hidden: usize) -> [&mut [f32]; 4] {
     let (i, rest) = row.split_at_mut(hidden);
     let (f, rest) = rest.split_at_mut(hidden);
@@ -161,6 +168,7 @@ fn gate_rows(row: &mut [f32], hidden: usize) -> [&mut [f32]; 4] {
 }
 
 /// [`gate_rows`] for reading.
+#[inline(always)]
 fn gate_parts(row: &[f32], hidden: usize) -> [&[f32]; 4] {
     let (i, rest) = row.split_at(hidden);
     let (f, rest) = rest.split_at(hidden);
@@ -168,64 +176,137 @@ fn gate_parts(row: &[f32], hidden: usize) -> [&[f32]; 4] {
     [i, f, g, &o[..hidden]]
 }
 
-/// `a [m, k] · bᵀ` for `b [n, k]` (`transpose_b`) or `a · b` for `b [k, n]`, through candle's GEMM.
-fn gemm(a: &[f32], m: usize, b: &Tensor, transpose_b: bool) -> candle::Result<Vec<f32>> {
-    let k = a.len() / m.max(1);
-    let a = Tensor::from_slice(a, (m, k), &Device::Cpu)?;
-    let b = if transpose_b { b.t()? } else { b.clone() };
-    a.matmul(&b)?.flatten_all()?.to_vec1()
+/// Step buffers of `len` values: one per step when they are kept for the backward pass, else
+/// `slots` of them reused in turn.
+struct Steps {
+    data: Vec<f32>,
+    len: usize,
+    slots: Option<usize>,
+}
+
+impl Steps {
+    fn new(steps: usize, len: usize, keep: bool, slots: usize) -> Self {
+        let slots = (!keep).then_some(slots);
+        Steps {
+            data: vec![0f32; slots.unwrap_or(steps) * len],
+            len,
+            slots,
+        }
+    }
+
+    fn range(&self, step: usize) -> std::ops::Range<usize> {
+        let at = self.slots.map_or(step, |n| step % n) * self.len;
+        at..at + self.len
+    }
+
+    fn get(&self, step: usize) -> &[f32] {
+        &self.data[self.range(step)]
+    }
+
+    fn get_mut(&mut self, step: usize) -> &mut [f32] {
+        let r = self.range(step);
+        &mut self.data[r]
+    }
+
+    /// Step `read` for reading beside step `write` for writing (two different slots).
+    fn read_write(&mut self, read: usize, write: usize) -> (&[f32], &mut [f32]) {
+        let (r, w) = (self.range(read), self.range(write));
+        if r.start < w.start {
+            let (lo, hi) = self.data.split_at_mut(w.start);
+            (&lo[r], &mut hi[..self.len])
+        } else {
+            let (lo, hi) = self.data.split_at_mut(r.start);
+            (&hi[..self.len], &mut lo[w])
+        }
+    }
+}
+
+/// One image's step: activates its gate row `[4H]` (pre-activations in, i, f, g, o out) and
+/// computes its cell, the cell's tanh and its hidden state from the previous cell. A function
+/// of its own so that the compiler knows the slices apart and vectorizes without alias checks.
+#[inline(always)]
+fn activate_row(g: &mut [f32], c_prev: &[f32], c: &mut [f32], tc: &mut [f32], h: &mut [f32]) {
+    let hidden = h.len();
+    let [gi, gf, gg, go] = gate_rows(g, hidden);
+    // Equal lengths, stated once, let the loop run without bounds checks.
+    let (c, c_prev, tc) = (&mut c[..hidden], &c_prev[..hidden], &mut tc[..hidden]);
+    for j in 0..hidden {
+        let i = sigmoid(gi[j]);
+        let f = sigmoid(gf[j]);
+        let cell = tanh(gg[j]);
+        let o = sigmoid(go[j]);
+        c[j] = f * c_prev[j] + i * cell;
+        tc[j] = tanh(c[j]);
+        h[j] = o * tc[j];
+        (gi[j], gf[j], gg[j], go[j]) = (i, f, cell, o);
+    }
+}
+
+/// One image's step backward: from its activated gates, previous cell, the cell's tanh and the
+/// gradient reaching its hidden state, the pre-activation gate gradients `d [4H]`; `dc` carries
+/// the cell gradient from this step to the previous one.
+#[inline(always)]
+fn differentiate_row(
+    g: &[f32],
+    c_prev: &[f32],
+    tanh_c: &[f32],
+    dh: &[f32],
+    d: &mut [f32],
+    dc: &mut [f32],
+) {
+    let hidden = dc.len();
+    let [gi, gf, gg, go] = gate_parts(g, hidden);
+    let [di, df, dg, d_o] = gate_rows(d, hidden);
+    let (c_prev, tanh_c, dh) = (&c_prev[..hidden], &tanh_c[..hidden], &dh[..hidden]);
+    for j in 0..hidden {
+        let (i, f, cell, o) = (gi[j], gf[j], gg[j], go[j]);
+        let tc = tanh_c[j];
+        let dcell_total = dc[j] + dh[j] * o * (1.0 - tc * tc);
+        di[j] = dcell_total * cell * i * (1.0 - i);
+        df[j] = dcell_total * c_prev[j] * f * (1.0 - f);
+        dg[j] = dcell_total * i * (1.0 - cell * cell);
+        d_o[j] = dh[j] * tc * o * (1.0 - o);
+        dc[j] = dcell_total * f;
+    }
 }
 
 fn forward(
     proj: &[f32],
-    w_hh: &Tensor,
-    (b, t, hidden): (usize, usize, usize),
+    w_hh: &[f32],
+    (t, b, hidden): (usize, usize, usize),
     keep: bool,
-) -> candle::Result<(Vec<f32>, Option<Saved>)> {
-    let g4 = 4 * hidden;
-    let mut h = vec![0f32; b * hidden];
-    let mut c = vec![0f32; b * hidden];
-    let mut saved = keep.then(|| Saved {
-        gates: Vec::with_capacity(t * b * g4),
-        cells: vec![0f32; b * hidden],
-        tanh_cells: Vec::with_capacity(t * b * hidden),
-        hidden_in: Vec::with_capacity(t * b * hidden),
-    });
-    let mut tanh_c = vec![0f32; b * hidden];
+) -> (Vec<f32>, Option<Saved>) {
+    let (g4, n) = (4 * hidden, b * 4 * hidden);
+    let mut gates = Steps::new(t, n, keep, 1);
+    let mut hiddens = Steps::new(t + 1, b * hidden, keep, 2);
+    let mut cells = Steps::new(t + 1, b * hidden, keep, 2);
+    let mut tanh_cells = Steps::new(t, b * hidden, keep, 1);
     for step in 0..t {
-        let mut gates = gemm(&h, b, w_hh, true)?; // [B, 4H]
-        if let Some(s) = saved.as_mut() {
-            s.hidden_in.extend_from_slice(&h);
-        }
-        gates
-            .par_chunks_mut(g4)
+        // gates = projection + h·W_hhᵀ, accumulated in place.
+        let g = gates.get_mut(step);
+        g.copy_from_slice(&proj[step * n..][..n]);
+        let (h_prev, h) = hiddens.read_write(step, step + 1);
+        gemm_into(g, h_prev, w_hh, (b, hidden, g4), true, true);
+        let (c_prev, c) = cells.read_write(step, step + 1);
+        g.par_chunks_mut(g4)
             .zip(h.par_chunks_mut(hidden))
-            .zip(c.par_chunks_mut(hidden).zip(tanh_c.par_chunks_mut(hidden)))
-            .enumerate()
-            .for_each(|(row, ((g, h), (c, tc)))| {
-                let p = &proj[(row * t + step) * g4..][..g4];
-                let [gi, gf, gg, go] = gate_rows(g, hidden);
-                let [pi, pf, pg, po] = gate_parts(p, hidden);
-                // Equal lengths, stated once, let the loop run without bounds checks and vectorize.
-                let (h, c, tc) = (&mut h[..hidden], &mut c[..hidden], &mut tc[..hidden]);
-                for j in 0..hidden {
-                    let i = sigmoid(gi[j] + pi[j]);
-                    let f = sigmoid(gf[j] + pf[j]);
-                    let cell = tanh(gg[j] + pg[j]);
-                    let o = sigmoid(go[j] + po[j]);
-                    c[j] = f * c[j] + i * cell;
-                    tc[j] = tanh(c[j]);
-                    h[j] = o * tc[j];
-                    (gi[j], gf[j], gg[j], go[j]) = (i, f, cell, o);
-                }
+            .zip(c.par_chunks_mut(hidden).zip(c_prev.par_chunks(hidden)))
+            .zip(tanh_cells.get_mut(step).par_chunks_mut(hidden))
+            .for_each(|(((g, h), (c, c_prev)), tc)| {
+                simd(
+                    #[inline(always)]
+                    || activate_row(g, c_prev, c, tc, h),
+                )
             });
-        if let Some(s) = saved.as_mut() {
-            s.gates.extend_from_slice(&gates);
-            s.cells.extend_from_slice(&c);
-            s.tanh_cells.extend_from_slice(&tanh_c);
-        }
     }
-    Ok((h, saved))
+    let last = hiddens.get(t).to_vec();
+    let saved = keep.then_some(Saved {
+        gates: gates.data,
+        cells: cells.data,
+        hiddens: hiddens.data,
+        tanh_cells: tanh_cells.data,
+    });
+    (last, saved)
 }
 
 impl CustomOp2 for Recurrence {
@@ -240,14 +321,14 @@ impl CustomOp2 for Recurrence {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
-        let (b, t, g4) = l1.shape().dims3()?;
+        let (t, b, g4) = l1.shape().dims3()?;
         let (rows, hidden) = l2.shape().dims2()?;
         if rows != g4 || g4 != 4 * hidden {
-            candle::bail!("lstm: gates [{b}, {t}, {g4}] do not fit W_hh [{rows}, {hidden}]");
+            candle::bail!("lstm: gates [{t}, {b}, {g4}] do not fit W_hh [{rows}, {hidden}]");
         }
         let proj = f32_slice(s1, l1, "lstm")?;
-        let w_hh = Tensor::from_slice(f32_slice(s2, l2, "lstm")?, (rows, hidden), &Device::Cpu)?;
-        let (h, saved) = forward(proj, &w_hh, (b, t, hidden), self.save)?;
+        let w_hh = f32_slice(s2, l2, "lstm")?;
+        let (h, saved) = forward(proj, w_hh, (t, b, hidden), self.save);
         if let Ok(mut slot) = self.saved.lock() {
             *slot = saved;
         }
@@ -261,65 +342,49 @@ impl CustomOp2 for Recurrence {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (b, t, g4) = proj.dims3()?;
+        let (t, b, g4) = proj.dims3()?;
         let hidden = g4 / 4;
-        let w_hh = w_hh.detach().contiguous()?;
+        let w_hh = w_hh.detach().flatten_all()?.to_vec1::<f32>()?;
         let saved = match self.saved.lock().ok().and_then(|mut k| k.take()) {
             Some(s) => s,
             None => {
                 let proj = proj.detach().flatten_all()?.to_vec1::<f32>()?;
-                forward(&proj, &w_hh, (b, t, hidden), true)?
+                forward(&proj, &w_hh, (t, b, hidden), true)
                     .1
                     .ok_or_else(|| candle::Error::Msg("lstm: nothing saved".into()))?
             }
         };
+        let (n, nh) = (b * g4, b * hidden);
         let mut dh = grad_res.detach().flatten_all()?.to_vec1::<f32>()?;
-        let mut dc = vec![0f32; b * hidden];
-        // Gate gradients (pre-activation) in [B, T, 4H], the layout of the projections.
-        let mut d_proj = vec![0f32; b * t * g4];
-        let mut d_step = vec![0f32; b * g4];
+        let mut dc = vec![0f32; nh];
+        // Gate gradients (pre-activation), time-major like the projections.
+        let mut d_proj = vec![0f32; t * n];
         for step in (0..t).rev() {
-            let gates = &saved.gates[step * b * g4..][..b * g4];
-            let c_prev = &saved.cells[step * b * hidden..][..b * hidden];
-            let tanh_now = &saved.tanh_cells[step * b * hidden..][..b * hidden];
+            let gates = &saved.gates[step * n..][..n];
+            let c_prev = &saved.cells[step * nh..][..nh];
+            let tanh_now = &saved.tanh_cells[step * nh..][..nh];
+            let d_step = &mut d_proj[step * n..][..n];
             d_step
                 .par_chunks_mut(g4)
                 .zip(dc.par_chunks_mut(hidden))
                 .enumerate()
                 .for_each(|(row, (d, dc))| {
+                    let rows = row * hidden..(row + 1) * hidden;
+                    let (cp, tc, dh) = (&c_prev[rows.clone()], &tanh_now[rows.clone()], &dh[rows]);
                     let g = &gates[row * g4..][..g4];
-                    let [gi, gf, gg, go] = gate_parts(g, hidden);
-                    let [di, df, dg, d_o] = gate_rows(d, hidden);
-                    let cp = &c_prev[row * hidden..][..hidden];
-                    let tcs = &tanh_now[row * hidden..][..hidden];
-                    let (dh, dc) = (&dh[row * hidden..][..hidden], &mut dc[..hidden]);
-                    for j in 0..hidden {
-                        let (i, f, cell, o) = (gi[j], gf[j], gg[j], go[j]);
-                        let tc = tcs[j];
-                        let dcell_total = dc[j] + dh[j] * o * (1.0 - tc * tc);
-                        di[j] = dcell_total * cell * i * (1.0 - i);
-                        df[j] = dcell_total * cp[j] * f * (1.0 - f);
-                        dg[j] = dcell_total * i * (1.0 - cell * cell);
-                        d_o[j] = dh[j] * tc * o * (1.0 - o);
-                        dc[j] = dcell_total * f;
-                    }
+                    simd(
+                        #[inline(always)]
+                        || differentiate_row(g, cp, tc, dh, d, dc),
+                    )
                 });
-            for (row, d) in d_step.chunks_exact(g4).enumerate() {
-                d_proj[(row * t + step) * g4..][..g4].copy_from_slice(d);
-            }
-            dh = gemm(&d_step, b, &w_hh, false)?; // [B, 4H] · [4H, H]
+            gemm_into(&mut dh, d_step, &w_hh, (b, g4, hidden), false, false); // [B, 4H] · [4H, H]
         }
-        // dW_hh = Σ_t dGᵀ_t · h_{t-1}: one GEMM over all steps, rows ordered (t, b) on both sides.
-        let mut d_by_step = Vec::with_capacity(t * b * g4);
-        for step in 0..t {
-            for row in 0..b {
-                d_by_step.extend_from_slice(&d_proj[(row * t + step) * g4..][..g4]);
-            }
-        }
-        let d_gates = Tensor::from_vec(d_by_step, (t * b, g4), &Device::Cpu)?;
-        let h_in = Tensor::from_vec(saved.hidden_in, (t * b, hidden), &Device::Cpu)?;
-        let d_w_hh = d_gates.t()?.matmul(&h_in)?;
-        let d_proj = Tensor::from_vec(d_proj, (b, t, g4), &Device::Cpu)?;
+        // dW_hh = Σ_t dGᵀ_t · h_{t-1}: one GEMM over all steps, rows (step, image) on both sides.
+        let d_proj = Tensor::from_vec(d_proj, (t, b, g4), &Device::Cpu)?;
+        let mut h_in = saved.hiddens;
+        h_in.truncate(t * nh);
+        let h_in = Tensor::from_vec(h_in, (t * b, hidden), &Device::Cpu)?;
+        let d_w_hh = d_proj.reshape((t * b, g4))?.t()?.matmul(&h_in)?;
         Ok((Some(d_proj), Some(d_w_hh)))
     }
 }
