@@ -6,12 +6,14 @@
 //! channels. Here the convolution is `W[O, C·k·k] × cols[C·k·k, B·L]` with `cols` the
 //! unfolded input (`L` output positions per image), so candle's matmul backward yields both
 //! gradients as GEMMs; the unfolding's own backward (a fold) runs only when the input needs
-//! a gradient.
-use candle::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
-use candle_nn::Conv2dConfig;
+//! a gradient. Where pooling and ReLU follow, conv → pool → ReLU is a single operation
+//! ([`Conv2d::forward_pool_relu`]) so that no full-size activation or gradient becomes a tensor.
+use std::sync::Mutex;
+
+use candle::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::{f32_slice, kernels, max_pool2_with, Kernels};
+use crate::kernels::{f32_slice, gemm_into, kernels, max_pool2_with, windows, Kernels};
 
 /// A convolution (groups 1, dilation 1) holding candle-nn's layer for its weights.
 #[derive(Debug, Clone)]
@@ -32,34 +34,80 @@ impl Conv2d {
         }
     }
 
-    /// The convolution followed by 2x2 max-pooling ([`crate::kernels::max_pool2`]). On the
-    /// im2col path the pooling runs on the GEMM's channel-major output, so only the pooled
-    /// quarter is transposed to `[B, O, H, W]`.
-    pub fn forward_pooled(&self, x: &Tensor) -> candle::Result<Tensor> {
-        self.forward_pooled_with(x, kernels())
+    /// The convolution, 2x2 max-pooling ([`crate::kernels::max_pool2`]) and ReLU (which
+    /// commute with each other). On the CPU the three are one operation: the GEMM's
+    /// output is pooled as it is read, only the pooled quarter comes out, already batch-major,
+    /// and the backward pass scatters the gradient to the maxima and runs the GEMMs without
+    /// ever holding the full-size gradient as a tensor (candle's backward would zero and add
+    /// each one).
+    pub fn forward_pool_relu(&self, x: &Tensor) -> candle::Result<Tensor> {
+        self.forward_pool_relu_with(x, kernels())
     }
 
-    /// [`Conv2d::forward_pooled`] with the kernels given.
-    pub fn forward_pooled_with(&self, x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
-        match self.channel_major(x, k)? {
-            Some(y) => to_batch_major(&max_pool2_with(&y, k)?),
-            None => max_pool2_with(&self.inner.forward(x)?, k),
+    /// [`Conv2d::forward_pool_relu`] with the kernels given.
+    pub fn forward_pool_relu_with(&self, x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
+        if !self.im2col_runs(x, k) {
+            return max_pool2_with(&self.inner.forward(x)?, k)?.relu();
         }
+        let (b, c, h, w) = x.dims4()?;
+        let cfg = self.inner.config();
+        let (kernel, k) = self.kernel_matrix(c)?;
+        let op = ConvPoolRelu {
+            geometry: Geometry::new(c, h, w, k, cfg.stride, cfg.padding)?,
+            batch: b,
+            ones_row: self.inner.bias().is_some(),
+            save: x.track_op() || kernel.track_op(),
+            saved: Mutex::new(None),
+        };
+        x.contiguous()?.apply_op2(&kernel, op)
     }
 
-    /// The output `[O, B, H, W]` on the im2col path, `None` where candle's path runs.
-    fn channel_major(&self, x: &Tensor, k: Kernels) -> candle::Result<Option<Tensor>> {
+    fn im2col_runs(&self, x: &Tensor, k: Kernels) -> bool {
         let cfg = self.inner.config();
-        if k == Kernels::Fused
+        k == Kernels::Fused
             && x.device().is_cpu()
             && x.dtype() == DType::F32
             && cfg.groups == 1
             && cfg.dilation == 1
-        {
-            conv2d_im2col(x, self.inner.weight(), self.inner.bias(), cfg).map(Some)
-        } else {
-            Ok(None)
+    }
+
+    /// The kernel as the GEMM's left matrix `[O, C·k·k (+1)]`, the bias as its last column,
+    /// and the kernel size.
+    fn kernel_matrix(&self, c: usize) -> candle::Result<(Tensor, usize)> {
+        let weight = self.inner.weight();
+        let (o, c_w, k, k_w) = weight.dims4()?;
+        if c != c_w || k != k_w {
+            candle::bail!("conv2d: input has {c} channels, kernel {:?}", weight.dims());
         }
+        let kernel = weight.reshape((o, c * k * k))?;
+        let kernel = match self.inner.bias() {
+            // The bias rides in the GEMM as one more kernel column against a row of ones in
+            // the unfolding, so its gradient comes out of the same GEMM as the kernel's.
+            Some(bias) => Tensor::cat(&[&kernel, &bias.reshape((o, 1))?], 1)?,
+            None => kernel,
+        };
+        Ok((kernel, k))
+    }
+
+    /// The output `[O, B, H, W]` on the im2col path, `None` where candle's path runs.
+    fn channel_major(&self, x: &Tensor, k: Kernels) -> candle::Result<Option<Tensor>> {
+        if !self.im2col_runs(x, k) {
+            return Ok(None);
+        }
+        let (b, c, h, w) = x.dims4()?;
+        let cfg = self.inner.config();
+        let (kernel, k) = self.kernel_matrix(c)?;
+        let geometry = Geometry::new(c, h, w, k, cfg.stride, cfg.padding)?;
+        let unfold = Im2Col {
+            geometry,
+            ones_row: self.inner.bias().is_some(),
+        };
+        let cols = x.contiguous()?.apply_op1(unfold)?; // [C·k·k (+1), B·L]
+        let o = kernel.dim(0)?;
+        kernel
+            .matmul(&cols)? // [O, B·L]
+            .reshape((o, b, geometry.out_h, geometry.out_w))
+            .map(Some)
     }
 }
 
@@ -67,35 +115,6 @@ impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle::Result<Tensor> {
         self.forward_with(x, kernels())
     }
-}
-
-fn conv2d_im2col(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    cfg: &Conv2dConfig,
-) -> candle::Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    let (o, c_w, k, k_w) = weight.dims4()?;
-    if c != c_w || k != k_w {
-        candle::bail!("conv2d: input has {c} channels, kernel {:?}", weight.dims());
-    }
-    let geometry = Geometry::new(c, h, w, k, cfg.stride, cfg.padding)?;
-    // The bias rides in the GEMM as one more kernel column against a row of ones, so its
-    // gradient comes out of the same GEMM as the kernel's.
-    let unfold = Im2Col {
-        geometry,
-        ones_row: bias.is_some(),
-    };
-    let cols = x.contiguous()?.apply_op1(unfold)?; // [C·k·k (+1), B·L]
-    let kernel = weight.reshape((o, c * k * k))?;
-    let kernel = match bias {
-        Some(bias) => Tensor::cat(&[&kernel, &bias.reshape((o, 1))?], 1)?,
-        None => kernel,
-    };
-    kernel
-        .matmul(&cols)? // [O, B·L]
-        .reshape((o, b, geometry.out_h, geometry.out_w))
 }
 
 /// `[O, B, H, W]` (the GEMM's layout) to `[B, O, H, W]`.
@@ -177,39 +196,11 @@ impl CustomOp1 for Im2Col {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle::Result<(CpuStorage, Shape)> {
-        let g = self.geometry;
-        let (b, c, h, w) = l.shape().dims4()?;
-        let x = f32_slice(s, l, "im2col")?;
-        let plane = h * w;
-        let l_out = g.out_h * g.out_w;
-        let n = b * l_out;
-        let rows = g.rows() + usize::from(self.ones_row);
-        let mut out = vec![0f32; rows * n];
-        out.par_chunks_mut(n).enumerate().for_each(|(row, dst)| {
-            if row == g.rows() {
-                dst.fill(1.0);
-                return;
-            }
-            let (ch, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
-            for img in 0..b {
-                let src = &x[(img * c + ch) * plane..][..plane];
-                let dst = &mut dst[img * l_out..][..l_out];
-                let xs = g.valid(kj, w, g.out_w);
-                for oy in g.valid(ki, h, g.out_h) {
-                    let line = &src[g.source(oy, ki) * w..][..w];
-                    let dst = &mut dst[oy * g.out_w..][..g.out_w];
-                    if g.stride == 1 {
-                        let from = g.source(xs.start, kj);
-                        dst[xs.clone()].copy_from_slice(&line[from..from + xs.len()]);
-                    } else {
-                        for ox in xs.clone() {
-                            dst[ox] = line[g.source(ox, kj)];
-                        }
-                    }
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((rows, n))))
+        let (b, _, _, _) = l.shape().dims4()?;
+        let cols = unfold(self.geometry, f32_slice(s, l, "im2col")?, b, self.ones_row);
+        let rows = self.geometry.rows() + usize::from(self.ones_row);
+        let n = cols.len() / rows;
+        Ok((CpuStorage::F32(cols), Shape::from((rows, n))))
     }
 
     fn bwd(
@@ -224,6 +215,180 @@ impl CustomOp1 for Im2Col {
                 .contiguous()?
                 .apply_op1_no_bwd(&Col2Im(self.geometry, b))?,
         ))
+    }
+}
+
+/// Unfolds `x [B, C, H, W]` into `[C·k·k (+1), B·L]`, as [`Im2Col`].
+fn unfold(g: Geometry, x: &[f32], b: usize, ones_row: bool) -> Vec<f32> {
+    let plane = g.h * g.w;
+    let l_out = g.out_h * g.out_w;
+    let n = b * l_out;
+    let rows = g.rows() + usize::from(ones_row);
+    let mut out = vec![0f32; rows * n];
+    out.par_chunks_mut(n).enumerate().for_each(|(row, dst)| {
+        if row == g.rows() {
+            dst.fill(1.0);
+            return;
+        }
+        let (ch, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
+        for img in 0..b {
+            let src = &x[(img * g.c + ch) * plane..][..plane];
+            let dst = &mut dst[img * l_out..][..l_out];
+            let xs = g.valid(kj, g.w, g.out_w);
+            for oy in g.valid(ki, g.h, g.out_h) {
+                let line = &src[g.source(oy, ki) * g.w..][..g.w];
+                let dst = &mut dst[oy * g.out_w..][..g.out_w];
+                if g.stride == 1 {
+                    let from = g.source(xs.start, kj);
+                    dst[xs.clone()].copy_from_slice(&line[from..from + xs.len()]);
+                } else {
+                    for ox in xs.clone() {
+                        dst[ox] = line[g.source(ox, kj)];
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// What [`ConvPoolRelu`] keeps for its backward pass: the unfolded input and, per pooled
+/// output, the offset of its window's maximum (as in [`crate::kernels::windows`]).
+struct SavedConv {
+    cols: Vec<f32>,
+    argmax: Vec<u8>,
+}
+
+/// relu(max_pool2(conv(x))) of `x [B, C, H, W]` and the kernel matrix `[O, C·k·k (+1)]`, to
+/// `[B, O, H', W']`.
+struct ConvPoolRelu {
+    geometry: Geometry,
+    batch: usize,
+    ones_row: bool,
+    /// Keep the unfolding and the maxima (a backward pass may follow).
+    save: bool,
+    saved: Mutex<Option<SavedConv>>,
+}
+
+impl ConvPoolRelu {
+    fn pooled_size(&self) -> (usize, usize) {
+        (self.geometry.out_h / 2, self.geometry.out_w / 2)
+    }
+
+    fn forward(&self, x: &[f32], kernel: &[f32]) -> (Vec<f32>, SavedConv) {
+        let g = self.geometry;
+        let cols = unfold(g, x, self.batch, self.ones_row);
+        let r = g.rows() + usize::from(self.ones_row);
+        let o = kernel.len() / r;
+        let (l, n) = (g.out_h * g.out_w, self.batch * g.out_h * g.out_w);
+        let mut y = vec![0f32; o * n];
+        gemm_into(&mut y, kernel, &cols, (o, r, n), false, false);
+        let (ph, pw) = self.pooled_size();
+        let mut out = vec![0f32; self.batch * o * ph * pw];
+        let mut argmax = vec![0u8; out.len()];
+        if ph * pw > 0 {
+            // Output plane `img·O + ch` pools the GEMM's row `ch`, columns of image `img`.
+            out.par_chunks_mut(ph * pw)
+                .zip(argmax.par_chunks_mut(ph * pw))
+                .enumerate()
+                .for_each(|(p, (dst, at))| {
+                    let (img, ch) = (p / o, p % o);
+                    let plane = &y[ch * n + img * l..][..l];
+                    windows(plane, g.out_w, ph, pw, |i, j, offset, max| {
+                        dst[i * pw + j] = max.max(0.0);
+                        at[i * pw + j] = offset as u8;
+                    })
+                });
+        }
+        (out, SavedConv { cols, argmax })
+    }
+}
+
+impl CustomOp2 for ConvPoolRelu {
+    fn name(&self) -> &'static str {
+        "fmnist-conv-pool-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l1.shape().dims4()?;
+        let g = self.geometry;
+        let (o, r) = l2.shape().dims2()?;
+        if (b, c, h, w) != (self.batch, g.c, g.h, g.w) || r != g.rows() + usize::from(self.ones_row)
+        {
+            candle::bail!(
+                "conv-pool-relu: input {:?} does not fit its geometry",
+                l1.dims()
+            );
+        }
+        let x = f32_slice(s1, l1, "conv-pool-relu")?;
+        let kernel = f32_slice(s2, l2, "conv-pool-relu")?;
+        let (out, saved) = self.forward(x, kernel);
+        if self.save {
+            if let Ok(mut slot) = self.saved.lock() {
+                *slot = Some(saved);
+            }
+        }
+        let (ph, pw) = self.pooled_size();
+        Ok((CpuStorage::F32(out), Shape::from((b, o, ph, pw))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = self.geometry;
+        let kernel = kernel.detach().contiguous()?;
+        let k = kernel.flatten_all()?.to_vec1::<f32>()?;
+        let saved = match self.saved.lock().ok().and_then(|mut s| s.take()) {
+            Some(s) => s,
+            None => {
+                self.forward(&x.detach().flatten_all()?.to_vec1::<f32>()?, &k)
+                    .1
+            }
+        };
+        let (o, r) = kernel.dims2()?;
+        let (l, n) = (g.out_h * g.out_w, self.batch * g.out_h * g.out_w);
+        let (ph, pw) = self.pooled_size();
+        let out = res.flatten_all()?.to_vec1::<f32>()?;
+        let grad = grad_res.flatten_all()?.to_vec1::<f32>()?;
+        // The gradient of the GEMM's output [O, B·L]: each pooled gradient goes to its window's
+        // maximum where the ReLU let it through, zero elsewhere.
+        let mut d_y = vec![0f32; o * n];
+        d_y.par_chunks_mut(n).enumerate().for_each(|(ch, row)| {
+            for img in 0..self.batch {
+                let p = (img * o + ch) * ph * pw;
+                let plane = &mut row[img * l..][..l];
+                for i in 0..ph {
+                    for j in 0..pw {
+                        let q = p + i * pw + j;
+                        if out[q] > 0.0 {
+                            let at = usize::from(saved.argmax[q]);
+                            plane[(2 * i + at / 2) * g.out_w + 2 * j + at % 2] = grad[q];
+                        }
+                    }
+                }
+            }
+        });
+        let mut d_kernel = vec![0f32; o * r];
+        gemm_into(&mut d_kernel, &d_y, &saved.cols, (o, n, r), true, false);
+        let d_kernel = Tensor::from_vec(d_kernel, (o, r), &Device::Cpu)?;
+        let d_x = if x.track_op() {
+            let d_y = Tensor::from_vec(d_y, (o, n), &Device::Cpu)?;
+            let d_cols = kernel.t()?.matmul(&d_y)?; // [C·k·k (+1), B·L]
+            Some(d_cols.apply_op1_no_bwd(&Col2Im(g, self.batch))?)
+        } else {
+            None
+        };
+        Ok((d_x, Some(d_kernel)))
     }
 }
 
@@ -267,7 +432,8 @@ impl CustomOp1 for Col2Im {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle::{Device, Var};
+    use candle::Var;
+    use candle_nn::Conv2dConfig;
 
     /// Output and the gradients of input, kernel and bias agree between the two paths.
     fn agree(
@@ -293,7 +459,7 @@ mod tests {
         let up = Tensor::randn(0f32, 1.0, outputs, &dev).unwrap();
         let grads_of = |k: Kernels| {
             let y = conv.forward_with(x.as_tensor(), k).unwrap();
-            let pooled = conv.forward_pooled_with(x.as_tensor(), k).unwrap();
+            let pooled = conv.forward_pool_relu_with(x.as_tensor(), k).unwrap();
             let y = Tensor::cat(
                 &[y.flatten_all().unwrap(), pooled.flatten_all().unwrap()],
                 0,

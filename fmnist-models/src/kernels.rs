@@ -166,7 +166,7 @@ fn first_max(a: f32, b: f32, c: f32, d: f32) -> (usize, f32) {
 
 /// Calls `f(i, j, offset, max)` for window (i, j) of an `h x w` plane, `offset` as in [`first_max`].
 #[inline]
-fn windows(
+pub(crate) fn windows(
     plane: &[f32],
     w: usize,
     ph: usize,

@@ -60,8 +60,8 @@ impl Cnn {
 
 impl Net for Cnn {
     fn forward_t(&self, x: &Tensor, _train: bool) -> candle::Result<Tensor> {
-        let x = self.conv1.forward_pooled(x)?.relu()?; // 32x13x13
-        let x = self.conv2.forward_pooled(&x)?.relu()?; // 32x5x5
+        let x = self.conv1.forward_pool_relu(x)?; // 32x13x13
+        let x = self.conv2.forward_pool_relu(&x)?; // 32x5x5
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
         self.fc2.forward(&x)
     }
@@ -145,8 +145,8 @@ impl CnnWide {
 
 impl Net for CnnWide {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        let x = self.conv1.forward_pooled(x)?.relu()?; // 32x14x14
-        let x = self.conv2.forward_pooled(&x)?.relu()?; // 64x7x7
+        let x = self.conv1.forward_pool_relu(x)?; // 32x14x14
+        let x = self.conv2.forward_pool_relu(&x)?; // 64x7x7
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
         self.fc2.forward(&self.dropout.forward_t(&x, train)?)
     }
