@@ -46,14 +46,15 @@ impl Conv2d {
 
     /// [`Conv2d::forward_pool_relu`] with the kernels given.
     pub fn forward_pool_relu_with(&self, x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
-        if !self.im2col_runs(x, k) {
-            return max_pool2_with(&self.inner.forward(x)?, k)?.relu();
-        }
         let (b, c, h, w) = x.dims4()?;
         let cfg = self.inner.config();
-        let (kernel, k) = self.kernel_matrix(c)?;
+        let (kernel, k_size) = self.kernel_matrix(c)?;
+        let geometry = Geometry::new(c, h, w, k_size, cfg.stride, cfg.padding)?;
+        if !self.im2col_runs(x, k) || geometry.out_h < 2 || geometry.out_w < 2 {
+            return max_pool2_with(&self.inner.forward(x)?, k)?.relu();
+        }
         let op = ConvPoolRelu {
-            geometry: Geometry::new(c, h, w, k, cfg.stride, cfg.padding)?,
+            geometry,
             batch: b,
             ones_row: self.inner.bias().is_some(),
             save: x.track_op() || kernel.track_op(),
@@ -275,18 +276,30 @@ impl ConvPoolRelu {
         (self.geometry.out_h / 2, self.geometry.out_w / 2)
     }
 
-    fn forward(&self, x: &[f32], kernel: &[f32]) -> (Vec<f32>, SavedConv) {
+    /// The pooled output `[B, O, H', W']`, and what the backward pass needs if `keep`.
+    /// Without `keep` (evaluation) the images go through in blocks of [`EVAL_BLOCK`], so the
+    /// unfolding and the GEMM's output stay cache-sized instead of growing with the batch.
+    fn forward(&self, x: &[f32], kernel: &[f32], keep: bool) -> (Vec<f32>, Option<SavedConv>) {
         let g = self.geometry;
-        let cols = unfold(g, x, self.batch, self.ones_row);
         let r = g.rows() + usize::from(self.ones_row);
         let o = kernel.len() / r;
-        let (l, n) = (g.out_h * g.out_w, self.batch * g.out_h * g.out_w);
-        let mut y = vec![0f32; o * n];
-        gemm_into(&mut y, kernel, &cols, (o, r, n), false, false);
         let (ph, pw) = self.pooled_size();
-        let mut out = vec![0f32; self.batch * o * ph * pw];
+        let (l, image, pooled) = (g.out_h * g.out_w, g.c * g.h * g.w, o * ph * pw);
+        let block = if keep { self.batch } else { EVAL_BLOCK };
+        let mut out = vec![0f32; self.batch * pooled];
         let mut argmax = vec![0u8; out.len()];
-        if ph * pw > 0 {
+        let mut cols = Vec::new();
+        for (first, (out, argmax)) in out
+            .chunks_mut(block * pooled)
+            .zip(argmax.chunks_mut(block * pooled))
+            .enumerate()
+        {
+            let images = out.len() / pooled;
+            let x = &x[first * block * image..][..images * image];
+            cols = unfold(g, x, images, self.ones_row);
+            let n = images * l;
+            let mut y = vec![0f32; o * n];
+            gemm_into(&mut y, kernel, &cols, (o, r, n), false, false);
             // Output plane `img·O + ch` pools the GEMM's row `ch`, columns of image `img`.
             out.par_chunks_mut(ph * pw)
                 .zip(argmax.par_chunks_mut(ph * pw))
@@ -300,9 +313,12 @@ impl ConvPoolRelu {
                     })
                 });
         }
-        (out, SavedConv { cols, argmax })
+        (out, keep.then_some(SavedConv { cols, argmax }))
     }
 }
+
+/// Images per block when [`ConvPoolRelu`] runs without a backward pass to follow.
+const EVAL_BLOCK: usize = 32;
 
 impl CustomOp2 for ConvPoolRelu {
     fn name(&self) -> &'static str {
@@ -328,11 +344,9 @@ impl CustomOp2 for ConvPoolRelu {
         }
         let x = f32_slice(s1, l1, "conv-pool-relu")?;
         let kernel = f32_slice(s2, l2, "conv-pool-relu")?;
-        let (out, saved) = self.forward(x, kernel);
-        if self.save {
-            if let Ok(mut slot) = self.saved.lock() {
-                *slot = Some(saved);
-            }
+        let (out, saved) = self.forward(x, kernel, self.save);
+        if let Ok(mut slot) = self.saved.lock() {
+            *slot = saved;
         }
         let (ph, pw) = self.pooled_size();
         Ok((CpuStorage::F32(out), Shape::from((b, o, ph, pw))))
@@ -350,10 +364,10 @@ impl CustomOp2 for ConvPoolRelu {
         let k = kernel.flatten_all()?.to_vec1::<f32>()?;
         let saved = match self.saved.lock().ok().and_then(|mut s| s.take()) {
             Some(s) => s,
-            None => {
-                self.forward(&x.detach().flatten_all()?.to_vec1::<f32>()?, &k)
-                    .1
-            }
+            None => self
+                .forward(&x.detach().flatten_all()?.to_vec1::<f32>()?, &k, true)
+                .1
+                .ok_or_else(|| candle::Error::Msg("conv-pool-relu: nothing saved".into()))?,
         };
         let (o, r) = kernel.dims2()?;
         let (l, n) = (g.out_h * g.out_w, self.batch * g.out_h * g.out_w);
@@ -432,7 +446,7 @@ impl CustomOp1 for Col2Im {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle::Var;
+    use candle::{Device, Var};
     use candle_nn::Conv2dConfig;
 
     /// Output and the gradients of input, kernel and bias agree between the two paths.
@@ -495,6 +509,26 @@ mod tests {
 
     fn flat(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn evaluation_in_blocks_agrees_with_candle() {
+        // 70 images: two full blocks of EVAL_BLOCK and a partial one; no gradient is tracked.
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (70, 3, 9, 9), &dev).unwrap();
+        let w = Tensor::randn(0f32, 0.3, (5, 3, 3, 3), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 0.3, 5, &dev).unwrap();
+        let conv = Conv2d::new(candle_nn::Conv2d::new(
+            w,
+            Some(bias),
+            Conv2dConfig::default(),
+        ));
+        let fused = flat(&conv.forward_pool_relu_with(&x, Kernels::Fused).unwrap());
+        let generic = flat(&conv.forward_pool_relu_with(&x, Kernels::Generic).unwrap());
+        assert_eq!(fused.len(), 70 * 5 * 3 * 3);
+        for (a, b) in fused.iter().zip(&generic) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+        }
     }
 
     #[test]
