@@ -221,11 +221,18 @@ impl CustomOp1 for Im2Col {
 
 /// Unfolds `x [B, C, H, W]` into `[C·k·k (+1), B·L]`, as [`Im2Col`].
 fn unfold(g: Geometry, x: &[f32], b: usize, ones_row: bool) -> Vec<f32> {
+    let rows = g.rows() + usize::from(ones_row);
+    let mut out = vec![0f32; rows * b * g.out_h * g.out_w];
+    unfold_into(g, x, b, &mut out);
+    out
+}
+
+/// [`unfold`] into `out` (a last row of ones if it has one), whose padding positions must
+/// hold zeros (they are not written).
+fn unfold_into(g: Geometry, x: &[f32], b: usize, out: &mut [f32]) {
     let plane = g.h * g.w;
     let l_out = g.out_h * g.out_w;
     let n = b * l_out;
-    let rows = g.rows() + usize::from(ones_row);
-    let mut out = vec![0f32; rows * n];
     out.par_chunks_mut(n).enumerate().for_each(|(row, dst)| {
         if row == g.rows() {
             dst.fill(1.0);
@@ -250,7 +257,6 @@ fn unfold(g: Geometry, x: &[f32], b: usize, ones_row: bool) -> Vec<f32> {
             }
         }
     });
-    out
 }
 
 /// What [`ConvPoolRelu`] keeps for its backward pass: the unfolded input and, per pooled
@@ -288,7 +294,9 @@ impl ConvPoolRelu {
         let block = if keep { self.batch } else { EVAL_BLOCK };
         let mut out = vec![0f32; self.batch * pooled];
         let mut argmax = vec![0u8; out.len()];
-        let mut cols = Vec::new();
+        // Reused from block to block while the block size stays: the padding positions of
+        // the unfolding stay zero, and the GEMM overwrites its whole output.
+        let (mut cols, mut y) = (Vec::new(), Vec::new());
         for (first, (out, argmax)) in out
             .chunks_mut(block * pooled)
             .zip(argmax.chunks_mut(block * pooled))
@@ -296,9 +304,11 @@ impl ConvPoolRelu {
         {
             let images = out.len() / pooled;
             let x = &x[first * block * image..][..images * image];
-            cols = unfold(g, x, images, self.ones_row);
             let n = images * l;
-            let mut y = vec![0f32; o * n];
+            if cols.len() != r * n {
+                (cols, y) = (vec![0f32; r * n], vec![0f32; o * n]);
+            }
+            unfold_into(g, x, images, &mut cols);
             gemm_into(&mut y, kernel, &cols, (o, r, n), false, false);
             // Output plane `img·O + ch` pools the GEMM's row `ch`, columns of image `img`.
             out.par_chunks_mut(ph * pw)
@@ -513,7 +523,8 @@ mod tests {
 
     #[test]
     fn evaluation_in_blocks_agrees_with_candle() {
-        // 70 images: two full blocks of EVAL_BLOCK and a partial one; no gradient is tracked.
+        // 70 images: two full blocks of EVAL_BLOCK (the second reusing the first's padded
+        // unfolding) and a partial one; no gradient is tracked.
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (70, 3, 9, 9), &dev).unwrap();
         let w = Tensor::randn(0f32, 0.3, (5, 3, 3, 3), &dev).unwrap();
@@ -521,11 +532,14 @@ mod tests {
         let conv = Conv2d::new(candle_nn::Conv2d::new(
             w,
             Some(bias),
-            Conv2dConfig::default(),
+            Conv2dConfig {
+                padding: 1,
+                ..Default::default()
+            },
         ));
         let fused = flat(&conv.forward_pool_relu_with(&x, Kernels::Fused).unwrap());
         let generic = flat(&conv.forward_pool_relu_with(&x, Kernels::Generic).unwrap());
-        assert_eq!(fused.len(), 70 * 5 * 3 * 3);
+        assert_eq!(fused.len(), 70 * 5 * 4 * 4);
         for (a, b) in fused.iter().zip(&generic) {
             assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
         }

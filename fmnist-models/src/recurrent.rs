@@ -277,14 +277,26 @@ fn forward(
     keep: bool,
 ) -> (Vec<f32>, Option<Saved>) {
     let (g4, n) = (4 * hidden, b * 4 * hidden);
-    let mut gates = Steps::new(t, n, keep, 1);
+    // Kept, the gates start as all the projections at once (one copy, no zero fill);
+    // otherwise each step copies its own into a single slot.
+    let mut gates = if keep {
+        Steps {
+            data: proj.to_vec(),
+            len: n,
+            slots: None,
+        }
+    } else {
+        Steps::new(t, n, false, 1)
+    };
     let mut hiddens = Steps::new(t + 1, b * hidden, keep, 2);
     let mut cells = Steps::new(t + 1, b * hidden, keep, 2);
     let mut tanh_cells = Steps::new(t, b * hidden, keep, 1);
     for step in 0..t {
         // gates = projection + h·W_hhᵀ, accumulated in place.
         let g = gates.get_mut(step);
-        g.copy_from_slice(&proj[step * n..][..n]);
+        if !keep {
+            g.copy_from_slice(&proj[step * n..][..n]);
+        }
         let (h_prev, h) = hiddens.read_write(step, step + 1);
         gemm_into(g, h_prev, w_hh, (b, hidden, g4), true, true);
         let (c_prev, c) = cells.read_write(step, step + 1);
