@@ -46,16 +46,15 @@ impl Conv2d {
 
     /// [`Conv2d::forward_pool_relu`] with the kernels given.
     pub fn forward_pool_relu_with(&self, x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        let cfg = self.inner.config();
-        let (kernel, k_size) = self.kernel_matrix(c)?;
-        let geometry = Geometry::new(c, h, w, k_size, cfg.stride, cfg.padding)?;
-        if !self.im2col_runs(x, k) || geometry.out_h < 2 || geometry.out_w < 2 {
+        let operands = self
+            .im2col_operands(x, k)?
+            .filter(|(_, g)| g.out_h >= 2 && g.out_w >= 2);
+        let Some((kernel, geometry)) = operands else {
             return max_pool2_with(&self.inner.forward(x)?, k)?.relu();
-        }
+        };
         let op = ConvPoolRelu {
             geometry,
-            batch: b,
+            batch: x.dim(0)?,
             ones_row: self.inner.bias().is_some(),
             save: x.track_op() || kernel.track_op(),
             saved: Mutex::new(None),
@@ -63,18 +62,23 @@ impl Conv2d {
         x.contiguous()?.apply_op2(&kernel, op)
     }
 
-    fn im2col_runs(&self, x: &Tensor, k: Kernels) -> bool {
+    /// On the im2col path, the kernel as the GEMM's left matrix `[O, C·k·k (+1)]` (the bias
+    /// as its last column) and the unfolding's sizes; `None` where candle's path runs.
+    fn im2col_operands(
+        &self,
+        x: &Tensor,
+        k: Kernels,
+    ) -> candle::Result<Option<(Tensor, Geometry)>> {
         let cfg = self.inner.config();
-        k == Kernels::Fused
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && cfg.groups == 1
-            && cfg.dilation == 1
-    }
-
-    /// The kernel as the GEMM's left matrix `[O, C·k·k (+1)]`, the bias as its last column,
-    /// and the kernel size.
-    fn kernel_matrix(&self, c: usize) -> candle::Result<(Tensor, usize)> {
+        if k != Kernels::Fused
+            || !x.device().is_cpu()
+            || x.dtype() != DType::F32
+            || cfg.groups != 1
+            || cfg.dilation != 1
+        {
+            return Ok(None);
+        }
+        let (_, c, h, w) = x.dims4()?;
         let weight = self.inner.weight();
         let (o, c_w, k, k_w) = weight.dims4()?;
         if c != c_w || k != k_w {
@@ -87,27 +91,23 @@ impl Conv2d {
             Some(bias) => Tensor::cat(&[&kernel, &bias.reshape((o, 1))?], 1)?,
             None => kernel,
         };
-        Ok((kernel, k))
+        let geometry = Geometry::new(c, h, w, k, cfg.stride, cfg.padding)?;
+        Ok(Some((kernel, geometry)))
     }
 
     /// The output `[O, B, H, W]` on the im2col path, `None` where candle's path runs.
     fn channel_major(&self, x: &Tensor, k: Kernels) -> candle::Result<Option<Tensor>> {
-        if !self.im2col_runs(x, k) {
+        let Some((kernel, geometry)) = self.im2col_operands(x, k)? else {
             return Ok(None);
-        }
-        let (b, c, h, w) = x.dims4()?;
-        let cfg = self.inner.config();
-        let (kernel, k) = self.kernel_matrix(c)?;
-        let geometry = Geometry::new(c, h, w, k, cfg.stride, cfg.padding)?;
+        };
         let unfold = Im2Col {
             geometry,
             ones_row: self.inner.bias().is_some(),
         };
         let cols = x.contiguous()?.apply_op1(unfold)?; // [C·k·k (+1), B·L]
-        let o = kernel.dim(0)?;
         kernel
             .matmul(&cols)? // [O, B·L]
-            .reshape((o, b, geometry.out_h, geometry.out_w))
+            .reshape((kernel.dim(0)?, x.dim(0)?, geometry.out_h, geometry.out_w))
             .map(Some)
     }
 }
@@ -371,11 +371,14 @@ impl CustomOp2 for ConvPoolRelu {
     ) -> candle::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = self.geometry;
         let kernel = kernel.detach().contiguous()?;
-        let k = kernel.flatten_all()?.to_vec1::<f32>()?;
         let saved = match self.saved.lock().ok().and_then(|mut s| s.take()) {
             Some(s) => s,
             None => self
-                .forward(&x.detach().flatten_all()?.to_vec1::<f32>()?, &k, true)
+                .forward(
+                    &x.detach().flatten_all()?.to_vec1::<f32>()?,
+                    &kernel.flatten_all()?.to_vec1::<f32>()?,
+                    true,
+                )
                 .1
                 .ok_or_else(|| candle::Error::Msg("conv-pool-relu: nothing saved".into()))?,
         };
