@@ -55,7 +55,12 @@ pub fn load_run(dir: &Path, device: &Device) -> anyhow::Result<(RunConfig, Model
             dir.display()
         );
     }
-    let mut model = Model::new(config.train.model, config.train.seed, device)?;
+    let mut model = Model::new(
+        config.train.model,
+        config.train.seed,
+        config.train.init,
+        device,
+    )?;
     model.load(&checkpoint)?;
     Ok((config, model))
 }

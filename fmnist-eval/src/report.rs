@@ -387,9 +387,10 @@ pub fn markdown(evals: &[Evaluation], root: &Path, prov: &Provenance) -> String 
         let c = &e.config.train;
         md.push_str(&format!("\n## {}\n\n", e.name));
         md.push_str(&format!(
-            "Model `{}` ({} parameters), preset `{}`, seed {}: {} epochs (best on validation: {}), {} lr {:.0e}, batch {}, schedule {}, weight decay {}, label smoothing {}, augmentation: {}{}.\n\n",
+            "Model `{}` ({} parameters, {} init), preset `{}`, seed {}: {} epochs (best on validation: {}), {} lr {:.0e}, batch {}, schedule {}, weight decay {}, label smoothing {}, augmentation: {}{}.\n\n",
             c.model,
             thousands(e.config.param_count as f64),
+            c.init,
             c.preset,
             c.seed,
             e.history.len(),

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use candle::Device;
 use fmnist_data::{DataArgs, FashionMnist, Normalization, Normalizer, FASHION_MNIST_CLASSES};
 use fmnist_eval::predict::{predict_files, Invert, PredictOptions};
-use fmnist_models::{Model, ModelKind};
+use fmnist_models::{Init, Model, ModelKind};
 use fmnist_train::scoring::{argmax, logits};
 use fmnist_train::{Preset, RunOptions, TrainConfig};
 use image::GrayImage;
@@ -204,7 +204,7 @@ fn enlarged_photos_on_white_are_fitted_back_and_mostly_agree() {
 
 #[test]
 fn every_bad_input_has_its_own_message_and_the_rest_are_classified() {
-    let model = Model::new(ModelKind::Cnn, 0, &Device::Cpu).unwrap();
+    let model = Model::new(ModelKind::Cnn, 0, Init::Pytorch, &Device::Cpu).unwrap();
     let norm = Normalizer {
         scale: 1.0 / 255.0,
         shift: 0.0,

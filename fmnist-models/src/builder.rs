@@ -1,5 +1,6 @@
-//! Seeded construction of layers: parameters drawn from our own generator, then handed to
-//! candle-nn's constructors through a VarMap, plus a dropout whose masks are seeded too.
+//! Seeded construction of layers: parameters drawn from our own generator by one of two
+//! initialization schemes (PyTorch's or Keras' defaults), then handed to candle-nn's
+//! constructors through a VarMap, plus a dropout whose masks are seeded too.
 //!
 //! candle's CPU generator cannot be seeded, so every random tensor comes from here.
 use std::sync::{Arc, Mutex};
@@ -8,14 +9,38 @@ use candle::{DType, Device, Module, Tensor, Var};
 use candle_nn::{Conv2dConfig, Linear, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use serde::{Deserialize, Serialize};
 
 use crate::conv::Conv2d;
 use crate::norm::BatchNorm2d;
 use crate::recurrent::Lstm;
 
+/// How the initial weights are drawn: the defaults of the framework a study used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Init {
+    /// PyTorch's defaults: weights and biases U(±1/√fan_in); the LSTM's all U(±1/√hidden).
+    #[default]
+    Pytorch,
+    /// Keras' defaults: Glorot-uniform weights U(±√(6/(fan_in+fan_out))), zero biases; the
+    /// LSTM's recurrent weights orthogonal and its forget-gate bias 1.
+    Keras,
+}
+
+impl std::fmt::Display for Init {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Init::Pytorch => "pytorch",
+            Init::Keras => "keras",
+        })
+    }
+}
+
 /// Builds the layers of one model into one [`VarMap`], drawing their initial values in
 /// construction order from a generator seeded with the model's seed.
 pub struct Builder {
+    init: Init,
     varmap: VarMap,
     device: Device,
     rng: ChaCha8Rng,
@@ -23,11 +48,12 @@ pub struct Builder {
 }
 
 impl Builder {
-    pub fn new(seed: u64, device: &Device) -> Self {
+    pub fn new(seed: u64, init: Init, device: &Device) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(seed);
         let mut noise = ChaCha8Rng::seed_from_u64(seed);
         noise.set_stream(1);
         Builder {
+            init,
             varmap: VarMap::new(),
             device: device.clone(),
             rng,
@@ -48,12 +74,8 @@ impl Builder {
         VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device).pp(name)
     }
 
-    /// Inserts a parameter `name` of `shape` drawn from U(-bound, bound).
-    fn uniform(&mut self, name: &str, shape: &[usize], bound: f64) -> candle::Result<()> {
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n)
-            .map(|_| self.rng.random_range(-bound..bound) as f32)
-            .collect();
+    /// Inserts a parameter `name` of `shape` with `values` (row-major).
+    fn insert(&mut self, name: &str, shape: &[usize], values: Vec<f32>) -> candle::Result<()> {
         let var = Var::from_tensor(&Tensor::from_vec(values, shape, &self.device)?)?;
         self.varmap
             .data()
@@ -63,15 +85,68 @@ impl Builder {
         Ok(())
     }
 
-    /// A dense layer, PyTorch's default init: weight and bias U(±1/√in).
+    /// Inserts a parameter `name` of `shape` drawn from U(-bound, bound).
+    fn uniform(&mut self, name: &str, shape: &[usize], bound: f64) -> candle::Result<()> {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| self.rng.random_range(-bound..bound) as f32)
+            .collect();
+        self.insert(name, shape, values)
+    }
+
+    /// Inserts a `[rows, cols]` parameter (`rows >= cols`) whose columns are orthonormal: a
+    /// Gaussian matrix orthonormalized by Gram-Schmidt, which is the Q of its QR decomposition
+    /// with a positive diagonal R, as Keras' `Orthogonal` draws it.
+    fn orthogonal(&mut self, name: &str, rows: usize, cols: usize) -> candle::Result<()> {
+        assert!(rows >= cols, "orthogonal columns need rows >= cols");
+        // Column-major while orthonormalizing: column j is q[j * rows..(j + 1) * rows].
+        let mut q: Vec<f64> = (0..rows * cols)
+            .map(|_| self.rng.sample::<f64, _>(StandardNormal))
+            .collect();
+        for j in 0..cols {
+            let (done, rest) = q.split_at_mut(j * rows);
+            let column = &mut rest[..rows];
+            for previous in done.chunks_exact(rows) {
+                let dot: f64 = previous.iter().zip(column.iter()).map(|(a, b)| a * b).sum();
+                column
+                    .iter_mut()
+                    .zip(previous)
+                    .for_each(|(c, p)| *c -= dot * p);
+            }
+            let norm = column.iter().map(|c| c * c).sum::<f64>().sqrt();
+            column.iter_mut().for_each(|c| *c /= norm);
+        }
+        let values = (0..rows * cols)
+            .map(|i| q[(i % cols) * rows + i / cols] as f32)
+            .collect();
+        self.insert(name, &[rows, cols], values)
+    }
+
+    /// A weight's bound: PyTorch's U(±1/√fan_in) or Keras' Glorot U(±√(6/(fan_in+fan_out))).
+    fn weight_bound(&self, fan_in: usize, fan_out: usize) -> f64 {
+        match self.init {
+            Init::Pytorch => 1.0 / (fan_in as f64).sqrt(),
+            Init::Keras => (6.0 / (fan_in + fan_out) as f64).sqrt(),
+        }
+    }
+
+    /// A bias: PyTorch's U(±1/√fan_in), or Keras' zeros.
+    fn bias(&mut self, name: &str, len: usize, fan_in: usize) -> candle::Result<()> {
+        match self.init {
+            Init::Pytorch => self.uniform(name, &[len], 1.0 / (fan_in as f64).sqrt()),
+            Init::Keras => self.insert(name, &[len], vec![0.0; len]),
+        }
+    }
+
+    /// A dense layer `input -> output` (weight and bias as [`Init`] says).
     pub fn linear(&mut self, name: &str, input: usize, output: usize) -> candle::Result<Linear> {
-        let bound = 1.0 / (input as f64).sqrt();
+        let bound = self.weight_bound(input, output);
         self.uniform(&format!("{name}.weight"), &[output, input], bound)?;
-        self.uniform(&format!("{name}.bias"), &[output], bound)?;
+        self.bias(&format!("{name}.bias"), output, input)?;
         candle_nn::linear(input, output, self.vb(name))
     }
 
-    /// A square convolution, PyTorch's default init: U(±1/√(in·k²)); no bias when BatchNorm follows.
+    /// A square convolution (fan-in `in·k²`, fan-out `out·k²`); no bias when BatchNorm follows.
     pub fn conv2d(
         &mut self,
         name: &str,
@@ -81,14 +156,15 @@ impl Builder {
         config: Conv2dConfig,
         bias: bool,
     ) -> candle::Result<Conv2d> {
-        let bound = 1.0 / ((input * kernel * kernel) as f64).sqrt();
+        let (fan_in, fan_out) = (input * kernel * kernel, output * kernel * kernel);
+        let bound = self.weight_bound(fan_in, fan_out);
         self.uniform(
             &format!("{name}.weight"),
             &[output, input, kernel, kernel],
             bound,
         )?;
         if bias {
-            self.uniform(&format!("{name}.bias"), &[output], bound)?;
+            self.bias(&format!("{name}.bias"), output, fan_in)?;
             candle_nn::conv2d(input, output, kernel, config, self.vb(name)).map(Conv2d::new)
         } else {
             candle_nn::conv2d_no_bias(input, output, kernel, config, self.vb(name)).map(Conv2d::new)
@@ -105,17 +181,37 @@ impl Builder {
         .map(BatchNorm2d::new)
     }
 
-    /// A single-layer LSTM, PyTorch's default init: every weight and both biases U(±1/√hidden).
+    /// A single-layer LSTM in PyTorch's layout (gates i, f, g, o; two bias vectors). PyTorch's
+    /// init draws everything from U(±1/√hidden); Keras' draws the input weights Glorot-uniform,
+    /// the recurrent weights orthogonal, and its one bias (here `bias_ih`) 1 on the forget gate.
     pub fn lstm(&mut self, name: &str, input: usize, hidden: usize) -> candle::Result<Lstm> {
-        let bound = 1.0 / (hidden as f64).sqrt();
         let shapes = [
             ("weight_ih_l0", vec![4 * hidden, input]),
             ("weight_hh_l0", vec![4 * hidden, hidden]),
             ("bias_ih_l0", vec![4 * hidden]),
             ("bias_hh_l0", vec![4 * hidden]),
         ];
-        for (tensor, shape) in &shapes {
-            self.uniform(&format!("{name}.{tensor}"), shape, bound)?;
+        match self.init {
+            Init::Pytorch => {
+                let bound = 1.0 / (hidden as f64).sqrt();
+                for (tensor, shape) in &shapes {
+                    self.uniform(&format!("{name}.{tensor}"), shape, bound)?;
+                }
+            }
+            Init::Keras => {
+                let bound = self.weight_bound(input, 4 * hidden);
+                self.uniform(&format!("{name}.weight_ih_l0"), &shapes[0].1, bound)?;
+                self.orthogonal(&format!("{name}.weight_hh_l0"), 4 * hidden, hidden)?;
+                let forget_one = (0..4 * hidden)
+                    .map(|i| if i / hidden == 1 { 1.0 } else { 0.0 })
+                    .collect();
+                self.insert(&format!("{name}.bias_ih_l0"), &shapes[2].1, forget_one)?;
+                self.insert(
+                    &format!("{name}.bias_hh_l0"),
+                    &shapes[3].1,
+                    vec![0.0; 4 * hidden],
+                )?;
+            }
         }
         let vb = self.vb(name);
         let [w_ih, w_hh, b_ih, b_hh] =

@@ -104,7 +104,11 @@ pub(crate) fn gemm_into(
 ) {
     assert!(dst.len() == m * n && a.len() == m * k && b.len() == k * n);
     let (b_col, b_row) = if b_transposed { (k, 1) } else { (1, n) };
-    let threads = rayon::current_num_threads();
+    // Inside a parallel loop (a block of images per task) the product stays on its thread.
+    let threads = match rayon::current_thread_index() {
+        Some(_) => 1,
+        None => rayon::current_num_threads(),
+    };
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {

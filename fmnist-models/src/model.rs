@@ -8,7 +8,7 @@ use candle_nn::VarMap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::builder::Builder;
+use crate::builder::{Builder, Init};
 use crate::kind::ModelKind;
 use crate::nets::{Cnn, CnnDeep, CnnWide, Lstm, Mlp, Net, Resnet};
 
@@ -26,9 +26,9 @@ fn is_buffer(name: &str) -> bool {
 }
 
 impl Model {
-    /// Builds `kind` with parameters drawn from `seed`.
-    pub fn new(kind: ModelKind, seed: u64, device: &Device) -> anyhow::Result<Self> {
-        let mut b = Builder::new(seed, device);
+    /// Builds `kind` with parameters drawn from `seed` by the `init` scheme.
+    pub fn new(kind: ModelKind, seed: u64, init: Init, device: &Device) -> anyhow::Result<Self> {
+        let mut b = Builder::new(seed, init, device);
         let net: Box<dyn Net> = match kind {
             ModelKind::Cnn => Box::new(Cnn::new(&mut b)?),
             ModelKind::Lstm => Box::new(Lstm::new(&mut b)?),

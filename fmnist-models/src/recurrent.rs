@@ -6,8 +6,10 @@
 //! (candle ops, so its gradients are candle's), and the recurrence — one `h·W_hhᵀ` GEMM and
 //! the fused gate arithmetic per step — is a single custom op that keeps its gate activations
 //! for a hand-written backward through time (two GEMMs per step, one for `W_hh` at the end).
-//! Everything is time-major (`[T, B, ·]`), so each step's GEMM accumulates straight into that
-//! step's block of the projections, with no copy in or out and no allocation per step.
+//! In training everything is time-major (`[T, B, ·]`), so each step's GEMM accumulates
+//! straight into that step's block of the projections, with no copy in or out and no
+//! allocation per step. Evaluation has a path of its own: blocks of images run in parallel,
+//! each step one GEMM of the rows `[x_t, 1, h]` against all the weights, nothing kept.
 use std::sync::Mutex;
 
 use candle::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
@@ -51,16 +53,9 @@ impl Lstm {
         if train || !fused(x, k) {
             return self.last_hidden_with(x, k);
         }
-        let [w_ih, w_hh, b_ih, b_hh] = [&self.w_ih, &self.w_hh, &self.b_ih, &self.b_hh];
-        recurrence(
-            x,
-            [
-                &w_ih.detach(),
-                &w_hh.detach(),
-                &b_ih.detach(),
-                &b_hh.detach(),
-            ],
-        )
+        let bias = (&self.b_ih + &self.b_hh)?.unsqueeze(1)?;
+        let weights = Tensor::cat(&[&self.w_ih, &bias, &self.w_hh], 1)?.detach();
+        x.contiguous()?.detach().apply_op2(&weights, Evaluation)
     }
 
     /// [`Lstm::last_hidden_t`] in training, with the kernels given.
@@ -401,6 +396,88 @@ impl CustomOp2 for Recurrence {
     }
 }
 
+/// Most images per block of the evaluation path. A block runs all its steps on one thread;
+/// the images are split evenly over the threads, in blocks of at most this many (measured
+/// on 1,000-image chunks: 64 per block ran at 20,000 images/s, 128 at 23,500, 500 at 25,800;
+/// larger blocks amortize the GEMM's packing of the weights at every step).
+const EVAL_BLOCK: usize = 512;
+
+/// Evaluation: the last hidden state `[B, H]` of `x [B, T, I]` under the weights
+/// `[W_ih | b_ih + b_hh | W_hh]` (`[4H, I + 1 + H]`), with no graph and nothing kept. Blocks of
+/// images run in parallel, each step one GEMM of the rows `[x_t, 1, h_{t-1}]` against the
+/// weights: no `[T·B, 4H]` projections, and no barrier between threads at every step.
+struct Evaluation;
+
+impl CustomOp2 for Evaluation {
+    fn name(&self) -> &'static str {
+        "fmnist-lstm-evaluation"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let (b, t, i) = l1.shape().dims3()?;
+        let (g4, k) = l2.shape().dims2()?;
+        let hidden = g4 / 4;
+        if g4 != 4 * hidden || k != i + 1 + hidden {
+            candle::bail!("lstm: weights [{g4}, {k}] do not fit inputs of {i} features");
+        }
+        let x = f32_slice(s1, l1, "lstm")?;
+        let w = f32_slice(s2, l2, "lstm")?;
+        let block = b
+            .div_ceil(rayon::current_num_threads())
+            .clamp(1, EVAL_BLOCK);
+        let mut out = vec![0f32; b * hidden];
+        out.par_chunks_mut(block * hidden)
+            .zip(x.par_chunks(block * t * i))
+            .for_each(|(out, x)| last_hidden_block(x, w, (t, i, hidden), out));
+        Ok((CpuStorage::F32(out), Shape::from((b, hidden))))
+    }
+}
+
+/// One block of [`Evaluation`]: `x [n, T, I]` in, the last hidden states `[n, H]` out.
+fn last_hidden_block(x: &[f32], w: &[f32], (t, i, hidden): (usize, usize, usize), out: &mut [f32]) {
+    let (n, k, g4) = (out.len() / hidden, i + 1 + hidden, 4 * hidden);
+    // Each image's GEMM row: its step's input, a 1 for the bias, its previous hidden state,
+    // which the activation writes in place for the next step.
+    let mut rows = vec![0f32; n * k];
+    rows.chunks_exact_mut(k).for_each(|r| r[i] = 1.0);
+    let mut gates = vec![0f32; n * g4];
+    let mut cells = vec![0f32; 2 * n * hidden];
+    let mut tanh_cell = vec![0f32; hidden];
+    for step in 0..t {
+        for (image, row) in rows.chunks_exact_mut(k).enumerate() {
+            row[..i].copy_from_slice(&x[(image * t + step) * i..][..i]);
+        }
+        gemm_into(&mut gates, &rows, w, (n, k, g4), true, false);
+        let (even, odd) = cells.split_at_mut(n * hidden);
+        let (c_prev, c) = if step % 2 == 0 {
+            (even, odd)
+        } else {
+            (odd, even)
+        };
+        for (((g, row), c_prev), c) in gates
+            .chunks_exact_mut(g4)
+            .zip(rows.chunks_exact_mut(k))
+            .zip(c_prev.chunks_exact(hidden))
+            .zip(c.chunks_exact_mut(hidden))
+        {
+            let h = &mut row[i + 1..];
+            simd(
+                #[inline(always)]
+                || activate_row(g, c_prev, c, &mut tanh_cell, h),
+            );
+        }
+    }
+    for (o, row) in out.chunks_exact_mut(hidden).zip(rows.chunks_exact(k)) {
+        o.copy_from_slice(&row[i + 1..]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,17 +539,69 @@ mod tests {
         assert!(!eval.track_op());
         let train = lstm.last_hidden_t(&data, true).unwrap();
         assert!(train.track_op());
-        assert_eq!(flat(&eval), flat(&train));
+        assert_close(&flat(&eval), &flat(&train), "evaluation h");
         let (fused, generic) = (run(Kernels::Fused), run(Kernels::Generic));
         for (what, (a, b)) in ["h", "dW_ih", "dW_hh", "db_ih", "db_hh", "dx"]
             .iter()
             .zip(fused.iter().zip(&generic))
         {
-            let diff: f32 = a.iter().zip(b).map(|(p, q)| (p - q).powi(2)).sum();
-            let norm: f32 = b.iter().map(|q| q * q).sum();
-            let rel = (diff / norm).sqrt();
-            assert!(rel <= 1e-5, "{what}: relative error {rel}");
+            assert_close(a, b, what);
         }
+    }
+
+    /// `a` within 1e-5 of `b`, relative to `b`'s norm.
+    fn assert_close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let diff: f32 = a.iter().zip(b).map(|(p, q)| (p - q).powi(2)).sum();
+        let norm: f32 = b.iter().map(|q| q * q).sum();
+        let rel = (diff / norm).sqrt();
+        assert!(rel <= 1e-5, "{what}: relative error {rel}");
+    }
+
+    #[test]
+    fn evaluation_in_blocks_agrees_with_the_training_path() {
+        let dev = Device::Cpu;
+        // Two full blocks and a partial one, with 28 steps of 28 features as the model reads.
+        let (b, t, i, h) = (2 * EVAL_BLOCK + 5, 28, 28, 16);
+        let randn = |s: &[usize]| Tensor::randn(0f32, 0.5, s, &dev).unwrap();
+        let (w_ih, w_hh, b_ih, b_hh) = (
+            randn(&[4 * h, i]),
+            randn(&[4 * h, h]),
+            randn(&[4 * h]),
+            randn(&[4 * h]),
+        );
+        let inner = candle_nn::LSTM::new(
+            i,
+            h,
+            candle_nn::LSTMConfig::default(),
+            candle_nn::VarBuilder::from_tensors(
+                [
+                    ("weight_ih_l0", &w_ih),
+                    ("weight_hh_l0", &w_hh),
+                    ("bias_ih_l0", &b_ih),
+                    ("bias_hh_l0", &b_hh),
+                ]
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v.clone()))
+                .collect(),
+                DType::F32,
+                &dev,
+            ),
+        )
+        .unwrap();
+        let lstm = Lstm::new(inner, w_ih, w_hh, b_ih, b_hh);
+        let x = randn(&[b, t, i]);
+        let eval = flat(&lstm.last_hidden_t(&x, false).unwrap());
+        assert_close(
+            &eval,
+            &flat(&lstm.last_hidden_with(&x, Kernels::Fused).unwrap()),
+            "fused",
+        );
+        assert_close(
+            &eval,
+            &flat(&lstm.last_hidden_with(&x, Kernels::Generic).unwrap()),
+            "candle",
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! checkpoint round trip, and that a few Adam steps on a fixed batch lower the loss.
 use candle::{DType, Device, Tensor};
 use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
-use fmnist_models::{Model, ModelKind};
+use fmnist_models::{Init, Model, ModelKind};
 
 fn batch(b: usize) -> Tensor {
     let v: Vec<f32> = (0..b * 784)
@@ -32,7 +32,7 @@ fn shapes_and_exact_parameter_counts() {
         (ModelKind::Resnet, 308_074),
     ];
     for (kind, params) in expected {
-        let m = Model::new(kind, 0, &Device::Cpu).unwrap();
+        let m = Model::new(kind, 0, Init::Pytorch, &Device::Cpu).unwrap();
         assert_eq!(m.param_count(), params, "{kind}");
         let y = m.forward_t(&batch(3), false).unwrap();
         assert_eq!(y.dims(), &[3, 10], "{kind}");
@@ -43,13 +43,83 @@ fn shapes_and_exact_parameter_counts() {
 fn same_seed_same_parameters_other_seed_other_parameters() {
     let logits = |seed| {
         outputs(
-            &Model::new(ModelKind::Cnn, seed, &Device::Cpu).unwrap(),
+            &Model::new(ModelKind::Cnn, seed, Init::Pytorch, &Device::Cpu).unwrap(),
             &batch(2),
             false,
         )
     };
     assert_eq!(logits(7), logits(7));
     assert_ne!(logits(7), logits(8));
+}
+
+/// The host values of a model's parameter `name`.
+fn parameter(m: &Model, name: &str) -> Vec<f32> {
+    let vars = m.named_vars();
+    let (_, var) = vars
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no parameter {name}"));
+    var.as_tensor().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn keras_init_is_glorot_with_zero_biases_and_keeps_every_shape() {
+    for kind in ModelKind::ALL {
+        let keras = Model::new(kind, 0, Init::Keras, &Device::Cpu).unwrap();
+        let pytorch = Model::new(kind, 0, Init::Pytorch, &Device::Cpu).unwrap();
+        assert_eq!(keras.param_count(), pytorch.param_count(), "{kind}");
+    }
+    let m = Model::new(ModelKind::Cnn, 0, Init::Keras, &Device::Cpu).unwrap();
+    // Glorot bounds: conv1 fan-in 1·9, fan-out 32·9; fc1 800 -> 100.
+    for (name, bound) in [
+        ("conv1.weight", (6.0f32 / (9.0 + 288.0)).sqrt()),
+        ("fc1.weight", (6.0f32 / 900.0).sqrt()),
+    ] {
+        let w = parameter(&m, name);
+        let max = w.iter().fold(0f32, |a, v| a.max(v.abs()));
+        assert!(
+            max <= bound && max > 0.95 * bound,
+            "{name}: max {max}, bound {bound}"
+        );
+    }
+    for name in ["conv1.bias", "conv2.bias", "fc1.bias", "fc2.bias"] {
+        assert!(parameter(&m, name).iter().all(|&b| b == 0.0), "{name}");
+    }
+}
+
+#[test]
+fn keras_lstm_init_has_orthogonal_recurrent_weights_and_forget_bias_one() {
+    let m = Model::new(ModelKind::Lstm, 3, Init::Keras, &Device::Cpu).unwrap();
+    let (hidden, gates) = (128, 512);
+    let w_hh = parameter(&m, "lstm.weight_hh_l0");
+    assert_eq!(w_hh.len(), gates * hidden);
+    // Columns of the [4H, H] matrix are orthonormal: W_hhᵀ·W_hh = I.
+    for a in 0..hidden {
+        for b in 0..hidden {
+            let dot: f32 = (0..gates)
+                .map(|r| w_hh[r * hidden + a] * w_hh[r * hidden + b])
+                .sum();
+            let want = if a == b { 1.0 } else { 0.0 };
+            assert!((dot - want).abs() < 1e-5, "column {a}·{b} = {dot}");
+        }
+    }
+    let b_ih = parameter(&m, "lstm.bias_ih_l0");
+    for (i, &b) in b_ih.iter().enumerate() {
+        // Gates in PyTorch order i, f, g, o: the second block is the forget gate.
+        assert_eq!(b, if i / hidden == 1 { 1.0 } else { 0.0 }, "bias_ih[{i}]");
+    }
+    assert!(parameter(&m, "lstm.bias_hh_l0").iter().all(|&b| b == 0.0));
+    let bound = (6.0f32 / (28.0 + 512.0)).sqrt();
+    let w_ih = parameter(&m, "lstm.weight_ih_l0");
+    assert!(w_ih.iter().all(|v| v.abs() <= bound));
+    assert_ne!(
+        w_hh,
+        parameter(
+            &Model::new(ModelKind::Lstm, 4, Init::Keras, &Device::Cpu).unwrap(),
+            "lstm.weight_hh_l0"
+        ),
+        "another seed draws other weights"
+    );
 }
 
 #[test]
@@ -60,7 +130,7 @@ fn eval_mode_is_deterministic_and_differs_from_train_mode() {
         ModelKind::CnnDeep,
         ModelKind::Resnet,
     ] {
-        let m = Model::new(kind, 1, &Device::Cpu).unwrap();
+        let m = Model::new(kind, 1, Init::Pytorch, &Device::Cpu).unwrap();
         let x = batch(4);
         let out = |train| outputs(&m, &x, train);
         let e1 = out(false);
@@ -84,10 +154,10 @@ fn eval_mode_is_deterministic_and_differs_from_train_mode() {
 fn checkpoint_round_trip_gives_identical_logits() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
-    let a = Model::new(ModelKind::CnnDeep, 3, &Device::Cpu).unwrap();
+    let a = Model::new(ModelKind::CnnDeep, 3, Init::Pytorch, &Device::Cpu).unwrap();
     a.forward_t(&batch(4), true).unwrap(); // move BN statistics away from their init
     a.save(&path).unwrap();
-    let mut b = Model::new(ModelKind::CnnDeep, 99, &Device::Cpu).unwrap();
+    let mut b = Model::new(ModelKind::CnnDeep, 99, Init::Pytorch, &Device::Cpu).unwrap();
     b.load(&path).unwrap();
     let x = batch(5);
     let la = outputs(&a, &x, false);
@@ -99,17 +169,17 @@ fn checkpoint_round_trip_gives_identical_logits() {
 fn loading_another_models_checkpoint_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cnn.safetensors");
-    Model::new(ModelKind::Cnn, 0, &Device::Cpu)
+    Model::new(ModelKind::Cnn, 0, Init::Pytorch, &Device::Cpu)
         .unwrap()
         .save(&path)
         .unwrap();
-    let mut wide = Model::new(ModelKind::CnnWide, 0, &Device::Cpu).unwrap();
+    let mut wide = Model::new(ModelKind::CnnWide, 0, Init::Pytorch, &Device::Cpu).unwrap();
     let msg = wide.load(&path).unwrap_err().to_string();
     assert!(
         msg.contains("tensor 'conv2.bias' has shape [32], model 'cnn-wide' expects [64]"),
         "{msg}"
     );
-    let mut lstm = Model::new(ModelKind::Lstm, 0, &Device::Cpu).unwrap();
+    let mut lstm = Model::new(ModelKind::Lstm, 0, Init::Pytorch, &Device::Cpu).unwrap();
     let msg = lstm.load(&path).unwrap_err().to_string();
     assert!(
         msg.contains("is missing: the checkpoint is not a 'lstm' model"),
@@ -133,7 +203,7 @@ fn a_few_adam_steps_lower_the_loss_of_every_model() {
     )
     .unwrap();
     for kind in ModelKind::ALL {
-        let m = Model::new(kind, 5, &Device::Cpu).unwrap();
+        let m = Model::new(kind, 5, Init::Pytorch, &Device::Cpu).unwrap();
         let vars = m.trainable_vars().into_iter().map(|(_, v)| v).collect();
         let mut opt = AdamW::new(
             vars,
@@ -199,7 +269,7 @@ fn analytic_gradients_match_finite_differences() {
     let x = batch(4);
     let y = Tensor::new(&[1u32, 3, 5, 7], &Device::Cpu).unwrap();
     for kind in ModelKind::ALL {
-        let m = Model::new(kind, 3, &Device::Cpu).unwrap();
+        let m = Model::new(kind, 3, Init::Pytorch, &Device::Cpu).unwrap();
         let loss = || {
             m.reseed_dropout(0);
             candle_nn::loss::cross_entropy(&m.forward_t(&x, true).unwrap(), &y).unwrap()

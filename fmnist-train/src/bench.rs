@@ -59,7 +59,7 @@ pub fn bench(
     let mut train_config = TrainConfig::preset(config.model, Preset::Study);
     train_config.batch_size = config.batch_size;
     let prepared = prepare(&train_config, data)?;
-    let model = Model::new(config.model, train_config.seed, device)?;
+    let model = Model::new(config.model, train_config.seed, train_config.init, device)?;
     let mut optimizer = Optimizer::new(optimizer_config(&train_config), model.trainable_vars())?;
     let loader = Loader::new(
         &prepared.train,

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use fmnist_data::{Augment, Normalization};
-use fmnist_models::ModelKind;
+use fmnist_models::{Init, ModelKind};
 use serde::{Deserialize, Serialize};
 
 /// A starting point for every knob.
@@ -81,6 +81,9 @@ pub struct TrainConfig {
     pub patience: Option<usize>,
     pub label_smoothing: f64,
     pub seed: u64,
+    /// Initialization scheme; runs from before it existed used PyTorch's.
+    #[serde(default)]
+    pub init: Init,
     pub val_frac: f64,
     pub normalization: Normalization,
     pub augment: Augment,
@@ -107,6 +110,7 @@ impl TrainConfig {
             patience: None,
             label_smoothing: 0.0,
             seed: 42,
+            init: Init::Pytorch,
             val_frac: 0.2,
             normalization: Normalization::Unit,
             augment: Augment::default(),
@@ -235,6 +239,9 @@ pub struct Overrides {
     /// Seed of the weights, the split, the shuffles, the augmentations and the dropout masks.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Initial weights: PyTorch's default schemes or Keras' (Glorot, orthogonal recurrent weights).
+    #[arg(long, value_enum)]
+    pub init: Option<Init>,
     /// Fraction of the 60,000 training images held out for validation (stratified).
     #[arg(long)]
     pub val_frac: Option<f64>,
@@ -281,6 +288,7 @@ impl Overrides {
             gamma,
             label_smoothing,
             seed,
+            init,
             val_frac,
             normalization
         );
@@ -353,6 +361,25 @@ mod tests {
             .to_string();
         assert!(
             e.starts_with("unknown variant `adagrad`, expected one of `adam`, `adamw`, `sgd`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn init_is_a_knob_and_configs_saved_before_it_read_as_pytorch() {
+        let mut c = TrainConfig::preset(ModelKind::Lstm, Preset::Best);
+        let o: Overrides = serde_json::from_str(r#"{"init": "keras"}"#).unwrap();
+        o.apply(&mut c);
+        assert_eq!(c.init, Init::Keras);
+        let mut saved = serde_json::to_value(&c).unwrap();
+        saved.as_object_mut().unwrap().remove("init");
+        let old: TrainConfig = serde_json::from_value(saved).unwrap();
+        assert_eq!(old.init, Init::Pytorch);
+        let e = serde_json::from_str::<Overrides>(r#"{"init": "xavier"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("unknown variant `xavier`, expected `pytorch` or `keras`"),
             "{e}"
         );
     }

@@ -157,7 +157,7 @@ pub fn train(
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let prepared = prepare(config, data)?;
-    let model = Model::new(config.model, config.seed, device)?;
+    let model = Model::new(config.model, config.seed, config.init, device)?;
     let run_config = RunConfig {
         train: config.clone(),
         normalizer: prepared.normalizer,
@@ -208,7 +208,7 @@ pub fn resume(
     let state: RunState = crate::run::read_json(&run.state())?;
     let config = &run_config.train;
     let prepared = prepare(config, data)?;
-    let mut model = Model::new(config.model, config.seed, device)?;
+    let mut model = Model::new(config.model, config.seed, config.init, device)?;
     model.load(&run.last_model())?;
     let mut optimizer = Optimizer::new(optimizer_config(config), model.trainable_vars())?;
     optimizer.load(&run.optimizer(), state.steps)?;
