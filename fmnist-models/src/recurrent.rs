@@ -496,32 +496,7 @@ mod tests {
                     .map(|&s| Var::randn(0f32, 0.5, s, &dev).unwrap()),
             )
             .collect();
-        let inner = candle_nn::LSTM::new(
-            i,
-            h,
-            candle_nn::LSTMConfig::default(),
-            candle_nn::VarBuilder::from_tensors(
-                [
-                    ("weight_ih_l0", &vars[0]),
-                    ("weight_hh_l0", &vars[1]),
-                    ("bias_ih_l0", &vars[2]),
-                    ("bias_hh_l0", &vars[3]),
-                ]
-                .into_iter()
-                .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
-                .collect(),
-                DType::F32,
-                &dev,
-            ),
-        )
-        .unwrap();
-        let lstm = Lstm::new(
-            inner,
-            vars[0].as_tensor().clone(),
-            vars[1].as_tensor().clone(),
-            vars[2].as_tensor().clone(),
-            vars[3].as_tensor().clone(),
-        );
+        let lstm = lstm_of([0, 1, 2, 3].map(|k| vars[k].as_tensor().clone()));
         let x = Var::randn(0f32, 1.0, (b, t, i), &dev).unwrap();
         let up = Tensor::randn(0f32, 1.0, (b, h), &dev).unwrap();
         let run = |k: Kernels| {
@@ -549,6 +524,26 @@ mod tests {
         }
     }
 
+    /// An [`Lstm`] of `[W_ih [4H, I], W_hh [4H, H], b_ih, b_hh]`, shared with candle's layer.
+    fn lstm_of(weights: [Tensor; 4]) -> Lstm {
+        let (g4, i) = weights[0].dims2().unwrap();
+        let names = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"];
+        let tensors = names
+            .iter()
+            .zip(&weights)
+            .map(|(n, w)| (n.to_string(), w.clone()))
+            .collect();
+        let inner = candle_nn::LSTM::new(
+            i,
+            g4 / 4,
+            candle_nn::LSTMConfig::default(),
+            candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let [w_ih, w_hh, b_ih, b_hh] = weights;
+        Lstm::new(inner, w_ih, w_hh, b_ih, b_hh)
+    }
+
     /// `a` within 1e-5 of `b`, relative to `b`'s norm.
     fn assert_close(a: &[f32], b: &[f32], what: &str) {
         assert_eq!(a.len(), b.len(), "{what}: lengths");
@@ -561,7 +556,8 @@ mod tests {
     #[test]
     fn evaluation_in_blocks_agrees_with_the_training_path() {
         let dev = Device::Cpu;
-        // Two full blocks and a partial one, with 28 steps of 28 features as the model reads.
+        // More than two blocks of the largest size (on two threads: 512, 512 and a partial 5),
+        // with 28 steps of 28 features as the model reads.
         let (b, t, i, h) = (2 * EVAL_BLOCK + 5, 28, 28, 16);
         let randn = |s: &[usize]| Tensor::randn(0f32, 0.5, s, &dev).unwrap();
         let (w_ih, w_hh, b_ih, b_hh) = (
@@ -570,26 +566,7 @@ mod tests {
             randn(&[4 * h]),
             randn(&[4 * h]),
         );
-        let inner = candle_nn::LSTM::new(
-            i,
-            h,
-            candle_nn::LSTMConfig::default(),
-            candle_nn::VarBuilder::from_tensors(
-                [
-                    ("weight_ih_l0", &w_ih),
-                    ("weight_hh_l0", &w_hh),
-                    ("bias_ih_l0", &b_ih),
-                    ("bias_hh_l0", &b_hh),
-                ]
-                .into_iter()
-                .map(|(n, v)| (n.to_string(), v.clone()))
-                .collect(),
-                DType::F32,
-                &dev,
-            ),
-        )
-        .unwrap();
-        let lstm = Lstm::new(inner, w_ih, w_hh, b_ih, b_hh);
+        let lstm = lstm_of([w_ih, w_hh, b_ih, b_hh]);
         let x = randn(&[b, t, i]);
         let eval = flat(&lstm.last_hidden_t(&x, false).unwrap());
         assert_close(
