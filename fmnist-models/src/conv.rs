@@ -7,10 +7,13 @@
 //! unfolded input (`L` output positions per image), so candle's matmul backward yields both
 //! gradients as GEMMs; the unfolding's own backward (a fold) runs only when the input needs
 //! a gradient. Where pooling and ReLU follow, conv → pool → ReLU is a single operation
-//! ([`Conv2d::forward_pool_relu`]) so that no full-size activation or gradient becomes a tensor.
+//! ([`Conv2d::forward_pool_relu`]) so that no full-size activation or gradient becomes a tensor:
+//! it runs in blocks of a few images, one thread per block from unfolding to pooling (and back),
+//! in scratch buffers each thread keeps, so the working set stays in cache and a step neither
+//! allocates nor zeroes anything the size of the batch's unfolding.
 use std::sync::Mutex;
 
-use candle::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Module, Shape, Tensor};
+use candle::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::{f32_slice, gemm_into, kernels, max_pool2_with, windows, Kernels};
@@ -39,7 +42,7 @@ impl Conv2d {
     /// output is pooled as it is read, only the pooled quarter comes out, already batch-major,
     /// and the backward pass scatters the gradient to the maxima and runs the GEMMs without
     /// ever holding the full-size gradient as a tensor (candle's backward would zero and add
-    /// each one).
+    /// each one). The kernel gradient does not depend on the thread count.
     pub fn forward_pool_relu(&self, x: &Tensor) -> candle::Result<Tensor> {
         self.forward_pool_relu_with(x, kernels())
     }
@@ -219,62 +222,116 @@ impl CustomOp1 for Im2Col {
     }
 }
 
-/// Unfolds `x [B, C, H, W]` into `[C·k·k (+1), B·L]`, as [`Im2Col`].
+/// Unfolds `x [B, C, H, W]` into `[C·k·k (+1), B·L]`, as [`Im2Col`], rows in parallel.
 fn unfold(g: Geometry, x: &[f32], b: usize, ones_row: bool) -> Vec<f32> {
     let rows = g.rows() + usize::from(ones_row);
-    let mut out = vec![0f32; rows * b * g.out_h * g.out_w];
-    unfold_into(g, x, b, &mut out);
+    let n = b * g.out_h * g.out_w;
+    let mut out = vec![0f32; rows * n];
+    out.par_chunks_mut(n)
+        .enumerate()
+        .for_each(|(row, dst)| unfold_row(g, x, b, row, dst));
     out
 }
 
-/// [`unfold`] into `out` (a last row of ones if it has one), whose padding positions must
-/// hold zeros (they are not written).
-fn unfold_into(g: Geometry, x: &[f32], b: usize, out: &mut [f32]) {
+/// Row `row` of the unfolding of `x` (`b` images): every element is written, the padding
+/// as zeros, and the row after the `C·k·k` rows is the row of ones.
+fn unfold_row(g: Geometry, x: &[f32], b: usize, row: usize, dst: &mut [f32]) {
+    if row == g.rows() {
+        dst.fill(1.0);
+        return;
+    }
     let plane = g.h * g.w;
     let l_out = g.out_h * g.out_w;
-    let n = b * l_out;
-    out.par_chunks_mut(n).enumerate().for_each(|(row, dst)| {
-        if row == g.rows() {
-            dst.fill(1.0);
-            return;
-        }
-        let (ch, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
-        for img in 0..b {
-            let src = &x[(img * g.c + ch) * plane..][..plane];
-            let dst = &mut dst[img * l_out..][..l_out];
-            let xs = g.valid(kj, g.w, g.out_w);
-            for oy in g.valid(ki, g.h, g.out_h) {
-                let line = &src[g.source(oy, ki) * g.w..][..g.w];
-                let dst = &mut dst[oy * g.out_w..][..g.out_w];
-                if g.stride == 1 {
-                    let from = g.source(xs.start, kj);
-                    dst[xs.clone()].copy_from_slice(&line[from..from + xs.len()]);
-                } else {
-                    for ox in xs.clone() {
-                        dst[ox] = line[g.source(ox, kj)];
-                    }
+    let (ch, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
+    let (ys, xs) = (g.valid(ki, g.h, g.out_h), g.valid(kj, g.w, g.out_w));
+    for img in 0..b {
+        let src = &x[(img * g.c + ch) * plane..][..plane];
+        for (oy, dst) in dst[img * l_out..][..l_out]
+            .chunks_exact_mut(g.out_w)
+            .enumerate()
+        {
+            if !ys.contains(&oy) {
+                dst.fill(0.0);
+                continue;
+            }
+            let line = &src[g.source(oy, ki) * g.w..][..g.w];
+            dst[..xs.start].fill(0.0);
+            dst[xs.end..].fill(0.0);
+            if g.stride == 1 {
+                let from = g.source(xs.start, kj);
+                dst[xs.clone()].copy_from_slice(&line[from..from + xs.len()]);
+            } else {
+                for ox in xs.clone() {
+                    dst[ox] = line[g.source(ox, kj)];
                 }
             }
         }
-    });
+    }
 }
 
-/// What [`ConvPoolRelu`] keeps for its backward pass: the unfolded input and, per pooled
-/// output, the offset of its window's maximum (as in [`crate::kernels::windows`]).
-struct SavedConv {
+/// Adds the unfolding of `b` images back into `dst [b, C, H, W]` (the adjoint of
+/// [`unfold_row`]): row `(c, ki, kj)` starts at `cols[row · stride]` and holds the images'
+/// `L` columns one after the other; rows after the `C·k·k` are not read.
+fn fold_into(g: Geometry, cols: &[f32], stride: usize, b: usize, dst: &mut [f32]) {
+    let l_out = g.out_h * g.out_w;
+    let plane = g.h * g.w;
+    for (img, dst) in dst.chunks_exact_mut(g.c * plane).take(b).enumerate() {
+        for row in 0..g.rows() {
+            let (ch, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
+            let src = &cols[row * stride + img * l_out..][..l_out];
+            let dst = &mut dst[ch * plane..][..plane];
+            let xs = g.valid(kj, g.w, g.out_w);
+            for oy in g.valid(ki, g.h, g.out_h) {
+                let line = &mut dst[g.source(oy, ki) * g.w..][..g.w];
+                let src = &src[oy * g.out_w..][..g.out_w];
+                for ox in xs.clone() {
+                    line[g.source(ox, kj)] += src[ox];
+                }
+            }
+        }
+    }
+}
+
+/// Images per block of [`ConvPoolRelu`]: one thread unfolds, multiplies and pools a whole
+/// block, so the unfolding and the GEMM's output stay cache-sized whatever the batch, and
+/// nothing the size of the batch's unfolding is ever allocated.
+const BLOCK: usize = 8;
+
+/// The offset recorded for a pooling window whose maximum the ReLU stopped (no gradient).
+const STOPPED: u8 = u8::MAX;
+
+/// A thread's scratch buffers for [`ConvPoolRelu`], kept from call to call so that a training
+/// step neither allocates nor zeroes them: every element a block reads is written first.
+#[derive(Default)]
+struct Scratch {
     cols: Vec<f32>,
-    argmax: Vec<u8>,
+    y: Vec<f32>,
+    d_cols: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// The first `len` elements of `v`, grown to hold them.
+fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
 }
 
 /// relu(max_pool2(conv(x))) of `x [B, C, H, W]` and the kernel matrix `[O, C·k·k (+1)]`, to
-/// `[B, O, H', W']`.
+/// `[B, O, H', W']`. Blocks of [`BLOCK`] images run in parallel; the backward pass keeps only
+/// the offset of each window's maximum and unfolds the input again, which costs less than
+/// keeping the batch's unfolding (`C·k·k` times the input) in memory.
 struct ConvPoolRelu {
     geometry: Geometry,
     batch: usize,
     ones_row: bool,
-    /// Keep the unfolding and the maxima (a backward pass may follow).
+    /// Record the maxima (a backward pass may follow).
     save: bool,
-    saved: Mutex<Option<SavedConv>>,
+    saved: Mutex<Option<Vec<u8>>>,
 }
 
 impl ConvPoolRelu {
@@ -282,53 +339,61 @@ impl ConvPoolRelu {
         (self.geometry.out_h / 2, self.geometry.out_w / 2)
     }
 
-    /// The pooled output `[B, O, H', W']`, and what the backward pass needs if `keep`.
-    /// Without `keep` (evaluation) the images go through in blocks of [`EVAL_BLOCK`], so the
-    /// unfolding and the GEMM's output stay cache-sized instead of growing with the batch.
-    fn forward(&self, x: &[f32], kernel: &[f32], keep: bool) -> (Vec<f32>, Option<SavedConv>) {
+    fn kernel_rows(&self) -> usize {
+        self.geometry.rows() + usize::from(self.ones_row)
+    }
+
+    /// The pooled output `[B, O, H', W']` and, if `keep`, per output the offset (0..4,
+    /// row-major in its window) of its window's maximum, or [`STOPPED`].
+    fn forward(&self, x: &[f32], kernel: &[f32], keep: bool) -> (Vec<f32>, Option<Vec<u8>>) {
         let g = self.geometry;
-        let r = g.rows() + usize::from(self.ones_row);
+        let r = self.kernel_rows();
         let o = kernel.len() / r;
         let (ph, pw) = self.pooled_size();
         let (l, image, pooled) = (g.out_h * g.out_w, g.c * g.h * g.w, o * ph * pw);
-        let block = if keep { self.batch } else { EVAL_BLOCK };
         let mut out = vec![0f32; self.batch * pooled];
-        let mut argmax = vec![0u8; out.len()];
-        // Reused from block to block while the block size stays: the padding positions of
-        // the unfolding stay zero, and the GEMM overwrites its whole output.
-        let (mut cols, mut y) = (Vec::new(), Vec::new());
-        for (first, (out, argmax)) in out
-            .chunks_mut(block * pooled)
-            .zip(argmax.chunks_mut(block * pooled))
+        let mut argmax = vec![STOPPED; if keep { out.len() } else { 0 }];
+        let mut argmax_blocks = blocks_of(&mut argmax, BLOCK * pooled, out.len());
+        out.par_chunks_mut(BLOCK * pooled)
+            .zip(argmax_blocks.par_iter_mut())
             .enumerate()
-        {
-            let images = out.len() / pooled;
-            let x = &x[first * block * image..][..images * image];
-            let n = images * l;
-            if cols.len() != r * n {
-                (cols, y) = (vec![0f32; r * n], vec![0f32; o * n]);
-            }
-            unfold_into(g, x, images, &mut cols);
-            gemm_into(&mut y, kernel, &cols, (o, r, n), false, false);
-            // Output plane `img·O + ch` pools the GEMM's row `ch`, columns of image `img`.
-            out.par_chunks_mut(ph * pw)
-                .zip(argmax.par_chunks_mut(ph * pw))
-                .enumerate()
-                .for_each(|(p, (dst, at))| {
-                    let (img, ch) = (p / o, p % o);
-                    let plane = &y[ch * n + img * l..][..l];
-                    windows(plane, g.out_w, ph, pw, |i, j, offset, max| {
-                        dst[i * pw + j] = max.max(0.0);
-                        at[i * pw + j] = offset as u8;
-                    })
-                });
-        }
-        (out, keep.then_some(SavedConv { cols, argmax }))
+            .for_each(|(blk, (out, argmax))| {
+                let images = out.len() / pooled;
+                let x = &x[blk * BLOCK * image..][..images * image];
+                let n = images * l;
+                SCRATCH.with_borrow_mut(|s| {
+                    let (cols, y) = (sized(&mut s.cols, r * n), sized(&mut s.y, o * n));
+                    for (row, dst) in cols.chunks_exact_mut(n).enumerate() {
+                        unfold_row(g, x, images, row, dst);
+                    }
+                    gemm_into(y, kernel, cols, (o, r, n), false, false);
+                    // Output plane `img·O + ch` pools the GEMM's row `ch`, columns of `img`.
+                    for (p, dst) in out.chunks_exact_mut(ph * pw).enumerate() {
+                        let (img, ch) = (p / o, p % o);
+                        let plane = &y[ch * n + img * l..][..l];
+                        windows(plane, g.out_w, ph, pw, |i, j, offset, max| {
+                            dst[i * pw + j] = max.max(0.0);
+                            if let Some(argmax) = argmax.as_deref_mut() {
+                                argmax[p * ph * pw + i * pw + j] =
+                                    if max > 0.0 { offset as u8 } else { STOPPED };
+                            }
+                        });
+                    }
+                })
+            });
+        (out, keep.then_some(argmax))
     }
 }
 
-/// Images per block when [`ConvPoolRelu`] runs without a backward pass to follow.
-const EVAL_BLOCK: usize = 32;
+/// `v` cut in chunks of `chunk` (`None` for each chunk of a `len` long sequence when `v` is
+/// empty), to zip with another sequence's chunks.
+fn blocks_of<T>(v: &mut [T], chunk: usize, len: usize) -> Vec<Option<&mut [T]>> {
+    if v.is_empty() {
+        (0..len.div_ceil(chunk)).map(|_| None).collect()
+    } else {
+        v.chunks_mut(chunk).map(Some).collect()
+    }
+}
 
 impl CustomOp2 for ConvPoolRelu {
     fn name(&self) -> &'static str {
@@ -345,8 +410,7 @@ impl CustomOp2 for ConvPoolRelu {
         let (b, c, h, w) = l1.shape().dims4()?;
         let g = self.geometry;
         let (o, r) = l2.shape().dims2()?;
-        if (b, c, h, w) != (self.batch, g.c, g.h, g.w) || r != g.rows() + usize::from(self.ones_row)
-        {
+        if (b, c, h, w) != (self.batch, g.c, g.h, g.w) || r != self.kernel_rows() {
             candle::bail!(
                 "conv-pool-relu: input {:?} does not fit its geometry",
                 l1.dims()
@@ -354,9 +418,9 @@ impl CustomOp2 for ConvPoolRelu {
         }
         let x = f32_slice(s1, l1, "conv-pool-relu")?;
         let kernel = f32_slice(s2, l2, "conv-pool-relu")?;
-        let (out, saved) = self.forward(x, kernel, self.save);
+        let (out, argmax) = self.forward(x, kernel, self.save);
         if let Ok(mut slot) = self.saved.lock() {
-            *slot = saved;
+            *slot = argmax;
         }
         let (ph, pw) = self.pooled_size();
         Ok((CpuStorage::F32(out), Shape::from((b, o, ph, pw))))
@@ -366,16 +430,17 @@ impl CustomOp2 for ConvPoolRelu {
         &self,
         x: &Tensor,
         kernel: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle::Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = self.geometry;
+        let input_grad = x.track_op();
+        let x = x.detach().contiguous()?;
         let kernel = kernel.detach().contiguous()?;
-        let saved = match self.saved.lock().ok().and_then(|mut s| s.take()) {
-            Some(s) => s,
+        let argmax = match self.saved.lock().ok().and_then(|mut s| s.take()) {
+            Some(argmax) => argmax,
             None => self
                 .forward(
-                    &x.detach().flatten_all()?.to_vec1::<f32>()?,
+                    &x.flatten_all()?.to_vec1::<f32>()?,
                     &kernel.flatten_all()?.to_vec1::<f32>()?,
                     true,
                 )
@@ -383,39 +448,113 @@ impl CustomOp2 for ConvPoolRelu {
                 .ok_or_else(|| candle::Error::Msg("conv-pool-relu: nothing saved".into()))?,
         };
         let (o, r) = kernel.dims2()?;
-        let (l, n) = (g.out_h * g.out_w, self.batch * g.out_h * g.out_w);
-        let (ph, pw) = self.pooled_size();
-        let out = res.flatten_all()?.to_vec1::<f32>()?;
-        let grad = grad_res.flatten_all()?.to_vec1::<f32>()?;
-        // The gradient of the GEMM's output [O, B·L]: each pooled gradient goes to its window's
-        // maximum where the ReLU let it through, zero elsewhere.
-        let mut d_y = vec![0f32; o * n];
-        d_y.par_chunks_mut(n).enumerate().for_each(|(ch, row)| {
-            for img in 0..self.batch {
-                let p = (img * o + ch) * ph * pw;
-                let plane = &mut row[img * l..][..l];
-                for i in 0..ph {
-                    for j in 0..pw {
-                        let q = p + i * pw + j;
-                        if out[q] > 0.0 {
-                            let at = usize::from(saved.argmax[q]);
-                            plane[(2 * i + at / 2) * g.out_w + 2 * j + at % 2] = grad[q];
-                        }
-                    }
-                }
-            }
-        });
-        let mut d_kernel = vec![0f32; o * r];
-        gemm_into(&mut d_kernel, &d_y, &saved.cols, (o, n, r), true, false);
-        let d_kernel = Tensor::from_vec(d_kernel, (o, r), &Device::Cpu)?;
-        let d_x = if x.track_op() {
-            let d_y = Tensor::from_vec(d_y, (o, n), &Device::Cpu)?;
-            let d_cols = kernel.t()?.matmul(&d_y)?; // [C·k·k (+1), B·L]
-            Some(d_cols.apply_op1_no_bwd(&Col2Im(g, self.batch))?)
+        let backward = ConvPoolReluBackward {
+            forward: self,
+            argmax,
+            kernel_t: kernel.t()?.contiguous()?.flatten_all()?.to_vec1()?,
+            input_grad,
+        };
+        let grads = x.apply_op2_no_bwd(&grad_res.contiguous()?, &backward)?;
+        let d_kernel = grads.narrow(0, 0, o * r)?.reshape((o, r))?;
+        let d_x = if input_grad {
+            let d_x = grads.narrow(0, o * r, x.elem_count())?;
+            Some(d_x.reshape(x.shape())?)
         } else {
             None
         };
         Ok((d_x, Some(d_kernel)))
+    }
+}
+
+/// The backward pass of a [`ConvPoolRelu`], applied to its input `x` and the gradient of its
+/// output; gives the kernel's gradient `[O·R]` followed, if `input_grad`, by the input's
+/// `[B·C·H·W]`, as one vector. Per block: the GEMM output's gradient (each pooled gradient at
+/// its window's maximum), the block's share of the kernel gradient (summed over the blocks in
+/// order, so the result does not depend on the thread count) and the input gradient.
+struct ConvPoolReluBackward<'a> {
+    forward: &'a ConvPoolRelu,
+    argmax: Vec<u8>,
+    /// The kernel matrix transposed, `[R, O]`.
+    kernel_t: Vec<f32>,
+    input_grad: bool,
+}
+
+impl CustomOp2 for ConvPoolReluBackward<'_> {
+    fn name(&self) -> &'static str {
+        "fmnist-conv-pool-relu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let f = self.forward;
+        let g = f.geometry;
+        let x = f32_slice(s1, l1, "conv-pool-relu backward")?;
+        let grad = f32_slice(s2, l2, "conv-pool-relu backward")?;
+        let r = f.kernel_rows();
+        let o = self.kernel_t.len() / r;
+        let (ph, pw) = f.pooled_size();
+        let (l, image, pooled) = (g.out_h * g.out_w, g.c * g.h * g.w, o * ph * pw);
+        if grad.len() != f.batch * pooled || x.len() != f.batch * image {
+            candle::bail!("conv-pool-relu backward: gradient {:?}", l2.dims());
+        }
+        let blocks = f.batch.div_ceil(BLOCK);
+        let mut partials = vec![0f32; blocks * o * r];
+        let mut grads = vec![0f32; o * r + if self.input_grad { x.len() } else { 0 }];
+        let (d_kernel, d_x) = grads.split_at_mut(o * r);
+        let mut d_x_blocks = blocks_of(d_x, BLOCK * image, f.batch * image);
+        partials
+            .par_chunks_mut(o * r)
+            .zip(d_x_blocks.par_iter_mut())
+            .enumerate()
+            .for_each(|(blk, (d_kernel, d_x))| {
+                let images = BLOCK.min(f.batch - blk * BLOCK);
+                let n = images * l;
+                let first = blk * BLOCK * pooled;
+                let (grad, argmax) = (&grad[first..], &self.argmax[first..]);
+                let x = &x[blk * BLOCK * image..][..images * image];
+                SCRATCH.with_borrow_mut(|s| {
+                    let d_y = sized(&mut s.y, o * n);
+                    d_y.fill(0.0);
+                    for p in 0..images * o {
+                        let (img, ch) = (p / o, p % o);
+                        let plane = &mut d_y[ch * n + img * l..][..l];
+                        for i in 0..ph {
+                            for j in 0..pw {
+                                let q = p * ph * pw + i * pw + j;
+                                let at = argmax[q];
+                                if at != STOPPED {
+                                    let at = usize::from(at);
+                                    plane[(2 * i + at / 2) * g.out_w + 2 * j + at % 2] = grad[q];
+                                }
+                            }
+                        }
+                    }
+                    let cols = sized(&mut s.cols, r * n);
+                    for (row, dst) in cols.chunks_exact_mut(n).enumerate() {
+                        unfold_row(g, x, images, row, dst);
+                    }
+                    gemm_into(d_kernel, d_y, cols, (o, n, r), true, false);
+                    if let Some(d_x) = d_x {
+                        let rows = g.rows();
+                        let d_cols = sized(&mut s.d_cols, rows * n);
+                        let kernel_t = &self.kernel_t[..rows * o];
+                        gemm_into(d_cols, kernel_t, d_y, (rows, o, n), false, false);
+                        fold_into(g, d_cols, n, images, d_x);
+                    }
+                })
+            });
+        for partial in partials.chunks_exact(o * r) {
+            for (sum, v) in d_kernel.iter_mut().zip(partial) {
+                *sum += v;
+            }
+        }
+        let len = grads.len();
+        Ok((CpuStorage::F32(grads), Shape::from(len)))
     }
 }
 
@@ -431,27 +570,11 @@ impl CustomOp1 for Col2Im {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle::Result<(CpuStorage, Shape)> {
         let (g, b) = (self.0, self.1);
         let cols = f32_slice(s, l, "col2im")?;
-        let l_out = g.out_h * g.out_w;
-        let n = b * l_out;
-        let plane = g.h * g.w;
-        let mut out = vec![0f32; b * g.c * plane];
-        out.par_chunks_mut(g.c * plane)
+        let (image, l_out) = (g.c * g.h * g.w, g.out_h * g.out_w);
+        let mut out = vec![0f32; b * image];
+        out.par_chunks_mut(image)
             .enumerate()
-            .for_each(|(img, dst)| {
-                for row in 0..g.rows() {
-                    let (ch, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
-                    let src = &cols[row * n + img * l_out..][..l_out];
-                    let dst = &mut dst[ch * plane..][..plane];
-                    let xs = g.valid(kj, g.w, g.out_w);
-                    for oy in g.valid(ki, g.h, g.out_h) {
-                        let line = &mut dst[g.source(oy, ki) * g.w..][..g.w];
-                        let src = &src[oy * g.out_w..][..g.out_w];
-                        for ox in xs.clone() {
-                            line[g.source(ox, kj)] += src[ox];
-                        }
-                    }
-                }
-            });
+            .for_each(|(img, dst)| fold_into(g, &cols[img * l_out..], b * l_out, 1, dst));
         Ok((CpuStorage::F32(out), Shape::from((b, g.c, g.h, g.w))))
     }
 }
@@ -525,9 +648,9 @@ mod tests {
     }
 
     #[test]
-    fn evaluation_in_blocks_agrees_with_candle() {
-        // 70 images: two full blocks of EVAL_BLOCK (the second reusing the first's padded
-        // unfolding) and a partial one; no gradient is tracked.
+    fn untracked_forward_in_blocks_agrees_with_candle() {
+        // 70 images: four full blocks and a partial one; no gradient is tracked, so no maxima
+        // are recorded.
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (70, 3, 9, 9), &dev).unwrap();
         let w = Tensor::randn(0f32, 0.3, (5, 3, 3, 3), &dev).unwrap();
@@ -563,6 +686,8 @@ mod tests {
         agree(valid, (3, 1, 28, 28), 8, 3, true);
         agree(valid, (2, 5, 13, 13), 6, 3, true);
         agree(pad1, (2, 4, 7, 7), 5, 3, false);
+        // Two full blocks and a partial one, each with its share of the kernel gradient.
+        agree(pad1, (2 * BLOCK + 3, 3, 9, 9), 5, 3, true);
         agree(stride2, (2, 3, 14, 14), 4, 3, false);
         agree(stride2, (1, 2, 7, 7), 3, 3, true);
         let one_by_one = Conv2dConfig { stride: 2, ..valid };

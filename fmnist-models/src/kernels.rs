@@ -103,8 +103,61 @@ pub(crate) fn gemm_into(
     accumulate: bool,
 ) {
     assert!(dst.len() == m * n && a.len() == m * k && b.len() == k * n);
-    let (b_col, b_row) = if b_transposed { (k, 1) } else { (1, n) };
-    // Inside a parallel loop (a block of images per task) the product stays on its thread.
+    let b = if b_transposed {
+        Strided::transposed(b, k)
+    } else {
+        Strided::dense(b, n)
+    };
+    gemm_strided(dst, n, Strided::dense(a, k), b, (m, k, n), accumulate)
+}
+
+/// A matrix operand of [`gemm_strided`]: element `(r, c)` is `data[r·row + c·col]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Strided<'a> {
+    pub data: &'a [f32],
+    pub row: usize,
+    pub col: usize,
+}
+
+impl<'a> Strided<'a> {
+    /// A row-major matrix of `cols` columns.
+    pub fn dense(data: &'a [f32], cols: usize) -> Self {
+        Strided {
+            data,
+            row: cols,
+            col: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix of `cols` columns.
+    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Strided {
+            data,
+            row: 1,
+            col: cols,
+        }
+    }
+
+    /// Whether the `rows x cols` elements addressed lie in `data`.
+    fn holds(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.row + (cols - 1) * self.col < self.data.len()
+    }
+}
+
+/// `dst = a · b` (or `+=`, `accumulate`) with `a [m, k]` and `b [k, n]` read through their
+/// strides and row `r` of `dst` at `dst[r·dst_rs..][..n]`: rows of a batch-major buffer at
+/// one time step, or a transposed operand, without a copy. A product inside a parallel loop
+/// (a block of images per task) stays on its thread; elsewhere it uses all of them.
+pub(crate) fn gemm_strided(
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: Strided,
+    b: Strided,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+) {
+    assert!(dst_rs >= n && a.holds(m, k) && b.holds(k, n));
+    assert!(m == 0 || dst.len() >= (m - 1) * dst_rs + n);
     let threads = match rayon::current_thread_index() {
         Some(_) => 1,
         None => rayon::current_num_threads(),
@@ -114,8 +167,9 @@ pub(crate) fn gemm_into(
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the strides address exactly the m·n, m·k and k·n elements the three slices hold
-    // (asserted above), and `dst` is borrowed mutably, so it aliases neither input.
+    // SAFETY: the elements addressed through the strides lie in the three slices (asserted
+    // above; rows of `dst` do not overlap as `dst_rs >= n`), and `dst` is borrowed mutably,
+    // so it aliases neither input.
     #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
@@ -124,14 +178,14 @@ pub(crate) fn gemm_into(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            b_col as isize,
-            b_row as isize,
+            a.data.as_ptr(),
+            a.col as isize,
+            a.row as isize,
+            b.data.as_ptr(),
+            b.col as isize,
+            b.row as isize,
             1.0,
             1.0,
             false,

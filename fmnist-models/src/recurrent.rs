@@ -6,17 +6,20 @@
 //! (candle ops, so its gradients are candle's), and the recurrence — one `h·W_hhᵀ` GEMM and
 //! the fused gate arithmetic per step — is a single custom op that keeps its gate activations
 //! for a hand-written backward through time (two GEMMs per step, one for `W_hh` at the end).
-//! In training everything is time-major (`[T, B, ·]`), so each step's GEMM accumulates
-//! straight into that step's block of the projections, with no copy in or out and no
-//! allocation per step. Evaluation has a path of its own: blocks of images run in parallel,
-//! each step one GEMM of the rows `[x_t, 1, h]` against all the weights, nothing kept.
+//! Images never meet in the recurrence, so blocks of images run it in parallel from the first
+//! step to the last, one thread per block and no barrier between the threads at any step.
+//! In training everything is batch-major (`[B, T, ·]`), so a block's steps are one contiguous
+//! run of each buffer; each step's GEMM accumulates straight into that step's rows of the
+//! projections (rows `T` apart), with no copy in or out and no allocation per step.
+//! Evaluation has a path of its own: each step one GEMM of the rows `[x_t, 1, h]` against all
+//! the weights, nothing kept.
 use std::sync::Mutex;
 
-use candle::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
+use candle::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use candle_nn::rnn::RNN;
 use rayon::prelude::*;
 
-use crate::kernels::{f32_slice, gemm_into, kernels, simd, Kernels};
+use crate::kernels::{f32_slice, gemm_into, gemm_strided, kernels, simd, Kernels, Strided};
 
 /// A single-layer LSTM (PyTorch's gate order i, f, g, o) read for its last hidden state.
 #[derive(Debug, Clone)]
@@ -75,43 +78,65 @@ fn fused(x: &Tensor, k: Kernels) -> bool {
     k == Kernels::Fused && x.device().is_cpu() && x.dtype() == DType::F32
 }
 
-/// The fused path: one GEMM for the input projection of every step, then [`Recurrence`],
-/// which saves its activations only if a gradient can flow.
+/// The fused path: [`Recurrence`] on the input, `[W_ih | b_ih + b_hh]` and `W_hh`. The biases
+/// ride in the input projection's GEMM as one more weight column against an input of 1, so
+/// their gradient comes out of the same GEMM as `W_ih`'s. The only tensors of the graph are
+/// the weights and the last hidden state: candle's backward, which zeroes a buffer for each
+/// tensor's gradient and adds into it, never touches anything the size of the sequence.
 fn recurrence(x: &Tensor, [w_ih, w_hh, b_ih, b_hh]: [&Tensor; 4]) -> candle::Result<Tensor> {
-    let (b, t, i) = x.dims3()?;
-    // Time-major rows (step, image), so that each step's gates are one contiguous block.
-    let x = x.transpose(0, 1)?.contiguous()?.reshape((t * b, i))?;
-    // The biases ride in the GEMM as one more input column against a column of ones, so no
-    // broadcast add runs over the `[T·B, 4H]` projections and their gradient comes out of the
-    // same GEMM as `W_ih`'s instead of a reduction over them.
-    let ones = Tensor::ones((t * b, 1), x.dtype(), x.device())?;
-    let inputs = Tensor::cat(&[&x, &ones], 1)?;
     let bias = (b_ih + b_hh)?.unsqueeze(1)?;
-    let weights = Tensor::cat(&[w_ih, &bias], 1)?; // [4H, I + 1]
-    let gates = inputs.matmul(&weights.t()?)?.reshape((t, b, ()))?;
+    let w_in = Tensor::cat(&[w_ih, &bias], 1)?; // [4H, I + 1]
     let op = Recurrence {
-        save: gates.track_op() || w_hh.track_op(),
+        save: x.track_op() || w_in.track_op() || w_hh.track_op(),
         saved: Mutex::new(None),
     };
-    gates.apply_op2(w_hh, op)
+    x.contiguous()?.apply_op3(&w_in, w_hh, op)
 }
 
-/// What the forward pass keeps for the backward pass, each time-major: the activated gates
-/// (i, f, g, o) `[T, B, 4H]`, the cells `[T + 1, B, H]` and hidden states `[T + 1, B, H]`
-/// (zero first), and the cells' tanh `[T, B, H]`.
+/// What the forward pass keeps for the backward pass, each batch-major (rows image, step):
+/// the inputs with their 1 `[B, T, I + 1]`, the activated gates (i, f, g, o) `[B, T, 4H]`, the
+/// cell and hidden state before each step `[B, T, H]` (zero at the first), and the cell's tanh
+/// after each step `[B, T, H]`.
 struct Saved {
+    inputs: Vec<f32>,
     gates: Vec<f32>,
     cells: Vec<f32>,
     hiddens: Vec<f32>,
     tanh_cells: Vec<f32>,
 }
 
-/// The recurrence over precomputed input projections `[T, B, 4H]` with `W_hh [4H, H]`,
-/// returning the last hidden state `[B, H]`.
+/// The LSTM over `x [B, T, I]` with `[W_ih | b] [4H, I + 1]` and `W_hh [4H, H]`, to the last
+/// hidden state `[B, H]`. Images never meet in the recurrence, so blocks of images run it in
+/// parallel, each from its input projection to its last step (and back) on one thread.
 struct Recurrence {
     /// Keep the activations (a backward pass may follow).
     save: bool,
     saved: Mutex<Option<Saved>>,
+}
+
+/// Most images per block of the training path; the batch is split evenly over the threads in
+/// blocks of at most this many.
+const TRAIN_BLOCK: usize = 64;
+
+/// Images per block: `b` split evenly over the threads, at most `most` per block.
+fn images_per_block(b: usize, most: usize) -> usize {
+    b.div_ceil(rayon::current_num_threads()).clamp(1, most)
+}
+
+/// The sizes of one recurrence.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    steps: usize,
+    inputs: usize,
+    hidden: usize,
+}
+
+impl Dims {
+    /// Values per image of the inputs (with their 1), the gates and one state.
+    fn per_image(&self) -> (usize, usize, usize) {
+        let t = self.steps;
+        (t * (self.inputs + 1), t * 4 * self.hidden, t * self.hidden)
+    }
 }
 
 #[inline(always)]
@@ -162,60 +187,6 @@ fn gate_rows(row: &mut [f32], hidden: usize) -> [&mut [f32]; 4] {
     [i, f, g, &mut o[..hidden]]
 }
 
-/// [`gate_rows`] for reading.
-#[inline(always)]
-fn gate_parts(row: &[f32], hidden: usize) -> [&[f32]; 4] {
-    let (i, rest) = row.split_at(hidden);
-    let (f, rest) = rest.split_at(hidden);
-    let (g, o) = rest.split_at(hidden);
-    [i, f, g, &o[..hidden]]
-}
-
-/// Step buffers of `len` values: one per step when they are kept for the backward pass, else
-/// `slots` of them reused in turn.
-struct Steps {
-    data: Vec<f32>,
-    len: usize,
-    slots: Option<usize>,
-}
-
-impl Steps {
-    fn new(steps: usize, len: usize, keep: bool, slots: usize) -> Self {
-        let slots = (!keep).then_some(slots);
-        Steps {
-            data: vec![0f32; slots.unwrap_or(steps) * len],
-            len,
-            slots,
-        }
-    }
-
-    fn range(&self, step: usize) -> std::ops::Range<usize> {
-        let at = self.slots.map_or(step, |n| step % n) * self.len;
-        at..at + self.len
-    }
-
-    fn get(&self, step: usize) -> &[f32] {
-        &self.data[self.range(step)]
-    }
-
-    fn get_mut(&mut self, step: usize) -> &mut [f32] {
-        let r = self.range(step);
-        &mut self.data[r]
-    }
-
-    /// Step `read` for reading beside step `write` for writing (two different slots).
-    fn read_write(&mut self, read: usize, write: usize) -> (&[f32], &mut [f32]) {
-        let (r, w) = (self.range(read), self.range(write));
-        if r.start < w.start {
-            let (lo, hi) = self.data.split_at_mut(w.start);
-            (&lo[r], &mut hi[..self.len])
-        } else {
-            let (lo, hi) = self.data.split_at_mut(r.start);
-            (&hi[..self.len], &mut lo[w])
-        }
-    }
-}
-
 /// One image's step: activates its gate row `[4H]` (pre-activations in, i, f, g, o out) and
 /// computes its cell, the cell's tanh and its hidden state from the previous cell. A function
 /// of its own so that the compiler knows the slices apart and vectorizes without alias checks.
@@ -237,86 +208,116 @@ fn activate_row(g: &mut [f32], c_prev: &[f32], c: &mut [f32], tc: &mut [f32], h:
     }
 }
 
-/// One image's step backward: from its activated gates, previous cell, the cell's tanh and the
-/// gradient reaching its hidden state, the pre-activation gate gradients `d [4H]`; `dc` carries
-/// the cell gradient from this step to the previous one.
+/// One image's step backward, in place: `g [4H]` holds its activated gates and becomes their
+/// pre-activation gradients, from the previous cell, the cell's tanh and the gradient reaching
+/// its hidden state; `dc` carries the cell gradient from this step to the previous one.
 #[inline(always)]
-fn differentiate_row(
-    g: &[f32],
-    c_prev: &[f32],
-    tanh_c: &[f32],
-    dh: &[f32],
-    d: &mut [f32],
-    dc: &mut [f32],
-) {
+fn differentiate_row(g: &mut [f32], c_prev: &[f32], tanh_c: &[f32], dh: &[f32], dc: &mut [f32]) {
     let hidden = dc.len();
-    let [gi, gf, gg, go] = gate_parts(g, hidden);
-    let [di, df, dg, d_o] = gate_rows(d, hidden);
+    let [gi, gf, gg, go] = gate_rows(g, hidden);
     let (c_prev, tanh_c, dh) = (&c_prev[..hidden], &tanh_c[..hidden], &dh[..hidden]);
     for j in 0..hidden {
         let (i, f, cell, o) = (gi[j], gf[j], gg[j], go[j]);
         let tc = tanh_c[j];
         let dcell_total = dc[j] + dh[j] * o * (1.0 - tc * tc);
-        di[j] = dcell_total * cell * i * (1.0 - i);
-        df[j] = dcell_total * c_prev[j] * f * (1.0 - f);
-        dg[j] = dcell_total * i * (1.0 - cell * cell);
-        d_o[j] = dh[j] * tc * o * (1.0 - o);
+        gi[j] = dcell_total * cell * i * (1.0 - i);
+        gf[j] = dcell_total * c_prev[j] * f * (1.0 - f);
+        gg[j] = dcell_total * i * (1.0 - cell * cell);
+        go[j] = dh[j] * tc * o * (1.0 - o);
         dc[j] = dcell_total * f;
     }
 }
 
-fn forward(
-    proj: &[f32],
-    w_hh: &[f32],
-    (t, b, hidden): (usize, usize, usize),
-    keep: bool,
-) -> (Vec<f32>, Option<Saved>) {
-    let (g4, n) = (4 * hidden, b * 4 * hidden);
-    // Kept, the gates start as all the projections at once (one copy, no zero fill);
-    // otherwise each step copies its own into a single slot.
-    let mut gates = if keep {
-        Steps {
-            data: proj.to_vec(),
-            len: n,
-            slots: None,
-        }
-    } else {
-        Steps::new(t, n, false, 1)
-    };
-    let mut hiddens = Steps::new(t + 1, b * hidden, keep, 2);
-    let mut cells = Steps::new(t + 1, b * hidden, keep, 2);
-    let mut tanh_cells = Steps::new(t, b * hidden, keep, 1);
-    for step in 0..t {
-        // gates = projection + h·W_hhᵀ, accumulated in place.
-        let g = gates.get_mut(step);
-        if !keep {
-            g.copy_from_slice(&proj[step * n..][..n]);
-        }
-        let (h_prev, h) = hiddens.read_write(step, step + 1);
-        gemm_into(g, h_prev, w_hh, (b, hidden, g4), true, true);
-        let (c_prev, c) = cells.read_write(step, step + 1);
-        g.par_chunks_mut(g4)
-            .zip(h.par_chunks_mut(hidden))
-            .zip(c.par_chunks_mut(hidden).zip(c_prev.par_chunks(hidden)))
-            .zip(tanh_cells.get_mut(step).par_chunks_mut(hidden))
-            .for_each(|(((g, h), (c, c_prev)), tc)| {
-                simd(
-                    #[inline(always)]
-                    || activate_row(g, c_prev, c, tc, h),
-                )
-            });
+/// The recurrence over `x [B, T, I]`: the last hidden states `[B, H]` and what the backward
+/// pass needs.
+fn forward(x: &[f32], w_in: &[f32], w_hh: &[f32], dims: Dims) -> (Vec<f32>, Saved) {
+    let (per_input, per_gates, per_state) = dims.per_image();
+    let (hidden, i) = (dims.hidden, dims.inputs);
+    let b = x.len() / (dims.steps * i).max(1);
+    let block = images_per_block(b, TRAIN_BLOCK);
+    let mut inputs = vec![1f32; b * per_input];
+    for (row, x) in inputs.chunks_exact_mut(i + 1).zip(x.chunks_exact(i)) {
+        row[..i].copy_from_slice(x);
     }
-    let last = hiddens.get(t).to_vec();
-    let saved = keep.then_some(Saved {
-        gates: gates.data,
-        cells: cells.data,
-        hiddens: hiddens.data,
-        tanh_cells: tanh_cells.data,
-    });
+    let mut saved = Saved {
+        inputs,
+        gates: vec![0f32; b * per_gates],
+        cells: vec![0f32; b * per_state],
+        hiddens: vec![0f32; b * per_state],
+        tanh_cells: vec![0f32; b * per_state],
+    };
+    let mut last = vec![0f32; b * hidden];
+    saved
+        .gates
+        .par_chunks_mut(block * per_gates)
+        .zip(saved.inputs.par_chunks(block * per_input))
+        .zip(saved.cells.par_chunks_mut(block * per_state))
+        .zip(saved.hiddens.par_chunks_mut(block * per_state))
+        .zip(saved.tanh_cells.par_chunks_mut(block * per_state))
+        .zip(last.par_chunks_mut(block * hidden))
+        .for_each(
+            |(((((gates, inputs), cells), hiddens), tanh_cells), last)| {
+                let n = last.len() / hidden;
+                let (rows, g4) = (n * dims.steps, 4 * hidden);
+                let w_in = Strided::transposed(w_in, i + 1);
+                let inputs = Strided::dense(inputs, i + 1);
+                gemm_strided(gates, g4, inputs, w_in, (rows, i + 1, g4), false);
+                forward_block([gates, cells, hiddens, tanh_cells], last, w_hh, dims);
+            },
+        );
     (last, saved)
 }
 
-impl CustomOp2 for Recurrence {
+/// One block of `n` images through every step: `gates [n, T, 4H]` (projections in, activated
+/// gates out); the cells and hidden states before each step and the cells' tanh after it
+/// (`[n, T, H]`; the states before the first step are zero); the last hidden states `[n, H]`.
+fn forward_block(
+    [gates, cells, hiddens, tanh_cells]: [&mut [f32]; 4],
+    last: &mut [f32],
+    w_hh: &[f32],
+    dims: Dims,
+) {
+    let (t, hidden) = (dims.steps, dims.hidden);
+    let g4 = 4 * hidden;
+    let n = last.len() / hidden;
+    let mut last_cell = vec![0f32; hidden];
+    for step in 0..t {
+        if step > 0 {
+            // This step's gate rows (T apart) += its hidden rows · W_hhᵀ.
+            let h = Strided {
+                data: &hiddens[step * hidden..],
+                row: t * hidden,
+                col: 1,
+            };
+            let w = Strided::transposed(w_hh, hidden);
+            gemm_strided(&mut gates[step * g4..], t * g4, h, w, (n, hidden, g4), true);
+        }
+        for ((((g, c), h), tc), h_last) in gates
+            .chunks_exact_mut(t * g4)
+            .zip(cells.chunks_exact_mut(t * hidden))
+            .zip(hiddens.chunks_exact_mut(t * hidden))
+            .zip(tanh_cells.chunks_exact_mut(t * hidden))
+            .zip(last.chunks_exact_mut(hidden))
+        {
+            let g = &mut g[step * g4..][..g4];
+            let tc = &mut tc[step * hidden..][..hidden];
+            // The new state goes to the next step's slot, or out after the last step.
+            let (c_prev, c_next) = c.split_at_mut((step + 1) * hidden);
+            let c_prev = &c_prev[step * hidden..];
+            let c_next = c_next.get_mut(..hidden).unwrap_or(&mut last_cell);
+            let h_next = match h.get_mut((step + 1) * hidden..) {
+                Some(next) if !next.is_empty() => &mut next[..hidden],
+                _ => &mut *h_last,
+            };
+            simd(
+                #[inline(always)]
+                || activate_row(g, c_prev, c_next, tc, h_next),
+            );
+        }
+    }
+}
+
+impl CustomOp3 for Recurrence {
     fn name(&self) -> &'static str {
         "fmnist-lstm-recurrence"
     }
@@ -327,72 +328,151 @@ impl CustomOp2 for Recurrence {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
-        let (t, b, g4) = l1.shape().dims3()?;
-        let (rows, hidden) = l2.shape().dims2()?;
-        if rows != g4 || g4 != 4 * hidden {
-            candle::bail!("lstm: gates [{t}, {b}, {g4}] do not fit W_hh [{rows}, {hidden}]");
+        let (b, t, i) = l1.shape().dims3()?;
+        let (g4, k) = l2.shape().dims2()?;
+        let (rows, hidden) = l3.shape().dims2()?;
+        if rows != g4 || g4 != 4 * hidden || k != i + 1 {
+            candle::bail!(
+                "lstm: inputs of {i} features do not fit [W_ih | b] [{g4}, {k}] and W_hh [{rows}, {hidden}]"
+            );
         }
-        let proj = f32_slice(s1, l1, "lstm")?;
-        let w_hh = f32_slice(s2, l2, "lstm")?;
-        let (h, saved) = forward(proj, w_hh, (t, b, hidden), self.save);
+        let x = f32_slice(s1, l1, "lstm")?;
+        let w_in = f32_slice(s2, l2, "lstm")?;
+        let w_hh = f32_slice(s3, l3, "lstm")?;
+        let dims = Dims {
+            steps: t,
+            inputs: i,
+            hidden,
+        };
+        let (h, saved) = forward(x, w_in, w_hh, dims);
         if let Ok(mut slot) = self.saved.lock() {
-            *slot = saved;
+            *slot = self.save.then_some(saved);
         }
         Ok((CpuStorage::F32(h), Shape::from((b, hidden))))
     }
 
     fn bwd(
         &self,
-        proj: &Tensor,
+        x: &Tensor,
+        w_in: &Tensor,
         w_hh: &Tensor,
         _res: &Tensor,
         grad_res: &Tensor,
-    ) -> candle::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (t, b, g4) = proj.dims3()?;
-        let hidden = g4 / 4;
-        let w_hh = w_hh.detach().flatten_all()?.to_vec1::<f32>()?;
-        let saved = match self.saved.lock().ok().and_then(|mut k| k.take()) {
-            Some(s) => s,
-            None => {
-                let proj = proj.detach().flatten_all()?.to_vec1::<f32>()?;
-                forward(&proj, &w_hh, (t, b, hidden), true)
-                    .1
-                    .ok_or_else(|| candle::Error::Msg("lstm: nothing saved".into()))?
-            }
+    ) -> candle::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, t, i) = x.dims3()?;
+        let (g4, hidden) = w_hh.dims2()?;
+        let dims = Dims {
+            steps: t,
+            inputs: i,
+            hidden,
         };
-        let (n, nh) = (b * g4, b * hidden);
-        let mut dh = grad_res.detach().flatten_all()?.to_vec1::<f32>()?;
-        let mut dc = vec![0f32; nh];
-        // Gate gradients (pre-activation), time-major like the projections.
-        let mut d_proj = vec![0f32; t * n];
-        for step in (0..t).rev() {
-            let gates = &saved.gates[step * n..][..n];
-            let c_prev = &saved.cells[step * nh..][..nh];
-            let tanh_now = &saved.tanh_cells[step * nh..][..nh];
-            let d_step = &mut d_proj[step * n..][..n];
-            d_step
-                .par_chunks_mut(g4)
-                .zip(dc.par_chunks_mut(hidden))
-                .enumerate()
-                .for_each(|(row, (d, dc))| {
-                    let rows = row * hidden..(row + 1) * hidden;
-                    let (cp, tc, dh) = (&c_prev[rows.clone()], &tanh_now[rows.clone()], &dh[rows]);
-                    let g = &gates[row * g4..][..g4];
-                    simd(
-                        #[inline(always)]
-                        || differentiate_row(g, cp, tc, dh, d, dc),
-                    )
-                });
-            gemm_into(&mut dh, d_step, &w_hh, (b, g4, hidden), false, false); // [B, 4H] · [4H, H]
+        let host = |w: &Tensor| w.detach().flatten_all()?.to_vec1::<f32>();
+        let (w_in, w_hh) = (host(w_in)?, host(w_hh)?);
+        let mut saved = match self.saved.lock().ok().and_then(|mut k| k.take()) {
+            Some(s) => s,
+            None => forward(&host(x)?, &w_in, &w_hh, dims).1,
+        };
+        let (per_input, per_gates, per_state) = dims.per_image();
+        let block = images_per_block(b, TRAIN_BLOCK);
+        let mut dh = host(grad_res)?;
+        // Per block, its share of the gradients of [W_ih | b] and W_hh, summed in block order
+        // after (so the sum does not depend on the thread count); and the input gradient.
+        let (dw_in, dw_hh) = (g4 * (i + 1), g4 * hidden);
+        let mut partials = vec![0f32; b.div_ceil(block) * (dw_in + dw_hh)];
+        let mut dx = vec![0f32; if x.track_op() { b * t * i } else { 0 }];
+        let mut dx_blocks: Vec<Option<&mut [f32]>> = if dx.is_empty() {
+            (0..b.div_ceil(block)).map(|_| None).collect()
+        } else {
+            dx.chunks_mut(block * t * i).map(Some).collect()
+        };
+        saved
+            .gates
+            .par_chunks_mut(block * per_gates)
+            .zip(dh.par_chunks_mut(block * hidden))
+            .zip(partials.par_chunks_mut(dw_in + dw_hh))
+            .zip(dx_blocks.par_iter_mut())
+            .enumerate()
+            .for_each(|(blk, (((d, dh), partial), dx))| {
+                let at = |per: usize| blk * block * per;
+                let n = dh.len() / hidden;
+                let cells = &saved.cells[at(per_state)..][..n * per_state];
+                let tanh_cells = &saved.tanh_cells[at(per_state)..][..n * per_state];
+                backward_block(d, dh, [cells, tanh_cells], &w_hh, dims);
+                // d [n·T, 4H] now holds the gate gradients; the weights' gradients are dᵀ times
+                // the GEMMs' inputs, the input gradient d times W_ih.
+                let rows = n * t;
+                let d_t = Strided::transposed(d, g4);
+                let inputs = &saved.inputs[at(per_input)..][..n * per_input];
+                let hiddens = &saved.hiddens[at(per_state)..][..n * per_state];
+                let (p_in, p_hh) = partial.split_at_mut(dw_in);
+                let inputs = Strided::dense(inputs, i + 1);
+                gemm_strided(p_in, i + 1, d_t, inputs, (g4, rows, i + 1), false);
+                let hiddens = Strided::dense(hiddens, hidden);
+                gemm_strided(p_hh, hidden, d_t, hiddens, (g4, rows, hidden), false);
+                if let Some(dx) = dx {
+                    let w_ih = Strided::dense(&w_in, i + 1);
+                    gemm_strided(dx, i, Strided::dense(d, g4), w_ih, (rows, g4, i), false);
+                }
+            });
+        let mut sums = vec![0f32; dw_in + dw_hh];
+        for partial in partials.chunks_exact(dw_in + dw_hh) {
+            for (sum, v) in sums.iter_mut().zip(partial) {
+                *sum += v;
+            }
         }
-        // dW_hh = Σ_t dGᵀ_t · h_{t-1}: one GEMM over all steps, rows (step, image) on both sides.
-        let d_proj = Tensor::from_vec(d_proj, (t, b, g4), &Device::Cpu)?;
-        let mut h_in = saved.hiddens;
-        h_in.truncate(t * nh);
-        let h_in = Tensor::from_vec(h_in, (t * b, hidden), &Device::Cpu)?;
-        let d_w_hh = d_proj.reshape((t * b, g4))?.t()?.matmul(&h_in)?;
-        Ok((Some(d_proj), Some(d_w_hh)))
+        let d_w_hh = Tensor::from_vec(sums.split_off(dw_in), (g4, hidden), &Device::Cpu)?;
+        let d_w_in = Tensor::from_vec(sums, (g4, i + 1), &Device::Cpu)?;
+        let d_x = if dx.is_empty() {
+            None
+        } else {
+            Some(Tensor::from_vec(dx, (b, t, i), &Device::Cpu)?)
+        };
+        Ok((d_x, Some(d_w_in), Some(d_w_hh)))
+    }
+}
+
+/// One block of `n` images back through every step: from the gradient `dh [n, H]` of the last
+/// hidden states and what [`forward_block`] kept, `gates [n, T, 4H]` turns from the activated
+/// gates into their pre-activation gradients; `dh` carries the hidden-state gradient from
+/// step to step.
+fn backward_block(
+    gates: &mut [f32],
+    dh: &mut [f32],
+    [cells, tanh_cells]: [&[f32]; 2],
+    w_hh: &[f32],
+    dims: Dims,
+) {
+    let (t, hidden) = (dims.steps, dims.hidden);
+    let g4 = 4 * hidden;
+    let n = dh.len() / hidden;
+    let mut dc = vec![0f32; n * hidden];
+    for step in (0..t).rev() {
+        for (img, (dh, dc)) in dh
+            .chunks_exact(hidden)
+            .zip(dc.chunks_exact_mut(hidden))
+            .enumerate()
+        {
+            let (row, state) = ((img * t + step) * g4, (img * t + step) * hidden);
+            let g = &mut gates[row..][..g4];
+            let (c_prev, tc) = (&cells[state..][..hidden], &tanh_cells[state..][..hidden]);
+            simd(
+                #[inline(always)]
+                || differentiate_row(g, c_prev, tc, dh, dc),
+            );
+        }
+        if step > 0 {
+            // dh = this step's gate gradients (rows T apart) · W_hh.
+            let d = Strided {
+                data: &gates[step * g4..],
+                row: t * g4,
+                col: 1,
+            };
+            let w = Strided::dense(w_hh, hidden);
+            gemm_strided(dh, hidden, d, w, (n, g4, hidden), false);
+        }
     }
 }
 
