@@ -16,7 +16,9 @@ use std::sync::Mutex;
 use candle::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::{f32_slice, gemm_into, kernels, max_pool2_with, windows, Kernels};
+use crate::kernels::{
+    blocks_of, f32_slice, gemm_into, kernels, max_pool2_with, sum_blocks, windows, Kernels,
+};
 
 /// A convolution (groups 1, dilation 1) holding candle-nn's layer for its weights.
 #[derive(Debug, Clone)]
@@ -385,16 +387,6 @@ impl ConvPoolRelu {
     }
 }
 
-/// `v` cut in chunks of `chunk` (`None` for each chunk of a `len` long sequence when `v` is
-/// empty), to zip with another sequence's chunks.
-fn blocks_of<T>(v: &mut [T], chunk: usize, len: usize) -> Vec<Option<&mut [T]>> {
-    if v.is_empty() {
-        (0..len.div_ceil(chunk)).map(|_| None).collect()
-    } else {
-        v.chunks_mut(chunk).map(Some).collect()
-    }
-}
-
 impl CustomOp2 for ConvPoolRelu {
     fn name(&self) -> &'static str {
         "fmnist-conv-pool-relu"
@@ -548,11 +540,7 @@ impl CustomOp2 for ConvPoolReluBackward<'_> {
                     }
                 })
             });
-        for partial in partials.chunks_exact(o * r) {
-            for (sum, v) in d_kernel.iter_mut().zip(partial) {
-                *sum += v;
-            }
-        }
+        sum_blocks(d_kernel, &partials);
         let len = grads.len();
         Ok((CpuStorage::F32(grads), Shape::from(len)))
     }

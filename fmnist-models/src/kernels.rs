@@ -196,6 +196,26 @@ pub(crate) fn gemm_strided(
     }
 }
 
+/// `v` cut in chunks of `chunk` (`None` for each chunk of a `len` long sequence when `v` is
+/// empty), to zip with another sequence's chunks.
+pub(crate) fn blocks_of<T>(v: &mut [T], chunk: usize, len: usize) -> Vec<Option<&mut [T]>> {
+    if v.is_empty() {
+        (0..len.div_ceil(chunk)).map(|_| None).collect()
+    } else {
+        v.chunks_mut(chunk).map(Some).collect()
+    }
+}
+
+/// Adds the blocks' partial sums `partials` (one `sum.len()` chunk per block) into `sum`, in
+/// block order, so that the result does not depend on which thread ran which block.
+pub(crate) fn sum_blocks(sum: &mut [f32], partials: &[f32]) {
+    for partial in partials.chunks_exact(sum.len()) {
+        for (s, v) in sum.iter_mut().zip(partial) {
+            *s += v;
+        }
+    }
+}
+
 pub(crate) fn f32_slice<'a>(
     s: &'a CpuStorage,
     l: &Layout,

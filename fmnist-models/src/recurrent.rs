@@ -19,7 +19,9 @@ use candle::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Ten
 use candle_nn::rnn::RNN;
 use rayon::prelude::*;
 
-use crate::kernels::{f32_slice, gemm_into, gemm_strided, kernels, simd, Kernels, Strided};
+use crate::kernels::{
+    blocks_of, f32_slice, gemm_into, gemm_strided, kernels, simd, sum_blocks, Kernels, Strided,
+};
 
 /// A single-layer LSTM (PyTorch's gate order i, f, g, o) read for its last hidden state.
 #[derive(Debug, Clone)]
@@ -383,11 +385,7 @@ impl CustomOp3 for Recurrence {
         let (dw_in, dw_hh) = (g4 * (i + 1), g4 * hidden);
         let mut partials = vec![0f32; b.div_ceil(block) * (dw_in + dw_hh)];
         let mut dx = vec![0f32; if x.track_op() { b * t * i } else { 0 }];
-        let mut dx_blocks: Vec<Option<&mut [f32]>> = if dx.is_empty() {
-            (0..b.div_ceil(block)).map(|_| None).collect()
-        } else {
-            dx.chunks_mut(block * t * i).map(Some).collect()
-        };
+        let mut dx_blocks = blocks_of(&mut dx, block * t * i, b * t * i);
         saved
             .gates
             .par_chunks_mut(block * per_gates)
@@ -418,11 +416,7 @@ impl CustomOp3 for Recurrence {
                 }
             });
         let mut sums = vec![0f32; dw_in + dw_hh];
-        for partial in partials.chunks_exact(dw_in + dw_hh) {
-            for (sum, v) in sums.iter_mut().zip(partial) {
-                *sum += v;
-            }
-        }
+        sum_blocks(&mut sums, &partials);
         let d_w_hh = Tensor::from_vec(sums.split_off(dw_in), (g4, hidden), &Device::Cpu)?;
         let d_w_in = Tensor::from_vec(sums, (g4, i + 1), &Device::Cpu)?;
         let d_x = if dx.is_empty() {
