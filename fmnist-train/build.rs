@@ -1,6 +1,11 @@
 //! Embeds the commit the binaries are built from (`FMNIST_GIT_COMMIT`), so that a run and a
 //! benchmark record where their code came from even when the binary was copied elsewhere.
+//! A build from a tree whose Rust sources or manifests differ from that commit is marked
+//! `-dirty`.
 use std::process::Command;
+
+/// The code and manifests the binaries are built from, as git pathspecs.
+const SOURCES: [&str; 3] = ["*.rs", "*.toml", "Cargo.lock"];
 
 fn git(args: &[&str]) -> Option<String> {
     Command::new("git")
@@ -13,13 +18,25 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=FMNIST_GIT_COMMIT={commit}");
-    // A checkout or a commit moves HEAD or the branch it points to.
+    let status = [
+        &["status", "--porcelain", "--untracked-files=no", "--"][..],
+        &SOURCES,
+    ]
+    .concat();
+    let dirty = git(&status).is_some_and(|changes| !changes.is_empty());
+    let suffix = if dirty { "-dirty" } else { "" };
+    println!("cargo:rustc-env=FMNIST_GIT_COMMIT={commit}{suffix}");
+    // A checkout or a commit moves HEAD or the branch it points to; an edit changes a source.
     let mut watched = vec![String::from("HEAD")];
     watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
     for name in watched {
         if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", &name]) {
             println!("cargo:rerun-if-changed={path}");
         }
+    }
+    let root = git(&["rev-parse", "--show-toplevel"]).unwrap_or_default();
+    let files = git(&[&["ls-files", "--"][..], &SOURCES].concat()).unwrap_or_default();
+    for file in files.lines() {
+        println!("cargo:rerun-if-changed={root}/{file}");
     }
 }

@@ -1,19 +1,19 @@
-//! 2-D convolution layer whose CPU path is im2col + one GEMM, forward and backward.
+//! 2-D convolution layer whose CPU path is im2col + GEMM, forward and backward, in blocks.
 //!
 //! candle 0.11 computes a convolution's input gradient with `conv_transpose2d`, a direct loop
 //! that is the slowest op of a CNN training step on the CPU, and computes it even for the
 //! network's input, which needs none; its kernel gradient is a convolution with the batch as
-//! channels. Here the convolution is `W[O, C·k·k] × cols[C·k·k, B·L]` with `cols` the
-//! unfolded input (`L` output positions per image), so candle's matmul backward yields both
-//! gradients as GEMMs; the unfolding's own backward (a fold) runs only when the input needs
-//! a gradient. Where pooling and ReLU follow, conv → pool → ReLU is a single operation
-//! ([`Conv2d::forward_pool_relu`]) so that no full-size activation or gradient becomes a tensor:
-//! it runs in blocks of a few images, one thread per block from unfolding to pooling (and back),
-//! in scratch buffers each thread keeps, so the working set stays in cache and a step neither
-//! allocates nor zeroes anything the size of the batch's unfolding.
+//! channels. Here the convolution is `W[O, C·k·k] × cols[C·k·k, L]` per image, with `cols`
+//! the unfolded input (`L` output positions), and both gradients are GEMMs too; the fold back
+//! to the input runs only when the input needs a gradient. The whole convolution is one
+//! operation ([`BlockedConv`]) that runs in blocks of a few images, one thread per block from
+//! unfolding to output (and back), in scratch buffers each thread keeps, so the working set
+//! stays in cache and a step neither allocates nor zeroes anything the size of the batch's
+//! unfolding. Where 2x2 max-pooling and ReLU follow ([`Conv2d::forward_pool_relu`]), they run
+//! inside it, so that no full-size activation or gradient becomes a tensor.
 use std::sync::Mutex;
 
-use candle::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Shape, Tensor};
+use candle::{CpuStorage, CustomOp2, DType, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::{
@@ -33,8 +33,8 @@ impl Conv2d {
 
     /// The forward pass with the kernels given.
     pub fn forward_with(&self, x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
-        match self.channel_major(x, k)? {
-            Some(y) => to_batch_major(&y),
+        match self.blocked(x, k, Epilogue::None)? {
+            Some(y) => Ok(y),
             None => self.inner.forward(x),
         }
     }
@@ -51,20 +51,34 @@ impl Conv2d {
 
     /// [`Conv2d::forward_pool_relu`] with the kernels given.
     pub fn forward_pool_relu_with(&self, x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
+        match self.blocked(x, k, Epilogue::PoolRelu)? {
+            Some(y) => Ok(y),
+            None => max_pool2_with(&self.inner.forward(x)?, k)?.relu(),
+        }
+    }
+
+    /// The convolution and `epilogue` as one [`BlockedConv`], `None` where candle's path runs.
+    fn blocked(
+        &self,
+        x: &Tensor,
+        k: Kernels,
+        epilogue: Epilogue,
+    ) -> candle::Result<Option<Tensor>> {
         let operands = self
             .im2col_operands(x, k)?
-            .filter(|(_, g)| g.out_h >= 2 && g.out_w >= 2);
+            .filter(|(_, g)| epilogue == Epilogue::None || (g.out_h >= 2 && g.out_w >= 2));
         let Some((kernel, geometry)) = operands else {
-            return max_pool2_with(&self.inner.forward(x)?, k)?.relu();
+            return Ok(None);
         };
-        let op = ConvPoolRelu {
+        let op = BlockedConv {
             geometry,
             batch: x.dim(0)?,
             ones_row: self.inner.bias().is_some(),
+            epilogue,
             save: x.track_op() || kernel.track_op(),
             saved: Mutex::new(None),
         };
-        x.contiguous()?.apply_op2(&kernel, op)
+        x.contiguous()?.apply_op2(&kernel, op).map(Some)
     }
 
     /// On the im2col path, the kernel as the GEMM's left matrix `[O, C·k·k (+1)]` (the bias
@@ -99,33 +113,12 @@ impl Conv2d {
         let geometry = Geometry::new(c, h, w, k, cfg.stride, cfg.padding)?;
         Ok(Some((kernel, geometry)))
     }
-
-    /// The output `[O, B, H, W]` on the im2col path, `None` where candle's path runs.
-    fn channel_major(&self, x: &Tensor, k: Kernels) -> candle::Result<Option<Tensor>> {
-        let Some((kernel, geometry)) = self.im2col_operands(x, k)? else {
-            return Ok(None);
-        };
-        let unfold = Im2Col {
-            geometry,
-            ones_row: self.inner.bias().is_some(),
-        };
-        let cols = x.contiguous()?.apply_op1(unfold)?; // [C·k·k (+1), B·L]
-        kernel
-            .matmul(&cols)? // [O, B·L]
-            .reshape((kernel.dim(0)?, x.dim(0)?, geometry.out_h, geometry.out_w))
-            .map(Some)
-    }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle::Result<Tensor> {
         self.forward_with(x, kernels())
     }
-}
-
-/// `[O, B, H, W]` (the GEMM's layout) to `[B, O, H, W]`.
-fn to_batch_major(y: &Tensor) -> candle::Result<Tensor> {
-    y.transpose(0, 1)?.contiguous()
 }
 
 /// Sizes of one unfolding.
@@ -189,54 +182,9 @@ impl Geometry {
     }
 }
 
-/// Unfolds `[B, C, H, W]` into `[C·k·k, B·L]` (row `(c, ki, kj)`, column `(b, oy, ox)`),
-/// with a last row of ones if `ones_row`.
-struct Im2Col {
-    geometry: Geometry,
-    ones_row: bool,
-}
-
-impl CustomOp1 for Im2Col {
-    fn name(&self) -> &'static str {
-        "fmnist-im2col"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle::Result<(CpuStorage, Shape)> {
-        let (b, _, _, _) = l.shape().dims4()?;
-        let cols = unfold(self.geometry, f32_slice(s, l, "im2col")?, b, self.ones_row);
-        let rows = self.geometry.rows() + usize::from(self.ones_row);
-        let n = cols.len() / rows;
-        Ok((CpuStorage::F32(cols), Shape::from((rows, n))))
-    }
-
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle::Result<Option<Tensor>> {
-        let (b, _, _, _) = arg.dims4()?;
-        Ok(Some(
-            grad_res
-                .contiguous()?
-                .apply_op1_no_bwd(&Col2Im(self.geometry, b))?,
-        ))
-    }
-}
-
-/// Unfolds `x [B, C, H, W]` into `[C·k·k (+1), B·L]`, as [`Im2Col`], rows in parallel.
-fn unfold(g: Geometry, x: &[f32], b: usize, ones_row: bool) -> Vec<f32> {
-    let rows = g.rows() + usize::from(ones_row);
-    let n = b * g.out_h * g.out_w;
-    let mut out = vec![0f32; rows * n];
-    out.par_chunks_mut(n)
-        .enumerate()
-        .for_each(|(row, dst)| unfold_row(g, x, b, row, dst));
-    out
-}
-
-/// Row `row` of the unfolding of `x` (`b` images): every element is written, the padding
-/// as zeros, and the row after the `C·k·k` rows is the row of ones.
+/// Row `row` (`(c, ki, kj)`) of the unfolding of `x [b, C, H, W]`, its `b` images' `L` columns
+/// `(oy, ox)` one after the other: every element is written, the padding as zeros, and the
+/// row after the `C·k·k` rows is the row of ones.
 fn unfold_row(g: Geometry, x: &[f32], b: usize, row: usize, dst: &mut [f32]) {
     if row == g.rows() {
         dst.fill(1.0);
@@ -252,7 +200,7 @@ fn unfold_row(g: Geometry, x: &[f32], b: usize, row: usize, dst: &mut [f32]) {
             .chunks_exact_mut(g.out_w)
             .enumerate()
         {
-            if !ys.contains(&oy) {
+            if !ys.contains(&oy) || xs.is_empty() {
                 dst.fill(0.0);
                 continue;
             }
@@ -272,8 +220,8 @@ fn unfold_row(g: Geometry, x: &[f32], b: usize, row: usize, dst: &mut [f32]) {
 }
 
 /// Adds the unfolding of `b` images back into `dst [b, C, H, W]` (the adjoint of
-/// [`unfold_row`]): row `(c, ki, kj)` starts at `cols[row · stride]` and holds the images'
-/// `L` columns one after the other; rows after the `C·k·k` are not read.
+/// [`unfold_row`], a col2im): row `(c, ki, kj)` starts at `cols[row · stride]` and holds the
+/// images' `L` columns one after the other; rows after the `C·k·k` are not read.
 fn fold_into(g: Geometry, cols: &[f32], stride: usize, b: usize, dst: &mut [f32]) {
     let l_out = g.out_h * g.out_w;
     let plane = g.h * g.w;
@@ -283,18 +231,29 @@ fn fold_into(g: Geometry, cols: &[f32], stride: usize, b: usize, dst: &mut [f32]
             let src = &cols[row * stride + img * l_out..][..l_out];
             let dst = &mut dst[ch * plane..][..plane];
             let xs = g.valid(kj, g.w, g.out_w);
+            if xs.is_empty() {
+                continue;
+            }
             for oy in g.valid(ki, g.h, g.out_h) {
                 let line = &mut dst[g.source(oy, ki) * g.w..][..g.w];
                 let src = &src[oy * g.out_w..][..g.out_w];
-                for ox in xs.clone() {
-                    line[g.source(ox, kj)] += src[ox];
+                if g.stride == 1 {
+                    let from = g.source(xs.start, kj);
+                    let line = &mut line[from..from + xs.len()];
+                    for (d, v) in line.iter_mut().zip(&src[xs.clone()]) {
+                        *d += v;
+                    }
+                } else {
+                    for ox in xs.clone() {
+                        line[g.source(ox, kj)] += src[ox];
+                    }
                 }
             }
         }
     }
 }
 
-/// Images per block of [`ConvPoolRelu`]: one thread unfolds, multiplies and pools a whole
+/// Images per block of [`BlockedConv`]: one thread unfolds, multiplies and writes out a whole
 /// block, so the unfolding and the GEMM's output stay cache-sized whatever the batch, and
 /// nothing the size of the batch's unfolding is ever allocated.
 const BLOCK: usize = 8;
@@ -302,7 +261,7 @@ const BLOCK: usize = 8;
 /// The offset recorded for a pooling window whose maximum the ReLU stopped (no gradient).
 const STOPPED: u8 = u8::MAX;
 
-/// A thread's scratch buffers for [`ConvPoolRelu`], kept from call to call so that a training
+/// A thread's scratch buffers for [`BlockedConv`], kept from call to call so that a training
 /// step neither allocates nor zeroes them: every element a block reads is written first.
 #[derive(Default)]
 struct Scratch {
@@ -323,44 +282,61 @@ fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[..len]
 }
 
-/// relu(max_pool2(conv(x))) of `x [B, C, H, W]` and the kernel matrix `[O, C·k·k (+1)]`, to
-/// `[B, O, H', W']`. Blocks of [`BLOCK`] images run in parallel; the backward pass keeps only
-/// the offset of each window's maximum and unfolds the input again, which costs less than
-/// keeping the batch's unfolding (`C·k·k` times the input) in memory.
-struct ConvPoolRelu {
+/// What [`BlockedConv`] does to the convolution's output before writing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Epilogue {
+    /// Nothing: the output is the convolution's, `[B, O, H_out, W_out]`.
+    None,
+    /// 2x2 max-pooling and ReLU: `[B, O, H_out/2, W_out/2]`.
+    PoolRelu,
+}
+
+/// The convolution of `x [B, C, H, W]` with the kernel matrix `[O, C·k·k (+1)]`, then its
+/// [`Epilogue`], batch-major. Blocks of [`BLOCK`] images run in parallel. With pooling, the
+/// backward pass keeps only the offset of each window's maximum, and every backward pass
+/// unfolds the input again, which costs less than keeping the batch's unfolding (`C·k·k`
+/// times the input) in memory.
+struct BlockedConv {
     geometry: Geometry,
     batch: usize,
     ones_row: bool,
-    /// Record the maxima (a backward pass may follow).
+    epilogue: Epilogue,
+    /// Record the pooling's maxima (a backward pass may follow).
     save: bool,
     saved: Mutex<Option<Vec<u8>>>,
 }
 
-impl ConvPoolRelu {
-    fn pooled_size(&self) -> (usize, usize) {
-        (self.geometry.out_h / 2, self.geometry.out_w / 2)
+impl BlockedConv {
+    /// Height and width of an output plane.
+    fn output_size(&self) -> (usize, usize) {
+        let g = self.geometry;
+        match self.epilogue {
+            Epilogue::None => (g.out_h, g.out_w),
+            Epilogue::PoolRelu => (g.out_h / 2, g.out_w / 2),
+        }
     }
 
     fn kernel_rows(&self) -> usize {
         self.geometry.rows() + usize::from(self.ones_row)
     }
 
-    /// The pooled output `[B, O, H', W']` and, if `keep`, per output the offset (0..4,
-    /// row-major in its window) of its window's maximum, or [`STOPPED`].
+    /// The output `[B, O, H', W']` and, if `keep` (pooling only), per output the offset
+    /// (0..4, row-major in its window) of its window's maximum, or [`STOPPED`].
     fn forward(&self, x: &[f32], kernel: &[f32], keep: bool) -> (Vec<f32>, Option<Vec<u8>>) {
         let g = self.geometry;
         let r = self.kernel_rows();
         let o = kernel.len() / r;
-        let (ph, pw) = self.pooled_size();
-        let (l, image, pooled) = (g.out_h * g.out_w, g.c * g.h * g.w, o * ph * pw);
-        let mut out = vec![0f32; self.batch * pooled];
+        let (oh, ow) = self.output_size();
+        let (l, image, outputs) = (g.out_h * g.out_w, g.c * g.h * g.w, o * oh * ow);
+        let keep = keep && self.epilogue == Epilogue::PoolRelu;
+        let mut out = vec![0f32; self.batch * outputs];
         let mut argmax = vec![STOPPED; if keep { out.len() } else { 0 }];
-        let mut argmax_blocks = blocks_of(&mut argmax, BLOCK * pooled, out.len());
-        out.par_chunks_mut(BLOCK * pooled)
+        let mut argmax_blocks = blocks_of(&mut argmax, BLOCK * outputs, out.len());
+        out.par_chunks_mut(BLOCK * outputs)
             .zip(argmax_blocks.par_iter_mut())
             .enumerate()
             .for_each(|(blk, (out, argmax))| {
-                let images = out.len() / pooled;
+                let images = out.len() / outputs;
                 let x = &x[blk * BLOCK * image..][..images * image];
                 let n = images * l;
                 SCRATCH.with_borrow_mut(|s| {
@@ -369,14 +345,18 @@ impl ConvPoolRelu {
                         unfold_row(g, x, images, row, dst);
                     }
                     gemm_into(y, kernel, cols, (o, r, n), false, false);
-                    // Output plane `img·O + ch` pools the GEMM's row `ch`, columns of `img`.
-                    for (p, dst) in out.chunks_exact_mut(ph * pw).enumerate() {
+                    // Output plane `img·O + ch` comes from the GEMM's row `ch`, columns of `img`.
+                    for (p, dst) in out.chunks_exact_mut(oh * ow).enumerate() {
                         let (img, ch) = (p / o, p % o);
                         let plane = &y[ch * n + img * l..][..l];
-                        windows(plane, g.out_w, ph, pw, |i, j, offset, max| {
-                            dst[i * pw + j] = max.max(0.0);
+                        if self.epilogue == Epilogue::None {
+                            dst.copy_from_slice(plane);
+                            continue;
+                        }
+                        windows(plane, g.out_w, oh, ow, |i, j, offset, max| {
+                            dst[i * ow + j] = max.max(0.0);
                             if let Some(argmax) = argmax.as_deref_mut() {
-                                argmax[p * ph * pw + i * pw + j] =
+                                argmax[p * oh * ow + i * ow + j] =
                                     if max > 0.0 { offset as u8 } else { STOPPED };
                             }
                         });
@@ -387,9 +367,9 @@ impl ConvPoolRelu {
     }
 }
 
-impl CustomOp2 for ConvPoolRelu {
+impl CustomOp2 for BlockedConv {
     fn name(&self) -> &'static str {
-        "fmnist-conv-pool-relu"
+        "fmnist-blocked-conv"
     }
 
     fn cpu_fwd(
@@ -403,19 +383,16 @@ impl CustomOp2 for ConvPoolRelu {
         let g = self.geometry;
         let (o, r) = l2.shape().dims2()?;
         if (b, c, h, w) != (self.batch, g.c, g.h, g.w) || r != self.kernel_rows() {
-            candle::bail!(
-                "conv-pool-relu: input {:?} does not fit its geometry",
-                l1.dims()
-            );
+            candle::bail!("conv2d: input {:?} does not fit its geometry", l1.dims());
         }
-        let x = f32_slice(s1, l1, "conv-pool-relu")?;
-        let kernel = f32_slice(s2, l2, "conv-pool-relu")?;
+        let x = f32_slice(s1, l1, "conv2d")?;
+        let kernel = f32_slice(s2, l2, "conv2d")?;
         let (out, argmax) = self.forward(x, kernel, self.save);
         if let Ok(mut slot) = self.saved.lock() {
             *slot = argmax;
         }
-        let (ph, pw) = self.pooled_size();
-        Ok((CpuStorage::F32(out), Shape::from((b, o, ph, pw))))
+        let (oh, ow) = self.output_size();
+        Ok((CpuStorage::F32(out), Shape::from((b, o, oh, ow))))
     }
 
     fn bwd(
@@ -428,19 +405,22 @@ impl CustomOp2 for ConvPoolRelu {
         let input_grad = x.track_op();
         let x = x.detach().contiguous()?;
         let kernel = kernel.detach().contiguous()?;
-        let argmax = match self.saved.lock().ok().and_then(|mut s| s.take()) {
-            Some(argmax) => argmax,
-            None => self
-                .forward(
-                    &x.flatten_all()?.to_vec1::<f32>()?,
-                    &kernel.flatten_all()?.to_vec1::<f32>()?,
-                    true,
-                )
-                .1
-                .ok_or_else(|| candle::Error::Msg("conv-pool-relu: nothing saved".into()))?,
+        let argmax = match self.epilogue {
+            Epilogue::None => Vec::new(),
+            Epilogue::PoolRelu => match self.saved.lock().ok().and_then(|mut s| s.take()) {
+                Some(argmax) => argmax,
+                None => self
+                    .forward(
+                        &x.flatten_all()?.to_vec1::<f32>()?,
+                        &kernel.flatten_all()?.to_vec1::<f32>()?,
+                        true,
+                    )
+                    .1
+                    .ok_or_else(|| candle::Error::Msg("conv2d: no maxima saved".into()))?,
+            },
         };
         let (o, r) = kernel.dims2()?;
-        let backward = ConvPoolReluBackward {
+        let backward = BlockedConvBackward {
             forward: self,
             argmax,
             kernel_t: kernel.t()?.contiguous()?.flatten_all()?.to_vec1()?,
@@ -458,22 +438,58 @@ impl CustomOp2 for ConvPoolRelu {
     }
 }
 
-/// The backward pass of a [`ConvPoolRelu`], applied to its input `x` and the gradient of its
+/// The backward pass of a [`BlockedConv`], applied to its input `x` and the gradient of its
 /// output; gives the kernel's gradient `[O·R]` followed, if `input_grad`, by the input's
-/// `[B·C·H·W]`, as one vector. Per block: the GEMM output's gradient (each pooled gradient at
-/// its window's maximum), the block's share of the kernel gradient (summed over the blocks in
-/// order, so the result does not depend on the thread count) and the input gradient.
-struct ConvPoolReluBackward<'a> {
-    forward: &'a ConvPoolRelu,
+/// `[B·C·H·W]`, as one vector. Per block: the GEMM output's gradient (with pooling, each
+/// pooled gradient at its window's maximum), the block's share of the kernel gradient (summed
+/// over the blocks in order, so the result does not depend on the thread count) and the input
+/// gradient.
+struct BlockedConvBackward<'a> {
+    forward: &'a BlockedConv,
+    /// The pooling's maxima (empty without pooling).
     argmax: Vec<u8>,
     /// The kernel matrix transposed, `[R, O]`.
     kernel_t: Vec<f32>,
     input_grad: bool,
 }
 
-impl CustomOp2 for ConvPoolReluBackward<'_> {
+impl BlockedConvBackward<'_> {
+    /// The gradient of the GEMM's output `d_y [O, n]` for `images` images from the gradient
+    /// of theirs `grad` (and, with pooling, their maxima `argmax`).
+    fn output_gradient(&self, d_y: &mut [f32], grad: &[f32], argmax: &[u8], images: usize) {
+        let f = self.forward;
+        let g = f.geometry;
+        let (l, n) = (g.out_h * g.out_w, images * g.out_h * g.out_w);
+        let o = d_y.len() / n;
+        let (oh, ow) = f.output_size();
+        if f.epilogue == Epilogue::None {
+            for (p, grad) in grad.chunks_exact(l).take(images * o).enumerate() {
+                let (img, ch) = (p / o, p % o);
+                d_y[ch * n + img * l..][..l].copy_from_slice(grad);
+            }
+            return;
+        }
+        d_y.fill(0.0);
+        for p in 0..images * o {
+            let (img, ch) = (p / o, p % o);
+            let plane = &mut d_y[ch * n + img * l..][..l];
+            for i in 0..oh {
+                for j in 0..ow {
+                    let q = p * oh * ow + i * ow + j;
+                    let at = argmax[q];
+                    if at != STOPPED {
+                        let at = usize::from(at);
+                        plane[(2 * i + at / 2) * g.out_w + 2 * j + at % 2] = grad[q];
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl CustomOp2 for BlockedConvBackward<'_> {
     fn name(&self) -> &'static str {
-        "fmnist-conv-pool-relu-backward"
+        "fmnist-blocked-conv-backward"
     }
 
     fn cpu_fwd(
@@ -485,14 +501,14 @@ impl CustomOp2 for ConvPoolReluBackward<'_> {
     ) -> candle::Result<(CpuStorage, Shape)> {
         let f = self.forward;
         let g = f.geometry;
-        let x = f32_slice(s1, l1, "conv-pool-relu backward")?;
-        let grad = f32_slice(s2, l2, "conv-pool-relu backward")?;
+        let x = f32_slice(s1, l1, "conv2d backward")?;
+        let grad = f32_slice(s2, l2, "conv2d backward")?;
         let r = f.kernel_rows();
         let o = self.kernel_t.len() / r;
-        let (ph, pw) = f.pooled_size();
-        let (l, image, pooled) = (g.out_h * g.out_w, g.c * g.h * g.w, o * ph * pw);
-        if grad.len() != f.batch * pooled || x.len() != f.batch * image {
-            candle::bail!("conv-pool-relu backward: gradient {:?}", l2.dims());
+        let (oh, ow) = f.output_size();
+        let (l, image, outputs) = (g.out_h * g.out_w, g.c * g.h * g.w, o * oh * ow);
+        if grad.len() != f.batch * outputs || x.len() != f.batch * image {
+            candle::bail!("conv2d backward: gradient {:?}", l2.dims());
         }
         let blocks = f.batch.div_ceil(BLOCK);
         let mut partials = vec![0f32; blocks * o * r];
@@ -506,26 +522,12 @@ impl CustomOp2 for ConvPoolReluBackward<'_> {
             .for_each(|(blk, (d_kernel, d_x))| {
                 let images = BLOCK.min(f.batch - blk * BLOCK);
                 let n = images * l;
-                let first = blk * BLOCK * pooled;
-                let (grad, argmax) = (&grad[first..], &self.argmax[first..]);
+                let first = blk * BLOCK * outputs;
+                let argmax = self.argmax.get(first..).unwrap_or_default();
                 let x = &x[blk * BLOCK * image..][..images * image];
                 SCRATCH.with_borrow_mut(|s| {
                     let d_y = sized(&mut s.y, o * n);
-                    d_y.fill(0.0);
-                    for p in 0..images * o {
-                        let (img, ch) = (p / o, p % o);
-                        let plane = &mut d_y[ch * n + img * l..][..l];
-                        for i in 0..ph {
-                            for j in 0..pw {
-                                let q = p * ph * pw + i * pw + j;
-                                let at = argmax[q];
-                                if at != STOPPED {
-                                    let at = usize::from(at);
-                                    plane[(2 * i + at / 2) * g.out_w + 2 * j + at % 2] = grad[q];
-                                }
-                            }
-                        }
-                    }
+                    self.output_gradient(d_y, &grad[first..], argmax, images);
                     let cols = sized(&mut s.cols, r * n);
                     for (row, dst) in cols.chunks_exact_mut(n).enumerate() {
                         unfold_row(g, x, images, row, dst);
@@ -543,27 +545,6 @@ impl CustomOp2 for ConvPoolReluBackward<'_> {
         sum_blocks(d_kernel, &partials);
         let len = grads.len();
         Ok((CpuStorage::F32(grads), Shape::from(len)))
-    }
-}
-
-/// The adjoint of [`Im2Col`]: sums `[C·k·k, B·L]` back into `[B, C, H, W]` (a row of ones
-/// after them is ignored).
-struct Col2Im(Geometry, usize);
-
-impl CustomOp1 for Col2Im {
-    fn name(&self) -> &'static str {
-        "fmnist-col2im"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle::Result<(CpuStorage, Shape)> {
-        let (g, b) = (self.0, self.1);
-        let cols = f32_slice(s, l, "col2im")?;
-        let (image, l_out) = (g.c * g.h * g.w, g.out_h * g.out_w);
-        let mut out = vec![0f32; b * image];
-        out.par_chunks_mut(image)
-            .enumerate()
-            .for_each(|(img, dst)| fold_into(g, &cols[img * l_out..], b * l_out, 1, dst));
-        Ok((CpuStorage::F32(out), Shape::from((b, g.c, g.h, g.w))))
     }
 }
 
@@ -637,7 +618,7 @@ mod tests {
 
     #[test]
     fn untracked_forward_in_blocks_agrees_with_candle() {
-        // 70 images: four full blocks and a partial one; no gradient is tracked, so no maxima
+        // 70 images: eight full blocks and a partial one; no gradient is tracked, so no maxima
         // are recorded.
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (70, 3, 9, 9), &dev).unwrap();
@@ -651,11 +632,25 @@ mod tests {
                 ..Default::default()
             },
         ));
-        let fused = flat(&conv.forward_pool_relu_with(&x, Kernels::Fused).unwrap());
-        let generic = flat(&conv.forward_pool_relu_with(&x, Kernels::Generic).unwrap());
-        assert_eq!(fused.len(), 70 * 5 * 4 * 4);
-        for (a, b) in fused.iter().zip(&generic) {
-            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+        let pooled = |k| flat(&conv.forward_pool_relu_with(&x, k).unwrap());
+        let plain = |k| flat(&conv.forward_with(&x, k).unwrap());
+        for (fused, generic, len) in [
+            (
+                pooled(Kernels::Fused),
+                pooled(Kernels::Generic),
+                70 * 5 * 4 * 4,
+            ),
+            (
+                plain(Kernels::Fused),
+                plain(Kernels::Generic),
+                70 * 5 * 9 * 9,
+            ),
+        ] {
+            assert_eq!(fused.len(), len);
+            assert_eq!(generic.len(), len);
+            for (a, b) in fused.iter().zip(&generic) {
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+            }
         }
     }
 
@@ -685,30 +680,51 @@ mod tests {
     #[test]
     fn unfolding_a_known_image() {
         // A 3x3 image under a 2x2 kernel: rows (ki, kj), columns (oy, ox).
-        let x = Tensor::arange(0f32, 9.0, &Device::Cpu)
-            .unwrap()
-            .reshape((1, 1, 3, 3))
-            .unwrap();
+        let x: Vec<f32> = (0..9).map(|v| v as f32).collect();
         let g = Geometry::new(1, 3, 3, 2, 1, 0).unwrap();
-        let cols = x
-            .apply_op1(Im2Col {
-                geometry: g,
-                ones_row: true,
-            })
-            .unwrap();
+        let mut cols = vec![f32::NAN; 5 * 4];
+        for (row, dst) in cols.chunks_exact_mut(4).enumerate() {
+            unfold_row(g, &x, 1, row, dst);
+        }
         assert_eq!(
-            cols.to_vec2::<f32>().unwrap(),
+            cols,
             vec![
-                vec![0., 1., 3., 4.],
-                vec![1., 2., 4., 5.],
-                vec![3., 4., 6., 7.],
-                vec![4., 5., 7., 8.],
-                vec![1., 1., 1., 1.]
+                0., 1., 3., 4., // (0, 0)
+                1., 2., 4., 5., // (0, 1)
+                3., 4., 6., 7., // (1, 0)
+                4., 5., 7., 8., // (1, 1)
+                1., 1., 1., 1., // the row of ones
             ]
         );
         // Folding ones back counts how many windows cover each pixel.
-        let ones = Tensor::ones((5, 4), DType::F32, &Device::Cpu).unwrap();
-        let counts = ones.apply_op1_no_bwd(&Col2Im(g, 1)).unwrap();
-        assert_eq!(flat(&counts), vec![1., 2., 1., 2., 4., 2., 1., 2., 1.]);
+        let mut counts = vec![0f32; 9];
+        fold_into(g, &[1f32; 5 * 4], 4, 1, &mut counts);
+        assert_eq!(counts, vec![1., 2., 1., 2., 4., 2., 1., 2., 1.]);
+    }
+
+    #[test]
+    fn padding_is_written_over_stale_scratch() {
+        // One padded row of a 2x2 image under a 3x3 kernel: the scratch holds NaNs before.
+        let g = Geometry::new(1, 2, 2, 3, 1, 1).unwrap();
+        let mut row = vec![f32::NAN; 4];
+        unfold_row(g, &[1., 2., 3., 4.], 1, 0, &mut row); // (ki, kj) = (0, 0)
+        assert_eq!(row, vec![0., 0., 0., 1.]);
+    }
+
+    #[test]
+    fn a_kernel_wider_than_the_image_reads_only_padding_outside_it() {
+        // A 1x1 image padded by 2 under a 5x5 kernel: one output, only the centre tap sees it.
+        let g = Geometry::new(1, 1, 1, 5, 1, 2).unwrap();
+        let mut cols = [f32::NAN; 25];
+        for (row, dst) in cols.chunks_exact_mut(1).enumerate() {
+            unfold_row(g, &[7.], 1, row, dst);
+        }
+        let centre = 2 * 5 + 2;
+        for (row, v) in cols.iter().enumerate() {
+            assert_eq!(*v, if row == centre { 7. } else { 0. }, "row {row}");
+        }
+        let mut back = [0f32; 1];
+        fold_into(g, &[1f32; 25], 1, 1, &mut back);
+        assert_eq!(back, [1.]);
     }
 }

@@ -93,7 +93,8 @@ pub fn machine_description() -> String {
     format!("{cpu}, {cores} cores, {}", std::env::consts::OS)
 }
 
-/// The short hash of the commit this binary was built from (`unknown` outside a git checkout).
+/// The short hash of the commit this binary was built from, `-dirty` if its sources differed
+/// from it (`unknown` outside a git checkout).
 pub fn git_commit() -> String {
     env!("FMNIST_GIT_COMMIT").to_string()
 }
