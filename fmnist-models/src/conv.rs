@@ -182,6 +182,14 @@ impl Geometry {
     }
 }
 
+/// The unfolding `cols [C·k·k (+1), b·L]` of `x [b, C, H, W]`, row by row ([`unfold_row`]).
+fn unfold_block(g: Geometry, x: &[f32], b: usize, cols: &mut [f32]) {
+    let n = b * g.out_h * g.out_w;
+    for (row, dst) in cols.chunks_exact_mut(n).enumerate() {
+        unfold_row(g, x, b, row, dst);
+    }
+}
+
 /// Row `row` (`(c, ki, kj)`) of the unfolding of `x [b, C, H, W]`, its `b` images' `L` columns
 /// `(oy, ox)` one after the other: every element is written, the padding as zeros, and the
 /// row after the `C·k·k` rows is the row of ones.
@@ -341,9 +349,7 @@ impl BlockedConv {
                 let n = images * l;
                 SCRATCH.with_borrow_mut(|s| {
                     let (cols, y) = (sized(&mut s.cols, r * n), sized(&mut s.y, o * n));
-                    for (row, dst) in cols.chunks_exact_mut(n).enumerate() {
-                        unfold_row(g, x, images, row, dst);
-                    }
+                    unfold_block(g, x, images, cols);
                     gemm_into(y, kernel, cols, (o, r, n), false, false);
                     // Output plane `img·O + ch` comes from the GEMM's row `ch`, columns of `img`.
                     for (p, dst) in out.chunks_exact_mut(oh * ow).enumerate() {
@@ -529,9 +535,7 @@ impl CustomOp2 for BlockedConvBackward<'_> {
                     let d_y = sized(&mut s.y, o * n);
                     self.output_gradient(d_y, &grad[first..], argmax, images);
                     let cols = sized(&mut s.cols, r * n);
-                    for (row, dst) in cols.chunks_exact_mut(n).enumerate() {
-                        unfold_row(g, x, images, row, dst);
-                    }
+                    unfold_block(g, x, images, cols);
                     gemm_into(d_kernel, d_y, cols, (o, n, r), true, false);
                     if let Some(d_x) = d_x {
                         let rows = g.rows();
@@ -683,9 +687,7 @@ mod tests {
         let x: Vec<f32> = (0..9).map(|v| v as f32).collect();
         let g = Geometry::new(1, 3, 3, 2, 1, 0).unwrap();
         let mut cols = vec![f32::NAN; 5 * 4];
-        for (row, dst) in cols.chunks_exact_mut(4).enumerate() {
-            unfold_row(g, &x, 1, row, dst);
-        }
+        unfold_block(g, &x, 1, &mut cols);
         assert_eq!(
             cols,
             vec![
@@ -716,9 +718,7 @@ mod tests {
         // A 1x1 image padded by 2 under a 5x5 kernel: one output, only the centre tap sees it.
         let g = Geometry::new(1, 1, 1, 5, 1, 2).unwrap();
         let mut cols = [f32::NAN; 25];
-        for (row, dst) in cols.chunks_exact_mut(1).enumerate() {
-            unfold_row(g, &[7.], 1, row, dst);
-        }
+        unfold_block(g, &[7.], 1, &mut cols);
         let centre = 2 * 5 + 2;
         for (row, v) in cols.iter().enumerate() {
             assert_eq!(*v, if row == centre { 7. } else { 0. }, "row {row}");
