@@ -68,7 +68,33 @@ def build(kind, nn):
                 return self.fc(h[-1])
 
         return Lstm()
-    sys.exit(f"error: no PyTorch reference for model {kind} (have cnn, lstm, mlp)")
+    if kind == "cnn-wide":
+        return nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(128, 10),
+        )
+    sys.exit(f"error: no PyTorch reference for model {kind} (have cnn, lstm, mlp, cnn-wide)")
+
+
+def keras_init(model, nn):
+    """Keras' defaults, as `fmnist-train --init keras`: Glorot-uniform kernels, zero biases;
+    the LSTM's (4 x hidden, hidden) recurrent matrix orthogonal and its forget-gate bias 1."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LSTM):
+            hidden = m.hidden_size
+            # Keras draws the (input, 4 x hidden) kernel as one Glorot matrix.
+            bound = (6.0 / (m.input_size + 4 * hidden)) ** 0.5
+            nn.init.uniform_(m.weight_ih_l0, -bound, bound)
+            nn.init.orthogonal_(m.weight_hh_l0)
+            nn.init.zeros_(m.bias_ih_l0)
+            nn.init.zeros_(m.bias_hh_l0)
+            with __import__("torch").no_grad():
+                m.bias_ih_l0[hidden : 2 * hidden] = 1.0  # gates i, f, g, o
 
 
 def main():
@@ -81,6 +107,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--epochs", type=int, help="train the study recipe for this many epochs")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--init", choices=["pytorch", "keras"], default="pytorch",
+                   help="initial weights: PyTorch's defaults or Keras' (as fmnist-train --init)")
     a = p.parse_args()
 
     import numpy as np
@@ -97,6 +125,8 @@ def main():
     load = time.perf_counter() - start
 
     model = build(a.model, nn)
+    if a.init == "keras":
+        keras_init(model, nn)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     if a.epochs:
@@ -195,6 +225,7 @@ def study(a, model, opt, loss_fn, data):
         "implementation": f"pytorch-{torch.__version__}",
         "model": a.model,
         "seed": a.seed,
+        "init": a.init,
         "epochs": a.epochs,
         "val_accuracy": history,
         "best_epoch": best[1],

@@ -87,16 +87,17 @@ pub fn evaluate_run(
     let prepared = fmnist_train::prepare(&config.train, data)
         .with_context(|| format!("{}: rebuilding the split", dir.display()))?;
     let norm = config.normalizer;
+    let tta = config.train.mirror_tta;
     let train = score(
-        &logits(&model, &prepared.train, norm, device)?,
+        &logits(&model, &prepared.train, norm, tta, device)?,
         &prepared.train.labels,
     );
     let val = score(
-        &logits(&model, &prepared.val, norm, device)?,
+        &logits(&model, &prepared.val, norm, tta, device)?,
         &prepared.val.labels,
     );
     let start = Instant::now();
-    let test_logits = logits(&model, &data.test, norm, device)?;
+    let test_logits = logits(&model, &data.test, norm, tta, device)?;
     let inference_images_per_second = data.test.len() as f64 / start.elapsed().as_secs_f64();
     let test = score(&test_logits, &data.test.labels);
     let k = data.num_classes();

@@ -171,6 +171,7 @@ fn predict(
         threshold: args.threshold,
         invert: args.invert,
         save_preprocessed: args.save_preprocessed.clone(),
+        mirror_tta: config.train.mirror_tta,
     };
     let predictions = predict_files(
         &model,

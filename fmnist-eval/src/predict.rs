@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use candle::{Device, Tensor};
 use fmnist_data::Normalizer;
 use fmnist_models::Model;
+use fmnist_train::scoring::eval_logits;
 use image::{GrayImage, Luma};
 use serde::Serialize;
 
@@ -163,6 +164,7 @@ pub struct Ranked {
 pub fn classify(
     model: &Model,
     normalizer: Normalizer,
+    mirror_tta: bool,
     inputs: &[GrayImage],
     device: &Device,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
@@ -178,8 +180,7 @@ pub fn classify(
         (inputs.len(), 1, SIDE as usize, SIDE as usize),
         device,
     )?;
-    let logits = model
-        .forward_t(&x, false)?
+    let logits = eval_logits(model, &x, mirror_tta)?
         .flatten_all()?
         .to_vec1::<f32>()?;
     let k = logits.len() / inputs.len();
@@ -264,6 +265,8 @@ pub struct PredictOptions {
     pub invert: Invert,
     /// Write the 28x28 input of each image here (as `NAME.28x28.png`).
     pub save_preprocessed: Option<PathBuf>,
+    /// Average each image with its mirror image, as the run was scored (its `mirror_tta`).
+    pub mirror_tta: bool,
 }
 
 /// Classifies every file of `paths`; one failure does not stop the others.
@@ -306,8 +309,14 @@ pub fn predict_files(
                     .save(&target)
                     .with_context(|| format!("writing {}", target.display()))?;
             }
-            let probs =
-                classify(model, normalizer, std::slice::from_ref(&input), device)?.remove(0);
+            let probs = classify(
+                model,
+                normalizer,
+                options.mirror_tta,
+                std::slice::from_ref(&input),
+                device,
+            )?
+            .remove(0);
             Ok((probs, inverted))
         });
         out.push(match result {

@@ -387,7 +387,7 @@ pub fn markdown(evals: &[Evaluation], root: &Path, prov: &Provenance) -> String 
         let c = &e.config.train;
         md.push_str(&format!("\n## {}\n\n", e.name));
         md.push_str(&format!(
-            "Model `{}` ({} parameters, {} init), preset `{}`, seed {}: {} epochs (best on validation: {}), {} lr {:.0e}, batch {}, schedule {}, weight decay {}, label smoothing {}, augmentation: {}{}.\n\n",
+            "Model `{}` ({} parameters, {} init), preset `{}`, seed {}: {} epochs (best on validation: {}), {} lr {:.0e}, batch {}, schedule {}, weight decay {}, label smoothing {}, augmentation: {}{}{}.\n\n",
             c.model,
             thousands(e.config.param_count as f64),
             c.init,
@@ -402,6 +402,11 @@ pub fn markdown(evals: &[Evaluation], root: &Path, prov: &Provenance) -> String 
             c.weight_decay,
             c.label_smoothing,
             c.augment,
+            if c.mirror_tta {
+                ", scored as the mean of each image and its mirror image"
+            } else {
+                ""
+            },
             c.subset.map_or(String::new(), |n| format!(", on a subset of {n} images")),
         ));
         md.push_str(&format!(

@@ -25,6 +25,7 @@ fn options() -> PredictOptions {
         threshold: 0.5,
         invert: Invert::Auto,
         save_preprocessed: None,
+        mirror_tta: false,
     }
 }
 
@@ -81,7 +82,7 @@ fn tensor_predictions(
 ) -> Vec<usize> {
     let idx: Vec<u32> = (0..n as u32).collect();
     let subset = data.test.select(&idx);
-    logits(model, &subset, norm, &Device::Cpu)
+    logits(model, &subset, norm, false, &Device::Cpu)
         .unwrap()
         .chunks_exact(10)
         .map(argmax)

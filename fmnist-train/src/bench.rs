@@ -82,7 +82,7 @@ pub fn bench(
         images += batch.len();
     }
     let start = Instant::now();
-    let test_logits = logits(&model, &data.test, prepared.normalizer, device)?;
+    let test_logits = logits(&model, &data.test, prepared.normalizer, false, device)?;
     let infer = start.elapsed().as_secs_f64();
     let test = score(&test_logits, &data.test.labels);
     let rate = images as f64 / timed.max(f64::MIN_POSITIVE);

@@ -87,6 +87,10 @@ pub struct TrainConfig {
     pub val_frac: f64,
     pub normalization: Normalization,
     pub augment: Augment,
+    /// Score (validation, test, predictions) with test-time augmentation: the mean of the
+    /// logits of each image and of its mirror image. Runs from before it existed had it off.
+    #[serde(default)]
+    pub mirror_tta: bool,
     /// Train and validate on a class-balanced subset of this many of the 60,000 images.
     pub subset: Option<usize>,
 }
@@ -121,6 +125,7 @@ impl TrainConfig {
             val_frac: 0.2,
             normalization: Normalization::Unit,
             augment: Augment::default(),
+            mirror_tta: false,
             subset: None,
         };
         if preset == Preset::Study {
@@ -160,13 +165,21 @@ impl TrainConfig {
         TrainConfig {
             epochs,
             lr,
-            // The recipes below were chosen with PyTorch's initialization.
-            init: Init::Pytorch,
+            // The recipes below were chosen with PyTorch's initialization; cnn-wide's did as well
+            // with Keras' (validation 93.87% against 93.83%, test 93.15% against 92.93%).
+            init: if model == ModelKind::CnnWide {
+                Init::Keras
+            } else {
+                Init::Pytorch
+            },
             batch_size: 128,
             optimizer: OptimizerKind::Adamw,
             weight_decay: 5e-4,
             schedule: ScheduleKind::OneCycle,
             label_smoothing: 0.1,
+            // Averaging each image with its mirror image raised validation accuracy by 0.15-0.33
+            // points for every model trained with mirroring, except cnn-deep (-0.01).
+            mirror_tta: augment.hflip && model != ModelKind::CnnDeep,
             augment,
             ..study
         }
@@ -266,6 +279,9 @@ pub struct Overrides {
     /// Augmentation: probability of random erasing (0 turns it off).
     #[arg(long, value_name = "PROB")]
     pub erase: Option<f64>,
+    /// Score with test-time augmentation: each image and its mirror image (true/false).
+    #[arg(long, value_name = "BOOL")]
+    pub mirror_tta: Option<bool>,
     /// Use a class-balanced subset of N of the 60,000 training images (quick runs, tests).
     #[arg(long, value_name = "N")]
     pub subset: Option<usize>,
@@ -299,7 +315,8 @@ impl Overrides {
             seed,
             init,
             val_frac,
-            normalization
+            normalization,
+            mirror_tta
         );
         if self.patience.is_some() {
             c.patience = self.patience;
@@ -350,6 +367,40 @@ mod tests {
             TrainConfig::preset(ModelKind::Lstm, Preset::Best).init,
             Init::Pytorch
         );
+        assert_eq!(
+            TrainConfig::preset(ModelKind::CnnWide, Preset::Best).init,
+            Init::Keras
+        );
+    }
+
+    #[test]
+    fn mirror_tta_is_on_where_validation_chose_it() {
+        let tta = |m, p| TrainConfig::preset(m, p).mirror_tta;
+        for m in ModelKind::ALL {
+            assert!(!tta(m, Preset::Study), "{m}: the studies score one view");
+        }
+        for m in [
+            ModelKind::Cnn,
+            ModelKind::CnnWide,
+            ModelKind::Mlp,
+            ModelKind::Resnet,
+        ] {
+            assert!(tta(m, Preset::Best), "{m}");
+        }
+        assert!(!tta(ModelKind::CnnDeep, Preset::Best));
+        assert!(
+            !tta(ModelKind::Lstm, Preset::Best),
+            "the LSTM never sees mirror images"
+        );
+        let mut c = TrainConfig::preset(ModelKind::Cnn, Preset::Best);
+        let o: Overrides = serde_json::from_str(r#"{"mirror-tta": false}"#).unwrap();
+        o.apply(&mut c);
+        assert!(!c.mirror_tta);
+        // Runs saved before the knob existed scored one view.
+        let mut saved = serde_json::to_value(&c).unwrap();
+        saved.as_object_mut().unwrap().remove("mirror_tta");
+        let old: TrainConfig = serde_json::from_value(saved).unwrap();
+        assert!(!old.mirror_tta);
     }
 
     #[test]

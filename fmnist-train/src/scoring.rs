@@ -6,20 +6,31 @@ use fmnist_models::Model;
 /// Images per evaluation chunk: bounds memory whatever the set's size.
 pub const EVAL_CHUNK: usize = 1000;
 
-/// Logits `[N x classes]` of every image of `set`, row-major, in evaluation mode.
+/// Logits of a batch `[N x 1 x rows x cols]` in evaluation mode. With `mirror_tta`
+/// (test-time augmentation), the mean of the logits of each image and of its mirror image.
+pub fn eval_logits(model: &Model, images: &Tensor, mirror_tta: bool) -> candle::Result<Tensor> {
+    let logits = model.forward_t(images, false)?;
+    if !mirror_tta {
+        return Ok(logits);
+    }
+    let mirrored = model.forward_t(&images.flip(&[3])?, false)?;
+    (logits + mirrored)? * 0.5
+}
+
+/// Logits `[N x classes]` of every image of `set`, row-major, in evaluation mode
+/// ([`eval_logits`]).
 pub fn logits(
     model: &Model,
     set: &ImageSet,
     normalizer: Normalizer,
+    mirror_tta: bool,
     device: &Device,
 ) -> anyhow::Result<Vec<f32>> {
     let loader = Loader::new(set, normalizer, EVAL_CHUNK, device);
     let mut out = Vec::with_capacity(set.len() * 10);
     for batch in loader.in_order() {
         let batch = batch?;
-        let y = model
-            .forward_t(&batch.images, false)?
-            .to_dtype(DType::F32)?;
+        let y = eval_logits(model, &batch.images, mirror_tta)?.to_dtype(DType::F32)?;
         out.extend(y.flatten_all()?.to_vec1::<f32>()?);
     }
     Ok(out)
@@ -88,6 +99,7 @@ pub fn smoothed_cross_entropy(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fmnist_models::{Init, ModelKind};
 
     #[test]
     fn score_by_hand() {
@@ -123,5 +135,29 @@ mod tests {
             (smooth as f64 - expect).abs() < 1e-5,
             "{smooth} vs {expect}"
         );
+    }
+
+    #[test]
+    fn mirror_tta_averages_each_image_with_its_mirror_image() {
+        let dev = Device::Cpu;
+        let model = Model::new(ModelKind::CnnWide, 7, Init::Pytorch, &dev).unwrap();
+        let rows = |t: Tensor| t.to_vec2::<f32>().unwrap();
+        let x = Tensor::rand(0f32, 1.0, (3, 1, 28, 28), &dev).unwrap();
+        let plain = rows(eval_logits(&model, &x, false).unwrap());
+        let mirrored = rows(eval_logits(&model, &x.flip(&[3]).unwrap(), false).unwrap());
+        let averaged = rows(eval_logits(&model, &x, true).unwrap());
+        for ((p, m), a) in plain.iter().zip(&mirrored).zip(&averaged) {
+            for ((p, m), a) in p.iter().zip(m).zip(a) {
+                assert!(((p + m) / 2.0 - a).abs() < 1e-6, "{p} {m} {a}");
+            }
+        }
+        assert_ne!(plain, averaged, "random images are not symmetric");
+        // An image that is its own mirror image scores the same either way.
+        let symmetric = (&x + &x.flip(&[3]).unwrap()).unwrap();
+        let one = rows(eval_logits(&model, &symmetric, false).unwrap());
+        let both = rows(eval_logits(&model, &symmetric, true).unwrap());
+        for (o, b) in one.iter().flatten().zip(both.iter().flatten()) {
+            assert!((o - b).abs() < 1e-5, "{o} vs {b}");
+        }
     }
 }

@@ -255,6 +255,7 @@ impl Session<'_> {
                 &self.model,
                 &self.prepared.val,
                 self.prepared.normalizer,
+                c.mirror_tta,
                 self.device,
             )?;
             let val = score(&val_logits, &self.prepared.val.labels);
@@ -398,6 +399,7 @@ impl Session<'_> {
             &self.model,
             &self.data.test,
             self.prepared.normalizer,
+            c.mirror_tta,
             self.device,
         )?;
         let test = score(&test_logits, &self.data.test.labels);
