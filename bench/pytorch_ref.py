@@ -81,6 +81,8 @@ def build(kind, nn):
 def keras_init(model, nn):
     """Keras' defaults, as `fmnist-train --init keras`: Glorot-uniform kernels, zero biases;
     the LSTM's (4 x hidden, hidden) recurrent matrix orthogonal and its forget-gate bias 1."""
+    import torch
+
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_uniform_(m.weight)
@@ -93,7 +95,7 @@ def keras_init(model, nn):
             nn.init.orthogonal_(m.weight_hh_l0)
             nn.init.zeros_(m.bias_ih_l0)
             nn.init.zeros_(m.bias_hh_l0)
-            with __import__("torch").no_grad():
+            with torch.no_grad():
                 m.bias_ih_l0[hidden : 2 * hidden] = 1.0  # gates i, f, g, o
 
 
