@@ -79,10 +79,11 @@ fn tensor_predictions(
     norm: Normalizer,
     data: &FashionMnist,
     n: usize,
+    mirror_tta: bool,
 ) -> Vec<usize> {
     let idx: Vec<u32> = (0..n as u32).collect();
     let subset = data.test.select(&idx);
-    logits(model, &subset, norm, false, &Device::Cpu)
+    logits(model, &subset, norm, mirror_tta, &Device::Cpu)
         .unwrap()
         .chunks_exact(10)
         .map(argmax)
@@ -123,8 +124,37 @@ fn test_images_saved_as_png_classify_as_their_tensors() {
     assert!(preds.iter().all(|p| p.error.is_none() && !p.inverted));
     assert_eq!(
         predicted_indices(&preds),
-        tensor_predictions(model, *norm, data, 100)
+        tensor_predictions(model, *norm, data, 100, false)
     );
+}
+
+#[test]
+fn mirror_tta_predictions_match_the_two_view_tensor_path() {
+    let (Some(data), Some((_, model, norm))) = (real_data(), trained()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_all(
+        dir.path(),
+        &(0..100).map(|i| test_image(data, i)).collect::<Vec<_>>(),
+    );
+    let run = |mirror_tta| {
+        let opts = PredictOptions {
+            mirror_tta,
+            ..options()
+        };
+        predict_files(model, *norm, &names(), &paths, &opts, &Device::Cpu).unwrap()
+    };
+    let (one_view, two_views) = (run(false), run(true));
+    assert_eq!(
+        predicted_indices(&two_views),
+        tensor_predictions(model, *norm, data, 100, true)
+    );
+    // The mirror view changes the scores: a model trained without mirroring is not symmetric.
+    assert!(one_view
+        .iter()
+        .zip(&two_views)
+        .any(|(a, b)| (a.top[0].probability - b.top[0].probability).abs() > 1e-3));
 }
 
 #[test]
@@ -155,7 +185,7 @@ fn light_background_renditions_are_inverted_and_classify_the_same() {
     );
     assert_eq!(
         predicted_indices(&preds),
-        tensor_predictions(model, *norm, data, 100)
+        tensor_predictions(model, *norm, data, 100, false)
     );
 }
 
@@ -195,7 +225,7 @@ fn enlarged_photos_on_white_are_fitted_back_and_mostly_agree() {
     .unwrap();
     let agree = predicted_indices(&preds)
         .iter()
-        .zip(tensor_predictions(model, *norm, data, 100))
+        .zip(tensor_predictions(model, *norm, data, 100, false))
         .filter(|(a, b)| **a == *b)
         .count();
     assert!(agree >= 85, "only {agree} of 100 agree");
