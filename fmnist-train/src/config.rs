@@ -174,7 +174,12 @@ impl TrainConfig {
             },
             batch_size: 128,
             optimizer: OptimizerKind::Adamw,
-            weight_decay: 5e-4,
+            // resnet's 22 epochs score 94.80% on validation with 0.05 against 94.73% with 5e-4.
+            weight_decay: if model == ModelKind::Resnet {
+                0.05
+            } else {
+                5e-4
+            },
             schedule: ScheduleKind::OneCycle,
             label_smoothing: 0.1,
             // Averaging each image with its mirror image raised validation accuracy by 0.15-0.33
@@ -371,6 +376,14 @@ mod tests {
             TrainConfig::preset(ModelKind::CnnWide, Preset::Best).init,
             Init::Keras
         );
+        let decay = |m| TrainConfig::preset(m, Preset::Best).weight_decay;
+        assert_eq!(decay(ModelKind::Resnet), 0.05);
+        for m in ModelKind::ALL
+            .into_iter()
+            .filter(|&m| m != ModelKind::Resnet)
+        {
+            assert_eq!(decay(m), 5e-4, "{m}");
+        }
     }
 
     #[test]
