@@ -110,16 +110,20 @@ fn write_all(dir: &Path, images: &[GrayImage]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The first `n` test images written as PNG files (and the folder that holds them).
+fn first_test_images_as_pngs(data: &FashionMnist, n: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
+    let dir = tempfile::tempdir().unwrap();
+    let images: Vec<GrayImage> = (0..n).map(|i| test_image(data, i)).collect();
+    let paths = write_all(dir.path(), &images);
+    (dir, paths)
+}
+
 #[test]
 fn test_images_saved_as_png_classify_as_their_tensors() {
     let (Some(data), Some((_, model, norm))) = (real_data(), trained()) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let paths = write_all(
-        dir.path(),
-        &(0..100).map(|i| test_image(data, i)).collect::<Vec<_>>(),
-    );
+    let (_dir, paths) = first_test_images_as_pngs(data, 100);
     let preds = predict_files(model, *norm, &names(), &paths, &options(), &Device::Cpu).unwrap();
     assert!(preds.iter().all(|p| p.error.is_none() && !p.inverted));
     assert_eq!(
@@ -133,11 +137,7 @@ fn mirror_tta_predictions_match_the_two_view_tensor_path() {
     let (Some(data), Some((_, model, norm))) = (real_data(), trained()) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let paths = write_all(
-        dir.path(),
-        &(0..100).map(|i| test_image(data, i)).collect::<Vec<_>>(),
-    );
+    let (_dir, paths) = first_test_images_as_pngs(data, 100);
     let run = |mirror_tta| {
         let opts = PredictOptions {
             mirror_tta,
