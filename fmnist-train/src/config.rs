@@ -160,7 +160,16 @@ impl TrainConfig {
             ModelKind::Cnn | ModelKind::CnnWide => (50, 3e-3, shift_and_mirror),
             // 22 epochs fit the 30-minute budget on two cores (~72 s each with blocked convolutions).
             ModelKind::Resnet => (22, 3e-3, shift_and_mirror),
-            ModelKind::CnnDeep => (30, 3e-3, shift_and_mirror),
+            // Its dropout already regularizes: translation by 1 pixel reaches 94.03% on
+            // validation against 93.65% by 2.
+            ModelKind::CnnDeep => (
+                30,
+                3e-3,
+                Augment {
+                    translate: 1,
+                    ..shift_and_mirror
+                },
+            ),
         };
         TrainConfig {
             epochs,
@@ -375,6 +384,11 @@ mod tests {
         assert_eq!(
             TrainConfig::preset(ModelKind::CnnWide, Preset::Best).init,
             Init::Keras
+        );
+        let translate = |m| TrainConfig::preset(m, Preset::Best).augment.translate;
+        assert_eq!(
+            [ModelKind::Cnn, ModelKind::CnnDeep, ModelKind::Mlp].map(translate),
+            [2, 1, 0]
         );
         let decay = |m| TrainConfig::preset(m, Preset::Best).weight_decay;
         assert_eq!(decay(ModelKind::Resnet), 0.05);
