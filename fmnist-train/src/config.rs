@@ -377,6 +377,10 @@ mod tests {
             Init::Pytorch,
             "the MLP's study used PyTorch"
         );
+    }
+
+    #[test]
+    fn best_preset_takes_each_models_chosen_recipe() {
         assert_eq!(
             TrainConfig::preset(ModelKind::Lstm, Preset::Best).init,
             Init::Pytorch
