@@ -9,6 +9,11 @@ pub enum DataError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{}: cannot write: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: file not found (looked for it with and without .gz)", path.display())]
     Missing { path: PathBuf },
     #[error("{}: corrupt gzip stream: {source}", path.display())]

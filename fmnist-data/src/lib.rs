@@ -12,17 +12,21 @@
 //! }
 //! # Ok(()) }
 //! ```
+#[cfg(feature = "clap")]
 pub mod cli;
 pub mod dataset;
 pub mod error;
+pub mod fs;
 pub mod idx;
 pub mod loader;
 pub mod source;
 pub mod split;
 
+#[cfg(feature = "clap")]
 pub use cli::DataArgs;
 pub use dataset::{FashionMnist, ImageSet, LoadOptions, Split, FASHION_MNIST_CLASSES, IMAGE_SIDE};
 pub use error::{DataError, Result};
+pub use fs::write_atomic;
 pub use loader::{Augment, Batch, Batches, Loader, Normalization, Normalizer};
 pub use source::{Checksums, DataSource, IdxFile, Locator, Origin, Verify};
 pub use split::{stratified_split, stratified_subset, TrainValSplit};

@@ -54,7 +54,8 @@ impl IdxFile {
 }
 
 /// Whether files are checked against the Fashion-MNIST checksums.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Verify {
     /// SHA-256 of the decompressed bytes must match Fashion-MNIST's.
     #[default]

@@ -8,6 +8,6 @@ pub mod predict;
 pub mod report;
 pub mod table;
 
-pub use evaluate::{evaluate_run, find_runs, load_run, Evaluation, Gap};
+pub use evaluate::{evaluate_run, Evaluation, Gap};
 pub use metrics::{calibration, Calibration, ConfusionMatrix};
 pub use table::Table;

@@ -4,12 +4,13 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use fmnist_data::write_atomic;
 use fmnist_data::DataArgs;
 use fmnist_eval::predict::{self, predict_files, Invert, PredictOptions};
 use fmnist_eval::report::{self, Provenance};
-use fmnist_eval::{evaluate_run, find_runs, load_run, outputs, plots, Evaluation};
-use fmnist_train::run::write_atomic;
-use fmnist_train::{select_device, DeviceChoice};
+use fmnist_eval::{evaluate_run, outputs, plots, Evaluation};
+use fmnist_models::{mean_std, Checkpoint, Classifier};
+use fmnist_train::{find_runs, seed_group, select_device, DeviceChoice, RunDir};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -97,7 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         if !file.is_file() {
             bail!("{}: no such checkpoint", file.display());
         }
-        if file.file_name().is_some_and(|n| n != "model.safetensors") {
+        if file.file_name().is_some_and(|n| n != Checkpoint::WEIGHTS) {
             bail!("{}: evaluation reads a run's model.safetensors (its best checkpoint); point --run at the run folder instead", file.display());
         }
         vec![(dir.display().to_string(), dir.to_path_buf())]
@@ -165,26 +166,18 @@ fn predict(
         Some(d) => d.clone(),
         None => best_run(results)?,
     };
-    let (config, model) = load_run(&dir, device)?;
+    let classifier = Classifier::load(&dir, device)?;
     let options = PredictOptions {
         top: args.top,
         threshold: args.threshold,
         invert: args.invert,
         save_preprocessed: args.save_preprocessed.clone(),
-        mirror_tta: config.train.mirror_tta,
     };
-    let predictions = predict_files(
-        &model,
-        config.normalizer,
-        &config.class_names,
-        &args.paths,
-        &options,
-        device,
-    )?;
+    let predictions = predict_files(&classifier, &args.paths, &options)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&predictions)?);
     } else {
-        eprintln!("model: {} ({})", dir.display(), config.train.model);
+        eprintln!("model: {} ({})", dir.display(), classifier.model().kind());
         for p in &predictions {
             if p.error.is_some() {
                 eprintln!("{}", predict::describe(p));
@@ -210,7 +203,7 @@ fn best_run(results: &std::path::Path) -> anyhow::Result<PathBuf> {
     };
     runs.into_iter()
         .filter_map(|(_, dir)| {
-            let s: fmnist_train::RunSummary = fmnist_train::run::read_json(&dir.join("summary.json")).ok()?;
+            let s = RunDir::new(&dir).read_summary().ok()?;
             Some((s.test.accuracy, dir))
         })
         .max_by(|a, b| a.0.total_cmp(&b.0))
@@ -223,16 +216,16 @@ fn comparison_rows(evals: &[Evaluation]) -> Vec<(String, f64, f64)> {
     let groups = report::seed_groups(evals);
     let mut rows: Vec<(String, f64, f64)> = Vec::new();
     for e in evals {
-        match e.name.rsplit_once('/') {
-            Some((group, last)) if last.starts_with("seed-") => {
+        match seed_group(&e.name) {
+            Some((group, _)) => {
                 if rows.iter().any(|r| r.0 == format!("{group} (seeds)")) {
                     continue;
                 }
                 let accs: Vec<f64> = groups[group].iter().map(|g| g.gap.test.accuracy).collect();
-                let (m, s) = fmnist_eval::metrics::mean_std(&accs);
+                let (m, s) = mean_std(&accs);
                 rows.push((format!("{group} (seeds)"), m, s));
             }
-            _ => rows.push((e.name.clone(), e.gap.test.accuracy, 0.0)),
+            None => rows.push((e.name.clone(), e.gap.test.accuracy, 0.0)),
         }
     }
     rows

@@ -165,18 +165,6 @@ impl ConfusionMatrix {
     }
 }
 
-/// Softmax of each row of row-major `logits` (`classes` columns).
-pub fn softmax_rows(logits: &[f32], classes: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(logits.len());
-    for row in logits.chunks_exact(classes) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let exps: Vec<f32> = row.iter().map(|&z| (z - max).exp()).collect();
-        let sum: f32 = exps.iter().sum();
-        out.extend(exps.iter().map(|e| e / sum));
-    }
-    out
-}
-
 /// One bin of a reliability diagram: images whose confidence fell in `[lower, upper)`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ReliabilityBin {
@@ -226,17 +214,6 @@ pub fn calibration(probs: &[f32], classes: usize, labels: &[usize], bins: usize)
         .map(|b| b.count as f64 / n * (b.accuracy - b.mean_confidence).abs())
         .sum();
     Calibration { ece, bins }
-}
-
-/// Mean and sample standard deviation (0 for fewer than two values).
-pub fn mean_std(values: &[f64]) -> (f64, f64) {
-    let n = values.len() as f64;
-    let mean = ratio(values.iter().sum(), n);
-    if values.len() < 2 {
-        return (mean, 0.0);
-    }
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, var.sqrt())
 }
 
 #[cfg(test)]
@@ -350,18 +327,5 @@ mod tests {
         assert_eq!(c.bins[1].count, 4);
         assert!((c.bins[1].mean_confidence - 0.825).abs() < 1e-6);
         assert!((c.ece - 0.075).abs() < 1e-6, "{}", c.ece);
-    }
-
-    #[test]
-    fn softmax_rows_sum_to_one() {
-        let p = softmax_rows(&[0.0, 0.0, 1000.0, 0.0], 2);
-        assert_eq!(p, vec![0.5, 0.5, 1.0, 0.0]);
-    }
-
-    #[test]
-    fn mean_and_sample_std() {
-        let (m, s) = mean_std(&[0.88, 0.89, 0.90]);
-        assert!(close(m, 0.89) && (s - 0.01).abs() < 1e-12);
-        assert_eq!(mean_std(&[0.5]), (0.5, 0.0));
     }
 }

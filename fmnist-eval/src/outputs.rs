@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use candle::{Device, Tensor};
+use fmnist_data::write_atomic;
 use fmnist_data::{FashionMnist, Normalizer};
-use fmnist_train::run::{write_atomic, write_json};
+use fmnist_train::run::write_json;
 use serde::Serialize;
 
 use crate::evaluate::{Evaluation, Gap};
@@ -71,7 +72,7 @@ impl<'a> MetricsFile<'a> {
             .collect();
         MetricsFile {
             run: &e.name,
-            model: e.config.train.model.to_string(),
+            model: e.config.train.model.kind.to_string(),
             preset: e.config.train.preset,
             seed: e.config.train.seed,
             param_count: e.config.param_count,
@@ -325,7 +326,7 @@ fn write_plots(
         90,
         2,
     )?;
-    if e.config.train.model.is_convolutional() {
+    if e.config.train.model.kind.is_convolutional() {
         write_filters(dir, e, data, device)?;
     }
     Ok(())
@@ -345,7 +346,7 @@ fn write_filters(
     data: &FashionMnist,
     device: &Device,
 ) -> anyhow::Result<()> {
-    if let Some(w) = e.model.first_conv_weight() {
+    if let Some(w) = e.classifier.model().first_conv_weight() {
         let (c, _, kh, kw) = w.dims4()?;
         let values = w.flatten_all()?.to_vec1::<f32>()?;
         let kernels: Vec<Vec<f32>> = values.chunks_exact(kh * kw).map(stretch).collect();
@@ -380,7 +381,7 @@ fn write_filters(
         .map(|&p| norm.apply(p))
         .collect();
     let x = Tensor::from_vec(img, (1, 1, data.test.rows, data.test.cols), device)?;
-    if let Some(maps) = e.model.first_feature_maps(&x)? {
+    if let Some(maps) = e.classifier.model().first_feature_maps(&x)? {
         let (_, c, h, w) = maps.dims4()?;
         let values = maps.flatten_all()?.to_vec1::<f32>()?;
         let stretched: Vec<Vec<f32>> = values.chunks_exact(h * w).map(stretch).collect();

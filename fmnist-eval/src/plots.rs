@@ -432,7 +432,7 @@ pub fn probability_bars(
         for (area, (tile, probs, truth)) in root.split_evenly((rows, 1)).iter().zip(items) {
             let (img, bars) = area.split_horizontally(200);
             draw_tile(&img.margin(5, 5, 5, 5), tile, 18)?;
-            let predicted = fmnist_train::scoring::argmax(probs);
+            let predicted = fmnist_models::argmax(probs);
             let k = classes.len();
             let mut chart = ChartBuilder::on(&bars)
                 .margin(8)

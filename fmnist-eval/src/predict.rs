@@ -4,14 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use candle::{Device, Tensor};
-use fmnist_data::Normalizer;
-use fmnist_models::Model;
-use fmnist_train::scoring::eval_logits;
+use fmnist_models::Classifier;
 use image::{GrayImage, Luma};
 use serde::Serialize;
-
-use crate::metrics::softmax_rows;
 
 /// Side of the images the models read.
 pub const SIDE: u32 = 28;
@@ -160,36 +155,6 @@ pub struct Ranked {
     pub probability: f32,
 }
 
-/// The probabilities of every class for each 28x28 input.
-pub fn classify(
-    model: &Model,
-    normalizer: Normalizer,
-    mirror_tta: bool,
-    inputs: &[GrayImage],
-    device: &Device,
-) -> anyhow::Result<Vec<Vec<f32>>> {
-    if inputs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let pixels: Vec<f32> = inputs
-        .iter()
-        .flat_map(|g| g.as_raw().iter().map(|&p| normalizer.apply(p)))
-        .collect();
-    let x = Tensor::from_vec(
-        pixels,
-        (inputs.len(), 1, SIDE as usize, SIDE as usize),
-        device,
-    )?;
-    let logits = eval_logits(model, &x, mirror_tta)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let k = logits.len() / inputs.len();
-    Ok(softmax_rows(&logits, k)
-        .chunks_exact(k)
-        .map(<[f32]>::to_vec)
-        .collect())
-}
-
 /// The `k` most probable classes, most probable first.
 pub fn top_k(probs: &[f32], names: &[String], k: usize) -> Vec<Ranked> {
     let mut order: Vec<usize> = (0..probs.len()).collect();
@@ -265,19 +230,15 @@ pub struct PredictOptions {
     pub invert: Invert,
     /// Write the 28x28 input of each image here (as `NAME.28x28.png`).
     pub save_preprocessed: Option<PathBuf>,
-    /// Average each image with its mirror image, as the run was scored (its `mirror_tta`).
-    pub mirror_tta: bool,
 }
 
 /// Classifies every file of `paths`; one failure does not stop the others.
 pub fn predict_files(
-    model: &Model,
-    normalizer: Normalizer,
-    names: &[String],
+    classifier: &Classifier,
     paths: &[PathBuf],
     options: &PredictOptions,
-    device: &Device,
 ) -> anyhow::Result<Vec<Prediction>> {
+    let names = classifier.class_names();
     if let Some(dir) = &options.save_preprocessed {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -309,14 +270,7 @@ pub fn predict_files(
                     .save(&target)
                     .with_context(|| format!("writing {}", target.display()))?;
             }
-            let probs = classify(
-                model,
-                normalizer,
-                options.mirror_tta,
-                std::slice::from_ref(&input),
-                device,
-            )?
-            .remove(0);
+            let probs = classifier.classify(input.as_raw())?;
             Ok((probs, inverted))
         });
         out.push(match result {

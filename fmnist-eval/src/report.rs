@@ -6,8 +6,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::evaluate::Evaluation;
-use crate::metrics::mean_std;
 use crate::table::{pct, thousands, Table};
+use fmnist_models::mean_std;
 
 /// The gap table of one run: loss and accuracy per split, and the differences to train.
 pub fn gap_table(e: &Evaluation) -> Table {
@@ -98,7 +98,7 @@ pub fn run_text(e: &Evaluation, normalized: bool) -> String {
     let mut out = format!(
         "== {}: {} ({} preset, seed {}, {} params) ==\ntest accuracy {}  loss {:.4}  macro F1 {}  ECE {:.2}%  inference {} img/s\n\n",
         e.name,
-        c.model,
+        c.model.kind,
         c.preset,
         c.seed,
         thousands(e.config.param_count as f64),
@@ -249,10 +249,8 @@ pub fn comparison_table(evals: &[Evaluation]) -> Table {
 pub fn seed_groups(evals: &[Evaluation]) -> BTreeMap<String, Vec<&Evaluation>> {
     let mut groups: BTreeMap<String, Vec<&Evaluation>> = BTreeMap::new();
     for e in evals {
-        if let Some((group, last)) = e.name.rsplit_once('/') {
-            if last.starts_with("seed-") {
-                groups.entry(group.to_string()).or_default().push(e);
-            }
+        if let Some((group, _)) = fmnist_train::seed_group(&e.name) {
+            groups.entry(group.to_string()).or_default().push(e);
         }
     }
     groups
@@ -324,7 +322,7 @@ pub fn summary_csv(evals: &[Evaluation]) -> anyhow::Result<Vec<u8>> {
     for e in evals {
         w.serialize(SummaryRow {
             run: &e.name,
-            model: e.config.train.model.to_string(),
+            model: e.config.train.model.kind.to_string(),
             preset: e.config.train.preset,
             seed: e.config.train.seed,
             params: e.config.param_count,
@@ -388,9 +386,9 @@ pub fn markdown(evals: &[Evaluation], root: &Path, prov: &Provenance) -> String 
         md.push_str(&format!("\n## {}\n\n", e.name));
         md.push_str(&format!(
             "Model `{}` ({} parameters, {} init), preset `{}`, seed {}: {} epochs (best on validation: {}), {} lr {:.0e}, batch {}, schedule {}, weight decay {}, label smoothing {}, augmentation: {}{}{}.\n\n",
-            c.model,
+            c.model.kind,
             thousands(e.config.param_count as f64),
-            c.init,
+            c.model.init,
             c.preset,
             c.seed,
             e.history.len(),
@@ -402,7 +400,7 @@ pub fn markdown(evals: &[Evaluation], root: &Path, prov: &Provenance) -> String 
             c.weight_decay,
             c.label_smoothing,
             c.augment,
-            if c.mirror_tta {
+            if c.model.mirror_tta {
                 ", scored as the mean of each image and its mirror image"
             } else {
                 ""

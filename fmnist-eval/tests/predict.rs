@@ -5,11 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle::Device;
-use fmnist_data::{DataArgs, FashionMnist, Normalization, Normalizer, FASHION_MNIST_CLASSES};
+use fmnist_data::{DataArgs, FashionMnist, Normalization, FASHION_MNIST_CLASSES};
 use fmnist_eval::predict::{predict_files, Invert, PredictOptions};
-use fmnist_models::{Init, Model, ModelKind};
-use fmnist_train::scoring::{argmax, logits};
-use fmnist_train::{Preset, RunOptions, TrainConfig};
+use fmnist_models::{argmax, Classifier, ModelKind};
+use fmnist_train::{Preset, RunDir, RunOptions, TrainConfig};
 use image::GrayImage;
 
 fn names() -> Vec<String> {
@@ -25,7 +24,6 @@ fn options() -> PredictOptions {
         threshold: 0.5,
         invert: Invert::Auto,
         save_preprocessed: None,
-        mirror_tta: false,
     }
 }
 
@@ -51,8 +49,8 @@ fn real_data() -> Option<&'static FashionMnist> {
 }
 
 /// A cnn trained for one epoch on 4,000 real images (about 80% accurate), shared by the tests.
-fn trained() -> Option<&'static (tempfile::TempDir, Model, Normalizer)> {
-    static MODEL: OnceLock<Option<(tempfile::TempDir, Model, Normalizer)>> = OnceLock::new();
+fn trained() -> Option<&'static (tempfile::TempDir, Classifier)> {
+    static MODEL: OnceLock<Option<(tempfile::TempDir, Classifier)>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
             let data = real_data()?;
@@ -63,8 +61,8 @@ fn trained() -> Option<&'static (tempfile::TempDir, Model, Normalizer)> {
             c.batch_size = 32;
             fmnist_train::train(&c, data, dir.path(), &Device::Cpu, &RunOptions::default())
                 .unwrap();
-            let (config, model) = fmnist_eval::load_run(dir.path(), &Device::Cpu).unwrap();
-            Some((dir, model, config.normalizer))
+            let classifier = Classifier::load(dir.path(), &Device::Cpu).unwrap();
+            Some((dir, classifier))
         })
         .as_ref()
 }
@@ -74,16 +72,11 @@ fn test_image(data: &FashionMnist, i: usize) -> GrayImage {
 }
 
 /// Tensor-path predictions of the first `n` test images.
-fn tensor_predictions(
-    model: &Model,
-    norm: Normalizer,
-    data: &FashionMnist,
-    n: usize,
-    mirror_tta: bool,
-) -> Vec<usize> {
+fn tensor_predictions(classifier: &Classifier, data: &FashionMnist, n: usize) -> Vec<usize> {
     let idx: Vec<u32> = (0..n as u32).collect();
     let subset = data.test.select(&idx);
-    logits(model, &subset, norm, mirror_tta, &Device::Cpu)
+    classifier
+        .logits(&subset)
         .unwrap()
         .chunks_exact(10)
         .map(argmax)
@@ -120,35 +113,37 @@ fn first_test_images_as_pngs(data: &FashionMnist, n: usize) -> (tempfile::TempDi
 
 #[test]
 fn test_images_saved_as_png_classify_as_their_tensors() {
-    let (Some(data), Some((_, model, norm))) = (real_data(), trained()) else {
+    let (Some(data), Some((_, classifier))) = (real_data(), trained()) else {
         return;
     };
     let (_dir, paths) = first_test_images_as_pngs(data, 100);
-    let preds = predict_files(model, *norm, &names(), &paths, &options(), &Device::Cpu).unwrap();
+    let preds = predict_files(classifier, &paths, &options()).unwrap();
     assert!(preds.iter().all(|p| p.error.is_none() && !p.inverted));
     assert_eq!(
         predicted_indices(&preds),
-        tensor_predictions(model, *norm, data, 100, false)
+        tensor_predictions(classifier, data, 100)
     );
 }
 
 #[test]
 fn mirror_tta_predictions_match_the_two_view_tensor_path() {
-    let (Some(data), Some((_, model, norm))) = (real_data(), trained()) else {
+    let (Some(data), Some((dir, one_view_classifier))) = (real_data(), trained()) else {
         return;
     };
+    // The same run with mirror TTA switched on in its config.json.
+    let tta = tempfile::tempdir().unwrap();
+    let run = RunDir::new(dir.path());
+    std::fs::copy(run.best_model(), RunDir::new(tta.path()).best_model()).unwrap();
+    let mut config = run.read_config().unwrap();
+    config.train.model.mirror_tta = true;
+    fmnist_train::run::write_json(&RunDir::new(tta.path()).config(), &config).unwrap();
+    let two_view_classifier = Classifier::load(tta.path(), &Device::Cpu).unwrap();
     let (_dir, paths) = first_test_images_as_pngs(data, 100);
-    let run = |mirror_tta| {
-        let opts = PredictOptions {
-            mirror_tta,
-            ..options()
-        };
-        predict_files(model, *norm, &names(), &paths, &opts, &Device::Cpu).unwrap()
-    };
-    let (one_view, two_views) = (run(false), run(true));
+    let one_view = predict_files(one_view_classifier, &paths, &options()).unwrap();
+    let two_views = predict_files(&two_view_classifier, &paths, &options()).unwrap();
     assert_eq!(
         predicted_indices(&two_views),
-        tensor_predictions(model, *norm, data, 100, true)
+        tensor_predictions(&two_view_classifier, data, 100)
     );
     // The mirror view changes the scores: a model trained without mirroring is not symmetric.
     assert!(one_view
@@ -159,7 +154,7 @@ fn mirror_tta_predictions_match_the_two_view_tensor_path() {
 
 #[test]
 fn light_background_renditions_are_inverted_and_classify_the_same() {
-    let (Some(data), Some((_, model, norm))) = (real_data(), trained()) else {
+    let (Some(data), Some((_, classifier))) = (real_data(), trained()) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -170,28 +165,20 @@ fn light_background_renditions_are_inverted_and_classify_the_same() {
             g
         })
         .collect();
-    let preds = predict_files(
-        model,
-        *norm,
-        &names(),
-        &write_all(dir.path(), &light),
-        &options(),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let preds = predict_files(classifier, &write_all(dir.path(), &light), &options()).unwrap();
     assert!(
         preds.iter().all(|p| p.inverted),
         "auto-inversion missed a light background"
     );
     assert_eq!(
         predicted_indices(&preds),
-        tensor_predictions(model, *norm, data, 100, false)
+        tensor_predictions(classifier, data, 100)
     );
 }
 
 #[test]
 fn enlarged_photos_on_white_are_fitted_back_and_mostly_agree() {
-    let (Some(data), Some((_, model, norm))) = (real_data(), trained()) else {
+    let (Some(data), Some((_, classifier))) = (real_data(), trained()) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -214,18 +201,10 @@ fn enlarged_photos_on_white_are_fitted_back_and_mostly_agree() {
         save_preprocessed: Some(saved.path().to_path_buf()),
         ..options()
     };
-    let preds = predict_files(
-        model,
-        *norm,
-        &names(),
-        &write_all(dir.path(), &photos),
-        &opts,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let preds = predict_files(classifier, &write_all(dir.path(), &photos), &opts).unwrap();
     let agree = predicted_indices(&preds)
         .iter()
-        .zip(tensor_predictions(model, *norm, data, 100, false))
+        .zip(tensor_predictions(classifier, data, 100))
         .filter(|(a, b)| **a == *b)
         .count();
     assert!(agree >= 85, "only {agree} of 100 agree");
@@ -233,13 +212,40 @@ fn enlarged_photos_on_white_are_fitted_back_and_mostly_agree() {
     assert_eq!((first.width(), first.height()), (28, 28));
 }
 
+/// A run folder of an untrained cnn (one epoch on 200 blank images).
+fn untrained_run() -> tempfile::TempDir {
+    let data = FashionMnist {
+        source: fmnist_data::DataSource {
+            dir: "x".into(),
+            origin: fmnist_data::Origin::Flag,
+        },
+        train: fmnist_data::ImageSet {
+            rows: 28,
+            cols: 28,
+            pixels: vec![0; 200 * 784],
+            labels: (0..200).map(|i| (i % 10) as u8).collect(),
+        },
+        test: fmnist_data::ImageSet {
+            rows: 28,
+            cols: 28,
+            pixels: vec![0; 784],
+            labels: vec![0],
+        },
+        class_names: names(),
+        verified: false,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TrainConfig::preset(ModelKind::Cnn, Preset::Study);
+    c.epochs = 1;
+    c.model.normalization = Normalization::Unit;
+    fmnist_train::train(&c, &data, dir.path(), &Device::Cpu, &RunOptions::default()).unwrap();
+    dir
+}
+
 #[test]
 fn every_bad_input_has_its_own_message_and_the_rest_are_classified() {
-    let model = Model::new(ModelKind::Cnn, 0, Init::Pytorch, &Device::Cpu).unwrap();
-    let norm = Normalizer {
-        scale: 1.0 / 255.0,
-        shift: 0.0,
-    };
+    let run = untrained_run();
+    let classifier = Classifier::load(run.path(), &Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name);
     std::fs::write(p("notes.png"), b"this is text, not a picture").unwrap();
@@ -264,7 +270,7 @@ fn every_bad_input_has_its_own_message_and_the_rest_are_classified() {
     .to_vec();
     let mut inputs = inputs;
     inputs.push(empty_dir.clone());
-    let preds = predict_files(&model, norm, &names(), &inputs, &options(), &Device::Cpu).unwrap();
+    let preds = predict_files(&classifier, &inputs, &options()).unwrap();
     let error = |i: usize| preds[i].error.clone().unwrap_or_default();
     assert!(
         error(0).ends_with(
@@ -303,58 +309,34 @@ fn every_bad_input_has_its_own_message_and_the_rest_are_classified() {
 
 #[test]
 fn a_checkpoint_that_does_not_fit_its_config_is_a_clear_error() {
-    let data = FashionMnist {
-        source: fmnist_data::DataSource {
-            dir: "x".into(),
-            origin: fmnist_data::Origin::Flag,
-        },
-        train: fmnist_data::ImageSet {
-            rows: 28,
-            cols: 28,
-            pixels: vec![0; 200 * 784],
-            labels: (0..200).map(|i| (i % 10) as u8).collect(),
-        },
-        test: fmnist_data::ImageSet {
-            rows: 28,
-            cols: 28,
-            pixels: vec![0; 784],
-            labels: vec![0],
-        },
-        class_names: names(),
-        verified: false,
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = TrainConfig::preset(ModelKind::Cnn, Preset::Study);
-    c.epochs = 1;
-    c.normalization = Normalization::Unit;
-    fmnist_train::train(&c, &data, dir.path(), &Device::Cpu, &RunOptions::default()).unwrap();
-    let run = fmnist_train::RunDir::new(dir.path());
+    let dir = untrained_run();
+    let run = RunDir::new(dir.path());
     let mut config = run.read_config().unwrap();
-    config.train.model = ModelKind::Lstm;
+    config.train.model.kind = ModelKind::Lstm;
     fmnist_train::run::write_json(&run.config(), &config).unwrap();
-    let msg = fmnist_eval::load_run(dir.path(), &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let load = |path: &Path| {
+        Classifier::load(path, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    let msg = load(dir.path());
     assert!(
-        msg.contains("is missing: the checkpoint is not a 'lstm' model"),
+        msg.starts_with(&format!("{}: tensor ", run.best_model().display()))
+            && msg.ends_with("is missing: the checkpoint is not a 'lstm' model"),
         "{msg}"
     );
     std::fs::remove_file(run.best_model()).unwrap();
-    let msg = fmnist_eval::load_run(dir.path(), &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        msg.ends_with("no checkpoint model.safetensors (the run never finished an epoch?)"),
-        "{msg}"
+    assert_eq!(
+        load(dir.path()),
+        format!(
+            "{}: no checkpoint (the run never finished an epoch?)",
+            run.best_model().display()
+        )
     );
-    let msg = fmnist_eval::load_run(&dir.path().join("nope"), &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let msg = load(&dir.path().join("nope"));
     assert!(
-        msg.contains("is not a run directory (no config.json)"),
+        msg.contains("nope: not a run folder (no config.json)"),
         "{msg}"
     );
 }

@@ -7,7 +7,7 @@ use candle_nn::{VarBuilder, VarMap};
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use fmnist_models::conv::Conv2d;
-use fmnist_models::kernels::{max_pool2_with, Kernels};
+use fmnist_models::kernels::{Kernels, MaxPool2};
 use fmnist_models::norm::BatchNorm2d;
 use fmnist_models::recurrent::Lstm;
 
@@ -41,7 +41,7 @@ fn max_pool(c: &mut Criterion) {
         })
     });
     fused_and_generic(&mut group, ["generic", "fused"], |k| {
-        max_pool2_with(x.as_tensor(), k).unwrap()
+        x.as_tensor().apply(&MaxPool2 { kernels: k }).unwrap()
     });
     group.finish();
 }
@@ -51,13 +51,16 @@ fn conv(c: &mut Criterion) {
     let x = Var::randn(0f32, 1.0, (256, 32, 13, 13), &dev).unwrap();
     let map = VarMap::new();
     let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
-    let conv = Conv2d::new(candle_nn::conv2d(32, 32, 3, Default::default(), vb).unwrap());
+    let conv = Conv2d::new(
+        candle_nn::conv2d(32, 32, 3, Default::default(), vb).unwrap(),
+        Kernels::Fused,
+    );
     let mut group = c.benchmark_group("conv2d 3x3 32->32 fwd+bwd 256x32x13x13");
     group.sample_size(20);
     fused_and_generic(
         &mut group,
         ["generic (candle conv2d)", "fused (im2col + GEMM)"],
-        |k| conv.forward_with(x.as_tensor(), k).unwrap(),
+        |k| conv.with_kernels(k).forward_t(x.as_tensor(), true).unwrap(),
     );
     group.finish();
 }
@@ -67,7 +70,7 @@ fn batch_norm(c: &mut Criterion) {
     let x = Var::randn(0f32, 1.0, (128, 32, 28, 28), &dev).unwrap();
     let map = VarMap::new();
     let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
-    let bn = BatchNorm2d::new(candle_nn::batch_norm(32, 1e-5, vb).unwrap());
+    let bn = BatchNorm2d::new(candle_nn::batch_norm(32, 1e-5, vb).unwrap(), Kernels::Fused);
     let mut group = c.benchmark_group("batch norm + relu, training, fwd+bwd 128x32x28x28");
     group.sample_size(20);
     fused_and_generic(
@@ -76,7 +79,11 @@ fn batch_norm(c: &mut Criterion) {
             "generic (candle-nn BatchNorm, relu)",
             "fused (two passes each way)",
         ],
-        |k| bn.forward_with(x.as_tensor(), true, true, k).unwrap(),
+        |k| {
+            bn.with_kernels(k)
+                .forward_relu_t(x.as_tensor(), true)
+                .unwrap()
+        },
     );
     group.finish();
 }
@@ -94,13 +101,14 @@ fn lstm(c: &mut Criterion) {
         get("weight_hh_l0", &[512, 128]),
         get("bias_ih_l0", &[512]),
         get("bias_hh_l0", &[512]),
+        Kernels::Fused,
     );
     let mut group = c.benchmark_group("lstm-128 over 28 rows fwd+bwd batch 256");
     group.sample_size(10);
     fused_and_generic(
         &mut group,
         ["generic (candle LSTM)", "fused (one recurrence op)"],
-        |k| layer.last_hidden_with(&x, k).unwrap(),
+        |k| layer.with_kernels(k).last_hidden_t(&x, true).unwrap(),
     );
     group.finish();
 }

@@ -5,7 +5,7 @@
 //! candle's CPU generator cannot be seeded, so every random tensor comes from here.
 use std::sync::{Arc, Mutex};
 
-use candle::{DType, Device, Module, Tensor, Var};
+use candle::{DType, Device, Tensor, Var};
 use candle_nn::{Conv2dConfig, Linear, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -13,11 +13,13 @@ use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
 use crate::conv::Conv2d;
+use crate::kernels::{Kernels, MaxPool2};
 use crate::norm::BatchNorm2d;
 use crate::recurrent::Lstm;
 
 /// How the initial weights are drawn: the defaults of the framework a study used.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Init {
     /// PyTorch's defaults: weights and biases U(±1/√fan_in); the LSTM's all U(±1/√hidden).
@@ -38,9 +40,11 @@ impl std::fmt::Display for Init {
 }
 
 /// Builds the layers of one model into one [`VarMap`], drawing their initial values in
-/// construction order from a generator seeded with the model's seed.
+/// construction order from a generator seeded with the model's seed, and hands each layer the
+/// model's kernels.
 pub struct Builder {
     init: Init,
+    kernels: Kernels,
     varmap: VarMap,
     device: Device,
     rng: ChaCha8Rng,
@@ -48,21 +52,18 @@ pub struct Builder {
 }
 
 impl Builder {
-    pub fn new(seed: u64, init: Init, device: &Device) -> Self {
+    pub fn new(seed: u64, init: Init, kernels: Kernels, device: &Device) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(seed);
         let mut noise = ChaCha8Rng::seed_from_u64(seed);
         noise.set_stream(1);
         Builder {
             init,
+            kernels,
             varmap: VarMap::new(),
             device: device.clone(),
             rng,
             noise: Arc::new(Mutex::new(noise)),
         }
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
     }
 
     /// The parameters built so far, and the generator the dropouts share.
@@ -165,10 +166,11 @@ impl Builder {
         )?;
         if bias {
             self.bias(&format!("{name}.bias"), output, fan_in)?;
-            candle_nn::conv2d(input, output, kernel, config, self.vb(name)).map(Conv2d::new)
+            candle_nn::conv2d(input, output, kernel, config, self.vb(name))
         } else {
-            candle_nn::conv2d_no_bias(input, output, kernel, config, self.vb(name)).map(Conv2d::new)
+            candle_nn::conv2d_no_bias(input, output, kernel, config, self.vb(name))
         }
+        .map(|inner| Conv2d::new(inner, self.kernels))
     }
 
     /// BatchNorm over `features` channels: weight 1, bias 0, running statistics 0 and 1, momentum 0.1.
@@ -178,7 +180,14 @@ impl Builder {
             candle_nn::BatchNormConfig::default(),
             self.vb(name),
         )
-        .map(BatchNorm2d::new)
+        .map(|inner| BatchNorm2d::new(inner, self.kernels))
+    }
+
+    /// 2x2 max-pooling on the model's kernels.
+    pub fn max_pool2(&self) -> MaxPool2 {
+        MaxPool2 {
+            kernels: self.kernels,
+        }
     }
 
     /// A single-layer LSTM in PyTorch's layout (gates i, f, g, o; two bias vectors). PyTorch's
@@ -217,7 +226,7 @@ impl Builder {
         let [w_ih, w_hh, b_ih, b_hh] =
             shapes.map(|(tensor, shape)| vb.get(shape.as_slice(), tensor));
         let inner = candle_nn::lstm(input, hidden, candle_nn::LSTMConfig::default(), vb)?;
-        Ok(Lstm::new(inner, w_ih?, w_hh?, b_ih?, b_hh?))
+        Ok(Lstm::new(inner, w_ih?, w_hh?, b_ih?, b_hh?, self.kernels))
     }
 
     /// Inverted dropout with probability `p`, its masks drawn from the model's noise generator.
@@ -237,6 +246,7 @@ pub struct Dropout {
 }
 
 impl Dropout {
+    /// `x` with a fresh mask in training, unchanged in evaluation.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         if !train || self.p <= 0.0 {
             return Ok(x.clone());
@@ -254,9 +264,4 @@ impl Dropout {
             .collect();
         x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)
     }
-}
-
-/// Applies a module and then ReLU.
-pub fn relu_after<M: Module>(m: &M, x: &Tensor) -> candle::Result<Tensor> {
-    m.forward(x)?.relu()
 }

@@ -13,59 +13,81 @@
 //! inside it, so that no full-size activation or gradient becomes a tensor.
 use std::sync::Mutex;
 
-use candle::{CpuStorage, CustomOp2, DType, Layout, Module, Shape, Tensor};
+use candle::{CpuStorage, CustomOp2, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::{
-    blocks_of, f32_slice, gemm_into, kernels, max_pool2_with, sum_blocks, windows, Kernels,
-};
+use crate::kernels::{blocks_of, f32_slice, gemm_into, sum_blocks, windows, Kernels, MaxPool2};
 
 /// A convolution (groups 1, dilation 1) holding candle-nn's layer for its weights.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     inner: candle_nn::Conv2d,
+    kernels: Kernels,
 }
 
 impl Conv2d {
-    pub fn new(inner: candle_nn::Conv2d) -> Self {
-        Conv2d { inner }
+    pub fn new(inner: candle_nn::Conv2d, kernels: Kernels) -> Self {
+        Conv2d { inner, kernels }
     }
 
-    /// The forward pass with the kernels given.
-    pub fn forward_with(&self, x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
-        match self.blocked(x, k, Epilogue::None)? {
-            Some(y) => Ok(y),
-            None => self.inner.forward(x),
+    /// The same layer (sharing its weights) running on `kernels`.
+    pub fn with_kernels(&self, kernels: Kernels) -> Self {
+        Conv2d {
+            inner: self.inner.clone(),
+            kernels,
         }
     }
 
-    /// The convolution, 2x2 max-pooling ([`crate::kernels::max_pool2`]) and ReLU (which
-    /// commute with each other). On the CPU the three are one operation: the GEMM's
-    /// output is pooled as it is read, only the pooled quarter comes out, already batch-major,
-    /// and the backward pass scatters the gradient to the maxima and runs the GEMMs without
-    /// ever holding the full-size gradient as a tensor (candle's backward would zero and add
-    /// each one). The kernel gradient does not depend on the thread count.
-    pub fn forward_pool_relu(&self, x: &Tensor) -> candle::Result<Tensor> {
-        self.forward_pool_relu_with(x, kernels())
+    /// The convolution's output. In evaluation (`train` false) it records no graph, and the
+    /// fused path keeps nothing for a backward pass.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let layer = self.for_mode(train);
+        match layer.blocked(x, Epilogue::None)? {
+            Some(y) => Ok(y),
+            None => layer.inner.forward(x),
+        }
     }
 
-    /// [`Conv2d::forward_pool_relu`] with the kernels given.
-    pub fn forward_pool_relu_with(&self, x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
-        match self.blocked(x, k, Epilogue::PoolRelu)? {
+    /// The convolution, 2x2 max-pooling ([`MaxPool2`]) and ReLU (which commute with each
+    /// other). On the CPU the three are one operation: the GEMM's output is pooled as it is
+    /// read, only the pooled quarter comes out, already batch-major, and the backward pass
+    /// scatters the gradient to the maxima and runs the GEMMs without ever holding the
+    /// full-size gradient as a tensor (candle's backward would zero and add each one). The
+    /// kernel gradient does not depend on the thread count.
+    pub fn forward_pool_relu_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let layer = self.for_mode(train);
+        match layer.blocked(x, Epilogue::PoolRelu)? {
             Some(y) => Ok(y),
-            None => max_pool2_with(&self.inner.forward(x)?, k)?.relu(),
+            None => layer
+                .inner
+                .forward(x)?
+                .apply(&MaxPool2 {
+                    kernels: self.kernels,
+                })?
+                .relu(),
+        }
+    }
+
+    /// This layer in training, or with its weights detached from the graph in evaluation.
+    fn for_mode(&self, train: bool) -> Conv2d {
+        if train {
+            return self.clone();
+        }
+        let inner = candle_nn::Conv2d::new(
+            self.inner.weight().detach(),
+            self.inner.bias().map(Tensor::detach),
+            *self.inner.config(),
+        );
+        Conv2d {
+            inner,
+            kernels: self.kernels,
         }
     }
 
     /// The convolution and `epilogue` as one [`BlockedConv`], `None` where candle's path runs.
-    fn blocked(
-        &self,
-        x: &Tensor,
-        k: Kernels,
-        epilogue: Epilogue,
-    ) -> candle::Result<Option<Tensor>> {
+    fn blocked(&self, x: &Tensor, epilogue: Epilogue) -> candle::Result<Option<Tensor>> {
         let operands = self
-            .im2col_operands(x, k)?
+            .im2col_operands(x)?
             .filter(|(_, g)| epilogue == Epilogue::None || (g.out_h >= 2 && g.out_w >= 2));
         let Some((kernel, geometry)) = operands else {
             return Ok(None);
@@ -83,18 +105,9 @@ impl Conv2d {
 
     /// On the im2col path, the kernel as the GEMM's left matrix `[O, C·k·k (+1)]` (the bias
     /// as its last column) and the unfolding's sizes; `None` where candle's path runs.
-    fn im2col_operands(
-        &self,
-        x: &Tensor,
-        k: Kernels,
-    ) -> candle::Result<Option<(Tensor, Geometry)>> {
+    fn im2col_operands(&self, x: &Tensor) -> candle::Result<Option<(Tensor, Geometry)>> {
         let cfg = self.inner.config();
-        if k != Kernels::Fused
-            || !x.device().is_cpu()
-            || x.dtype() != DType::F32
-            || cfg.groups != 1
-            || cfg.dilation != 1
-        {
+        if !self.kernels.fuse(x) || cfg.groups != 1 || cfg.dilation != 1 {
             return Ok(None);
         }
         let (_, c, h, w) = x.dims4()?;
@@ -116,8 +129,9 @@ impl Conv2d {
 }
 
 impl Module for Conv2d {
+    /// The convolution with its graph ([`Conv2d::forward_t`] in training).
     fn forward(&self, x: &Tensor) -> candle::Result<Tensor> {
-        self.forward_with(x, kernels())
+        self.forward_t(x, true)
     }
 }
 
@@ -570,19 +584,23 @@ mod tests {
         let x = Var::randn(0f32, 1.0, shape, &dev).unwrap();
         let w = Var::randn(0f32, 0.3, (out, shape.1, k, k), &dev).unwrap();
         let bias = Var::randn(0f32, 0.3, out, &dev).unwrap();
-        let conv = Conv2d::new(candle_nn::Conv2d::new(
-            w.as_tensor().clone(),
-            with_bias.then(|| bias.as_tensor().clone()),
-            cfg,
-        ));
-        let reference = conv.forward_with(x.as_tensor(), Kernels::Generic).unwrap();
+        let conv = Conv2d::new(
+            candle_nn::Conv2d::new(
+                w.as_tensor().clone(),
+                with_bias.then(|| bias.as_tensor().clone()),
+                cfg,
+            ),
+            Kernels::Generic,
+        );
+        let reference = conv.forward_t(x.as_tensor(), true).unwrap();
         let pooled = reference.dims4().unwrap();
         let outputs =
             reference.elem_count() + pooled.0 * pooled.1 * (pooled.2 / 2) * (pooled.3 / 2);
         let up = Tensor::randn(0f32, 1.0, outputs, &dev).unwrap();
         let grads_of = |k: Kernels| {
-            let y = conv.forward_with(x.as_tensor(), k).unwrap();
-            let pooled = conv.forward_pool_relu_with(x.as_tensor(), k).unwrap();
+            let conv = conv.with_kernels(k);
+            let y = conv.forward_t(x.as_tensor(), true).unwrap();
+            let pooled = conv.forward_pool_relu_t(x.as_tensor(), true).unwrap();
             let y = Tensor::cat(
                 &[y.flatten_all().unwrap(), pooled.flatten_all().unwrap()],
                 0,
@@ -628,16 +646,19 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (70, 3, 9, 9), &dev).unwrap();
         let w = Tensor::randn(0f32, 0.3, (5, 3, 3, 3), &dev).unwrap();
         let bias = Tensor::randn(0f32, 0.3, 5, &dev).unwrap();
-        let conv = Conv2d::new(candle_nn::Conv2d::new(
-            w,
-            Some(bias),
-            Conv2dConfig {
-                padding: 1,
-                ..Default::default()
-            },
-        ));
-        let pooled = |k| flat(&conv.forward_pool_relu_with(&x, k).unwrap());
-        let plain = |k| flat(&conv.forward_with(&x, k).unwrap());
+        let conv = Conv2d::new(
+            candle_nn::Conv2d::new(
+                w,
+                Some(bias),
+                Conv2dConfig {
+                    padding: 1,
+                    ..Default::default()
+                },
+            ),
+            Kernels::Fused,
+        );
+        let pooled = |k| flat(&conv.with_kernels(k).forward_pool_relu_t(&x, true).unwrap());
+        let plain = |k| flat(&conv.with_kernels(k).forward_t(&x, true).unwrap());
         for (fused, generic, len) in [
             (
                 pooled(Kernels::Fused),
@@ -655,6 +676,29 @@ mod tests {
             for (a, b) in fused.iter().zip(&generic) {
                 assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
             }
+        }
+    }
+
+    #[test]
+    fn evaluation_records_no_graph_on_either_path() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (3, 2, 8, 8), &dev).unwrap();
+        let w = Var::randn(0f32, 0.3, (4, 2, 3, 3), &dev).unwrap();
+        let bias = Var::randn(0f32, 0.3, 4, &dev).unwrap();
+        let cfg = Conv2dConfig::default();
+        let inner =
+            candle_nn::Conv2d::new(w.as_tensor().clone(), Some(bias.as_tensor().clone()), cfg);
+        for k in [Kernels::Fused, Kernels::Generic] {
+            let conv = Conv2d::new(inner.clone(), k);
+            assert!(conv.forward_t(&x, true).unwrap().track_op(), "{k:?}");
+            assert!(!conv.forward_t(&x, false).unwrap().track_op(), "{k:?}");
+            assert!(
+                conv.forward_pool_relu_t(&x, true).unwrap().track_op(),
+                "{k:?}"
+            );
+            let pooled = conv.forward_pool_relu_t(&x, false).unwrap();
+            assert!(!pooled.track_op(), "{k:?}");
+            assert_eq!(pooled.dims(), [3, 4, 3, 3], "{k:?}");
         }
     }
 

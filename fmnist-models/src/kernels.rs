@@ -5,23 +5,13 @@
 //! comparison, an average pool, two more upsamples and two products over the largest
 //! activation of the network. The fused kernel finds each window's maximum once forward and
 //! routes the gradient to it in one pass backward.
-use std::sync::atomic::{AtomicU8, Ordering};
-
 use candle::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Which implementation of the hand-fused operations runs.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+/// Which implementation of the hand-fused operations runs. A model carries its choice (in its
+/// [`crate::ModelConfig`]) and hands it to each of its layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Kernels {
     /// The fused CPU kernels where the tensor is f32 on the CPU, the generic path elsewhere.
@@ -31,19 +21,10 @@ pub enum Kernels {
     Generic,
 }
 
-static KERNELS: AtomicU8 = AtomicU8::new(0);
-
-/// Chooses the kernels for the whole process.
-pub fn set_kernels(k: Kernels) {
-    KERNELS.store(k as u8, Ordering::Relaxed);
-}
-
-/// The kernels in use.
-pub fn kernels() -> Kernels {
-    if KERNELS.load(Ordering::Relaxed) == Kernels::Generic as u8 {
-        Kernels::Generic
-    } else {
-        Kernels::Fused
+impl Kernels {
+    /// Whether the fused kernels run on `x`: chosen, and `x` an f32 tensor on the CPU.
+    pub fn fuse(self, x: &Tensor) -> bool {
+        self == Kernels::Fused && x.device().is_cpu() && x.dtype() == DType::F32
     }
 }
 
@@ -63,31 +44,34 @@ pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
 /// whose backward (candle 0.11) is wrong twice: it multiplies the gradient by the share of
 /// maxima in the window (1/4 for a unique maximum) instead of dividing by their count, and for
 /// an odd input size its nearest-neighbour upsampling is misaligned with the windows.
-pub fn max_pool2(x: &Tensor) -> candle::Result<Tensor> {
-    max_pool2_with(x, kernels())
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MaxPool2 {
+    /// The implementation that runs.
+    pub kernels: Kernels,
 }
 
-/// [`max_pool2`] with the kernels given.
-pub fn max_pool2_with(x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
-    if k == Kernels::Fused && x.device().is_cpu() && x.dtype() == DType::F32 {
-        return x.contiguous()?.apply_op1(MaxPool2);
+impl candle::Module for MaxPool2 {
+    fn forward(&self, x: &Tensor) -> candle::Result<Tensor> {
+        if self.kernels.fuse(x) {
+            return x.contiguous()?.apply_op1(FusedMaxPool2);
+        }
+        let (n, c, h, w) = x.dims4()?;
+        let (ph, pw) = (h / 2, w / 2);
+        let x = if h % 2 == 1 || w % 2 == 1 {
+            x.narrow(2, 0, 2 * ph)?.narrow(3, 0, 2 * pw)?.contiguous()?
+        } else {
+            x.contiguous()?
+        };
+        // max = sum over the window of x * (mask / count), with mask and count constants: the
+        // gradient is shared evenly between tied maxima (a background of equal values ties all
+        // four) instead of being given in full to each of them.
+        let x = x.reshape((n, c, ph, 2, pw, 2))?;
+        let max = x.max_keepdim(5)?.max_keepdim(3)?;
+        let mask = x.broadcast_eq(&max)?.to_dtype(x.dtype())?;
+        let count = mask.sum_keepdim(5)?.sum_keepdim(3)?;
+        let share = mask.broadcast_div(&count)?.detach();
+        (x * share)?.sum(5)?.sum(3)
     }
-    let (n, c, h, w) = x.dims4()?;
-    let (ph, pw) = (h / 2, w / 2);
-    let x = if h % 2 == 1 || w % 2 == 1 {
-        x.narrow(2, 0, 2 * ph)?.narrow(3, 0, 2 * pw)?.contiguous()?
-    } else {
-        x.contiguous()?
-    };
-    // max = sum over the window of x * (mask / count), with mask and count constants: the
-    // gradient is shared evenly between tied maxima (a background of equal values ties all
-    // four) instead of being given in full to each of them.
-    let x = x.reshape((n, c, ph, 2, pw, 2))?;
-    let max = x.max_keepdim(5)?.max_keepdim(3)?;
-    let mask = x.broadcast_eq(&max)?.to_dtype(x.dtype())?;
-    let count = mask.sum_keepdim(5)?.sum_keepdim(3)?;
-    let share = mask.broadcast_div(&count)?.detach();
-    (x * share)?.sum(5)?.sum(3)
 }
 
 /// `dst [m, n] = a [m, k] · b`, or `dst += a · b` (`accumulate`), where `b` is `[k, n]`, or
@@ -261,9 +245,10 @@ pub(crate) fn windows(
     }
 }
 
-struct MaxPool2;
+/// The fused CPU kernel of [`MaxPool2`].
+struct FusedMaxPool2;
 
-impl CustomOp1 for MaxPool2 {
+impl CustomOp1 for FusedMaxPool2 {
     fn name(&self) -> &'static str {
         "fmnist-max-pool-2x2"
     }
@@ -296,7 +281,7 @@ impl CustomOp1 for MaxPool2 {
     }
 }
 
-/// The gradient of [`MaxPool2`]: each window's gradient goes to its (first) maximum.
+/// The gradient of [`FusedMaxPool2`]: each window's gradient goes to its (first) maximum.
 struct MaxPool2Backward;
 
 impl CustomOp2 for MaxPool2Backward {
@@ -337,7 +322,7 @@ mod tests {
     /// Forward and input gradient of `max_pool2` under `k`, for a fixed upstream gradient.
     fn run(k: Kernels, x: &Tensor, upstream: &Tensor) -> (Vec<f32>, Vec<f32>) {
         let v = Var::from_tensor(x).unwrap();
-        let y = max_pool2_with(v.as_tensor(), k).unwrap();
+        let y = v.as_tensor().apply(&MaxPool2 { kernels: k }).unwrap();
         let loss = (&y * upstream).unwrap().sum_all().unwrap();
         let g = loss
             .backward()

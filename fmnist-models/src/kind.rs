@@ -2,19 +2,8 @@
 use serde::{Deserialize, Serialize};
 
 /// A model of the registry, by its command-line name.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum ModelKind {
     /// The CNN/LSTM study's CNN: conv 32, pool, conv 32, pool, dense 100, dense 10 (90,678 params).
@@ -69,7 +58,7 @@ impl std::fmt::Display for ModelKind {
 }
 
 impl std::str::FromStr for ModelKind {
-    type Err = String;
+    type Err = crate::ModelError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         ModelKind::ALL
@@ -77,7 +66,10 @@ impl std::str::FromStr for ModelKind {
             .find(|k| k.name() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = ModelKind::ALL.iter().map(|k| k.name()).collect();
-                format!("unknown model '{s}' (known: {})", names.join(", "))
+                crate::ModelError::UnknownModel {
+                    name: s.to_string(),
+                    known: names.join(", "),
+                }
             })
     }
 }

@@ -1,19 +1,45 @@
-//! The Fashion-MNIST models of the studies, in candle, built from a seed.
+//! The Fashion-MNIST models of the studies, in candle: configure one, build it from a seed,
+//! train it elsewhere, save it, load it, and classify images with it.
+//!
+//! - [`ModelConfig`] says what the model is (architecture, initialization, input scaling,
+//!   mirror TTA, CPU kernels) and [`ModelConfig::build`] makes a [`Model`] on a device from a
+//!   seed: the same seed gives the same bits on every machine.
+//! - [`Checkpoint`] is a model on disk: `config.json` + `model.safetensors`.
+//! - [`Classifier`] loads a run folder and returns the ten probabilities for 28x28 images.
 //!
 //! Every model maps images `[B, 1, 28, 28]` to logits `[B, 10]` through
 //! [`Model::forward_t`], whose `train` flag switches dropout and BatchNorm.
-//! Parameters are drawn from a seeded generator (PyTorch's or Keras' default schemes), so the
-//! same seed gives the same network on every machine.
+//!
+//! ```
+//! use fmnist_models::{ModelConfig, ModelKind};
+//! # fn main() -> Result<(), fmnist_models::ModelError> {
+//! let model = ModelConfig::new(ModelKind::Lstm).build(42, &candle::Device::Cpu)?;
+//! assert_eq!(model.param_count(), 82_186);
+//! # Ok(()) }
+//! ```
 pub mod builder;
+pub mod checkpoint;
+pub mod classifier;
+pub mod config;
 pub mod conv;
+pub mod error;
 pub mod kernels;
 pub mod kind;
 pub mod model;
 pub mod nets;
 pub mod norm;
 pub mod recurrent;
+pub mod scoring;
+
+/// Classes every model scores.
+pub const NUM_CLASSES: usize = 10;
 
 pub use builder::{Builder, Dropout, Init};
-pub use kernels::{set_kernels, Kernels};
+pub use checkpoint::{Checkpoint, CheckpointConfig};
+pub use classifier::{Classifier, IMAGE_PIXELS};
+pub use config::ModelConfig;
+pub use error::{ModelError, Result};
+pub use kernels::{Kernels, MaxPool2};
 pub use kind::ModelKind;
 pub use model::Model;
+pub use scoring::{argmax, mean_std, softmax_rows, Score};

@@ -1,20 +1,22 @@
-//! A built model: its kind, its parameters in a VarMap, and checkpoint save/load.
+//! A built model: its configuration, its parameters in a VarMap, the forward pass in training
+//! and in evaluation, and its weights saved to and loaded from safetensors.
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context};
 use candle::{Device, Tensor, Var};
 use candle_nn::VarMap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::builder::{Builder, Init};
+use crate::builder::Builder;
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
 use crate::kind::ModelKind;
 use crate::nets::{Cnn, CnnDeep, CnnWide, Lstm, Mlp, Net, Resnet};
 
-/// A network of the registry with its parameters.
+/// A network of the registry with its parameters, built by [`ModelConfig::build`].
 pub struct Model {
-    kind: ModelKind,
+    config: ModelConfig,
     varmap: VarMap,
     net: Box<dyn Net>,
     noise: Arc<Mutex<ChaCha8Rng>>,
@@ -26,10 +28,10 @@ fn is_buffer(name: &str) -> bool {
 }
 
 impl Model {
-    /// Builds `kind` with parameters drawn from `seed` by the `init` scheme.
-    pub fn new(kind: ModelKind, seed: u64, init: Init, device: &Device) -> anyhow::Result<Self> {
-        let mut b = Builder::new(seed, init, device);
-        let net: Box<dyn Net> = match kind {
+    /// Builds `config`'s network with parameters drawn from `seed` by its init scheme.
+    pub(crate) fn new(config: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        let mut b = Builder::new(seed, config.init, config.kernels, device);
+        let net: Box<dyn Net> = match config.kind {
             ModelKind::Cnn => Box::new(Cnn::new(&mut b)?),
             ModelKind::Lstm => Box::new(Lstm::new(&mut b)?),
             ModelKind::Mlp => Box::new(Mlp::new(&mut b)?),
@@ -39,20 +41,38 @@ impl Model {
         };
         let (varmap, noise) = b.finish();
         Ok(Model {
-            kind,
+            config,
             varmap,
             net,
             noise,
         })
     }
 
-    pub fn kind(&self) -> ModelKind {
-        self.kind
+    /// What the model was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
     }
 
-    /// Logits `[B, 10]` of images `[B, 1, 28, 28]`.
+    /// The architecture.
+    pub fn kind(&self) -> ModelKind {
+        self.config.kind
+    }
+
+    /// Logits `[B, 10]` of normalized images `[B, 1, 28, 28]`; `train` switches dropout and
+    /// BatchNorm's batch statistics, and in evaluation the fused layers record no graph.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         self.net.forward_t(x, train)
+    }
+
+    /// Logits `[B, 10]` in evaluation as the configuration scores them: with mirror TTA, the
+    /// mean of the logits of each image and of its mirror image.
+    pub fn eval_logits(&self, x: &Tensor) -> candle::Result<Tensor> {
+        let logits = self.forward_t(x, false)?;
+        if !self.config.mirror_tta {
+            return Ok(logits);
+        }
+        let mirrored = self.forward_t(&x.flip(&[3])?, false)?;
+        (logits + mirrored)? * 0.5
     }
 
     /// The ReLU activations of the first convolution (before pooling), for CNNs.
@@ -70,7 +90,11 @@ impl Model {
 
     /// Every entry of the VarMap (parameters and BatchNorm statistics), sorted by name.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
-        let data = self.varmap.data().lock().expect("VarMap lock poisoned");
+        let data = self
+            .varmap
+            .data()
+            .lock()
+            .expect("VarMap lock should not be poisoned");
         let mut vars: Vec<(String, Var)> =
             data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -96,41 +120,61 @@ impl Model {
     /// Restarts the dropout masks' generator from `seed` (the trainer does it every epoch,
     /// so a resumed run draws the same masks as an uninterrupted one).
     pub fn reseed_dropout(&self, seed: u64) {
-        let mut rng = self.noise.lock().expect("dropout generator lock poisoned");
+        let mut rng = self
+            .noise
+            .lock()
+            .expect("dropout generator lock should not be poisoned");
         *rng = ChaCha8Rng::seed_from_u64(seed);
     }
 
-    /// Writes every var to `path` as safetensors, atomically (temporary file, then rename).
-    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        let tmp = path.with_extension("safetensors.tmp");
-        self.varmap
-            .save(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    /// Writes every var to `path` as safetensors, atomically. The tensor names are the
+    /// layers' (`conv1.weight`, `lstm.weight_ih_l0`, ...), as PyTorch's `state_dict` has them.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tensors: Vec<(String, Tensor)> = self
+            .named_vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect();
+        let bytes = safetensors::serialize(tensors, None).map_err(|e| ModelError::Write {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
+        fmnist_data::write_atomic(path, &bytes).map_err(|e| ModelError::Write {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
-    /// Loads parameters saved by [`Model::save`], checking that every tensor is present with
+    /// Loads weights saved by [`Model::save`], checking that every tensor is present with
     /// this model's shape.
-    pub fn load(&mut self, path: &Path) -> anyhow::Result<()> {
-        let tensors = candle::safetensors::load(path, &Device::Cpu).with_context(|| {
-            format!("{}: not a readable safetensors checkpoint", path.display())
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        if !path.is_file() {
+            return Err(ModelError::NoWeights {
+                path: path.to_path_buf(),
+            });
+        }
+        let tensors = candle::safetensors::load(path, &Device::Cpu).map_err(|source| {
+            ModelError::BadWeights {
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
         for (name, var) in self.named_vars() {
             let Some(t) = tensors.get(&name) else {
-                bail!(
-                    "{}: tensor '{name}' is missing: the checkpoint is not a '{}' model",
-                    path.display(),
-                    self.kind
-                );
+                return Err(ModelError::MissingTensor {
+                    path: path.to_path_buf(),
+                    name,
+                    model: self.kind(),
+                });
             };
             if t.dims() != var.dims() {
-                bail!(
-                    "{}: tensor '{name}' has shape {:?}, model '{}' expects {:?}",
-                    path.display(),
-                    t.dims(),
-                    self.kind,
-                    var.dims()
-                );
+                return Err(ModelError::ShapeMismatch {
+                    path: path.to_path_buf(),
+                    name,
+                    model: self.kind(),
+                    found: t.dims().to_vec(),
+                    expected: var.dims().to_vec(),
+                });
             }
             var.set(&t.to_device(var.device())?)?;
         }

@@ -7,7 +7,7 @@ use candle_nn::{Conv2dConfig, Linear};
 
 use crate::builder::{Builder, Dropout};
 use crate::conv::Conv2d;
-pub use crate::kernels::max_pool2;
+use crate::kernels::MaxPool2;
 use crate::norm::BatchNorm2d;
 use crate::recurrent::Lstm as LstmLayer;
 
@@ -59,15 +59,15 @@ impl Cnn {
 }
 
 impl Net for Cnn {
-    fn forward_t(&self, x: &Tensor, _train: bool) -> candle::Result<Tensor> {
-        let x = self.conv1.forward_pool_relu(x)?; // 32x13x13
-        let x = self.conv2.forward_pool_relu(&x)?; // 32x5x5
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let x = self.conv1.forward_pool_relu_t(x, train)?; // 32x13x13
+        let x = self.conv2.forward_pool_relu_t(&x, train)?; // 32x5x5
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
         self.fc2.forward(&x)
     }
 
     fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
-        Ok(Some(self.conv1.forward(x)?.relu()?))
+        Ok(Some(self.conv1.forward_t(x, false)?.relu()?))
     }
 }
 
@@ -145,14 +145,14 @@ impl CnnWide {
 
 impl Net for CnnWide {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        let x = self.conv1.forward_pool_relu(x)?; // 32x14x14
-        let x = self.conv2.forward_pool_relu(&x)?; // 64x7x7
+        let x = self.conv1.forward_pool_relu_t(x, train)?; // 32x14x14
+        let x = self.conv2.forward_pool_relu_t(&x, train)?; // 64x7x7
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
         self.fc2.forward(&self.dropout.forward_t(&x, train)?)
     }
 
     fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
-        Ok(Some(self.conv1.forward(x)?.relu()?))
+        Ok(Some(self.conv1.forward_t(x, false)?.relu()?))
     }
 }
 
@@ -177,12 +177,13 @@ impl ConvBn {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(x)?, train)
+        self.bn.forward_t(&self.conv.forward_t(x, train)?, train)
     }
 
     /// `relu(forward_t(x, train))`, fused into the normalization.
     fn forward_relu_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        self.bn.forward_relu_t(&self.conv.forward(x)?, train)
+        self.bn
+            .forward_relu_t(&self.conv.forward_t(x, train)?, train)
     }
 }
 
@@ -197,6 +198,7 @@ pub struct CnnDeep {
     fc2: Linear,
     drop_conv: Dropout,
     drop_fc: Dropout,
+    pool: MaxPool2,
 }
 
 impl CnnDeep {
@@ -210,6 +212,7 @@ impl CnnDeep {
             fc2: b.linear("fc2", 256, 10)?,
             drop_conv: b.dropout(0.25),
             drop_fc: b.dropout(0.5),
+            pool: b.max_pool2(),
         })
     }
 }
@@ -217,12 +220,12 @@ impl CnnDeep {
 impl Net for CnnDeep {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         // ReLU rides in the normalization's pass, so it comes before the pooling here.
-        let x = self.stage1.forward_relu_t(x, train)?.apply(&max_pool2)?; // 32x14x14
+        let x = self.stage1.forward_relu_t(x, train)?.apply(&self.pool)?; // 32x14x14
         let x = self.drop_conv.forward_t(&x, train)?;
-        let x = self.stage2.forward_relu_t(&x, train)?.apply(&max_pool2)?; // 64x7x7
+        let x = self.stage2.forward_relu_t(&x, train)?.apply(&self.pool)?; // 64x7x7
         let x = self.drop_conv.forward_t(&x, train)?;
         let x = self.stage3a.forward_relu_t(&x, train)?;
-        let x = self.stage3b.forward_relu_t(&x, train)?.apply(&max_pool2)?; // 128x3x3
+        let x = self.stage3b.forward_relu_t(&x, train)?.apply(&self.pool)?; // 128x3x3
         let x = self.drop_conv.forward_t(&x, train)?;
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
         self.fc2.forward(&self.drop_fc.forward_t(&x, train)?)
@@ -267,7 +270,7 @@ impl Block {
         let y = self.a.forward_relu_t(x, train)?;
         let y = self.b.forward_t(&y, train)?;
         let skip = match &self.shortcut {
-            Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
+            Some((conv, bn)) => bn.forward_t(&conv.forward_t(x, train)?, train)?,
             None => x.clone(),
         };
         (y + skip)?.relu()
@@ -279,6 +282,7 @@ impl Block {
 /// convolution runs at full resolution, and a training step costs ~60 MFLOP per image.
 pub struct Resnet {
     stem: ConvBn,
+    pool: MaxPool2,
     blocks: Vec<Block>,
     fc: Linear,
 }
@@ -287,6 +291,7 @@ impl Resnet {
     pub fn new(b: &mut Builder) -> candle::Result<Self> {
         Ok(Resnet {
             stem: ConvBn::new(b, "stem", 1, 32, PAD1)?,
+            pool: b.max_pool2(),
             blocks: vec![
                 Block::new(b, "block1", 32, 32)?,
                 Block::new(b, "block2", 32, 64)?,
@@ -299,7 +304,7 @@ impl Resnet {
 
 impl Net for Resnet {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        let mut x = self.stem.forward_relu_t(x, train)?.apply(&max_pool2)?; // 32x14x14
+        let mut x = self.stem.forward_relu_t(x, train)?.apply(&self.pool)?; // 32x14x14
         for block in &self.blocks {
             x = block.forward_t(&x, train)?;
         }

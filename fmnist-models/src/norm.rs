@@ -7,42 +7,46 @@
 //! and the ReLU) and two backward (the per-channel sums, then the input gradient), using the
 //! closed form `dx = γ/σ · (dy - mean(dy) - x̂·mean(dy·x̂))`. In evaluation the fused path
 //! records no graph: nothing is kept for a backward pass that will not come.
-use candle::{CpuStorage, CustomOp3, DType, Layout, Module, ModuleT, Shape, Tensor, Var};
+use candle::{CpuStorage, CustomOp3, Layout, Module, ModuleT, Shape, Tensor, Var};
 use candle_nn::BatchNorm;
 use rayon::prelude::*;
 
-use crate::kernels::{f32_slice, kernels, Kernels};
+use crate::kernels::{f32_slice, Kernels};
 
 /// A BatchNorm layer (`candle_nn::BatchNorm` underneath, so checkpoints are unchanged).
+#[derive(Debug, Clone)]
 pub struct BatchNorm2d {
     inner: BatchNorm,
+    kernels: Kernels,
 }
 
 impl BatchNorm2d {
-    pub fn new(inner: BatchNorm) -> Self {
-        BatchNorm2d { inner }
+    pub fn new(inner: BatchNorm, kernels: Kernels) -> Self {
+        BatchNorm2d { inner, kernels }
+    }
+
+    /// The same layer (sharing its parameters and statistics) running on `kernels`.
+    pub fn with_kernels(&self, kernels: Kernels) -> Self {
+        BatchNorm2d {
+            inner: self.inner.clone(),
+            kernels,
+        }
     }
 
     /// Normalized `x`: batch statistics in training (which also update the running ones),
     /// running statistics in evaluation.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        self.forward_with(x, train, false, kernels())
+        self.normalize(x, train, false)
     }
 
     /// `relu(forward_t(x, train))` in one pass on the fused path.
     pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        self.forward_with(x, train, true, kernels())
+        self.normalize(x, train, true)
     }
 
-    /// [`BatchNorm2d::forward_t`] followed by ReLU if `relu`, with the kernels given.
-    pub fn forward_with(
-        &self,
-        x: &Tensor,
-        train: bool,
-        relu: bool,
-        k: Kernels,
-    ) -> candle::Result<Tensor> {
-        let fused = k == Kernels::Fused && x.device().is_cpu() && x.dtype() == DType::F32;
+    /// [`BatchNorm2d::forward_t`] followed by ReLU if `relu`.
+    fn normalize(&self, x: &Tensor, train: bool, relu: bool) -> candle::Result<Tensor> {
+        let fused = self.kernels.fuse(x);
         let Some((gamma, beta)) = self.inner.weight_and_bias().filter(|_| fused) else {
             let y = self.inner.forward_t(x, train)?;
             return if relu { y.relu() } else { Ok(y) };
@@ -369,7 +373,7 @@ mod tests {
             1e-5,
         )
         .unwrap();
-        (BatchNorm2d::new(bn), gamma, beta)
+        (BatchNorm2d::new(bn, Kernels::Fused), gamma, beta)
     }
 
     fn rel_error(a: &Tensor, b: &Tensor) -> f32 {
@@ -406,9 +410,10 @@ mod tests {
                     .unwrap()
                     .set(&Tensor::new(&[1.0f32, 0.5, 2.0, 1.5], &dev).unwrap())
                     .unwrap();
-                let y = bn.forward_with(x.as_tensor(), true, relu, k).unwrap();
+                let bn = bn.with_kernels(k);
+                let y = bn.normalize(x.as_tensor(), true, relu).unwrap();
                 let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
-                let eval = bn.forward_with(x.as_tensor(), false, relu, k).unwrap();
+                let eval = bn.normalize(x.as_tensor(), false, relu).unwrap();
                 let grad = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
                 vec![
                     ("train output", y),
@@ -440,7 +445,7 @@ mod tests {
         beta.set(&Tensor::new(&[1.0f32, -3.0], &dev).unwrap())
             .unwrap();
         let x = Tensor::randn(5f32, 3.0, (8, 2, 4, 4), &dev).unwrap();
-        let y = bn.forward_with(&x, true, false, Kernels::Fused).unwrap();
+        let y = bn.forward_t(&x, true).unwrap();
         let per_channel = y.transpose(0, 1).unwrap().flatten_from(1).unwrap();
         let mean = per_channel.mean(1).unwrap().to_vec1::<f32>().unwrap();
         let std = per_channel

@@ -15,12 +15,12 @@
 //! the weights, nothing kept.
 use std::sync::Mutex;
 
-use candle::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use candle::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor};
 use candle_nn::rnn::RNN;
 use rayon::prelude::*;
 
 use crate::kernels::{
-    blocks_of, f32_slice, gemm_into, gemm_strided, kernels, simd, sum_blocks, Kernels, Strided,
+    blocks_of, f32_slice, gemm_into, gemm_strided, simd, sum_blocks, Kernels, Strided,
 };
 
 /// A single-layer LSTM (PyTorch's gate order i, f, g, o) read for its last hidden state.
@@ -31,6 +31,7 @@ pub struct Lstm {
     w_hh: Tensor,
     b_ih: Tensor,
     b_hh: Tensor,
+    kernels: Kernels,
 }
 
 impl Lstm {
@@ -41,6 +42,7 @@ impl Lstm {
         w_hh: Tensor,
         b_ih: Tensor,
         b_hh: Tensor,
+        kernels: Kernels,
     ) -> Self {
         Lstm {
             inner,
@@ -48,36 +50,35 @@ impl Lstm {
             w_hh,
             b_ih,
             b_hh,
+            kernels,
+        }
+    }
+
+    /// The same layer (sharing its weights) running on `kernels`.
+    pub fn with_kernels(&self, kernels: Kernels) -> Self {
+        Lstm {
+            kernels,
+            ..self.clone()
         }
     }
 
     /// The hidden state `[B, H]` after the last step of `x [B, T, I]`, from a zero state.
     /// In evaluation (`train` false) the fused path records no graph and keeps no activations.
     pub fn last_hidden_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        let k = kernels();
-        if train || !fused(x, k) {
-            return self.last_hidden_with(x, k);
+        if !self.kernels.fuse(x) {
+            let states = self.inner.seq(x)?;
+            let last = states
+                .last()
+                .ok_or_else(|| candle::Error::Msg("empty sequence".into()))?;
+            return Ok(last.h.clone());
+        }
+        if train {
+            return recurrence(x, [&self.w_ih, &self.w_hh, &self.b_ih, &self.b_hh]);
         }
         let bias = (&self.b_ih + &self.b_hh)?.unsqueeze(1)?;
         let weights = Tensor::cat(&[&self.w_ih, &bias, &self.w_hh], 1)?.detach();
         x.contiguous()?.detach().apply_op2(&weights, Evaluation)
     }
-
-    /// [`Lstm::last_hidden_t`] in training, with the kernels given.
-    pub fn last_hidden_with(&self, x: &Tensor, k: Kernels) -> candle::Result<Tensor> {
-        if fused(x, k) {
-            return recurrence(x, [&self.w_ih, &self.w_hh, &self.b_ih, &self.b_hh]);
-        }
-        let states = self.inner.seq(x)?;
-        let last = states
-            .last()
-            .ok_or_else(|| candle::Error::Msg("empty sequence".into()))?;
-        Ok(last.h.clone())
-    }
-}
-
-fn fused(x: &Tensor, k: Kernels) -> bool {
-    k == Kernels::Fused && x.device().is_cpu() && x.dtype() == DType::F32
 }
 
 /// The fused path: [`Recurrence`] on the input, `[W_ih | b_ih + b_hh]` and `W_hh`. The biases
@@ -116,14 +117,10 @@ struct Recurrence {
     saved: Mutex<Option<Saved>>,
 }
 
-/// Most images per block of the training path; the batch is split evenly over the threads in
-/// blocks of at most this many.
+/// Images per block of the training path, whatever the thread count: the weight gradients
+/// are sums of per-block shares added in block order, so a fixed block gives the same bits on
+/// any number of threads.
 const TRAIN_BLOCK: usize = 64;
-
-/// Images per block: `b` split evenly over the threads, at most `most` per block.
-fn images_per_block(b: usize, most: usize) -> usize {
-    b.div_ceil(rayon::current_num_threads()).clamp(1, most)
-}
 
 /// The sizes of one recurrence.
 #[derive(Debug, Clone, Copy)]
@@ -236,7 +233,7 @@ fn forward(x: &[f32], w_in: &[f32], w_hh: &[f32], dims: Dims) -> (Vec<f32>, Save
     let (per_input, per_gates, per_state) = dims.per_image();
     let (hidden, i) = (dims.hidden, dims.inputs);
     let b = x.len() / (dims.steps * i).max(1);
-    let block = images_per_block(b, TRAIN_BLOCK);
+    let block = TRAIN_BLOCK;
     let mut inputs = vec![1f32; b * per_input];
     for (row, x) in inputs.chunks_exact_mut(i + 1).zip(x.chunks_exact(i)) {
         row[..i].copy_from_slice(x);
@@ -378,7 +375,7 @@ impl CustomOp3 for Recurrence {
             None => forward(&host(x)?, &w_in, &w_hh, dims).1,
         };
         let (per_input, per_gates, per_state) = dims.per_image();
-        let block = images_per_block(b, TRAIN_BLOCK);
+        let block = TRAIN_BLOCK;
         let mut dh = host(grad_res)?;
         // Per block, its share of the gradients of [W_ih | b] and W_hh, summed in block order
         // after (so the sum does not depend on the thread count); and the input gradient.
@@ -555,7 +552,7 @@ fn last_hidden_block(x: &[f32], w: &[f32], (t, i, hidden): (usize, usize, usize)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle::Var;
+    use candle::{DType, Var};
 
     #[test]
     fn fused_recurrence_agrees_with_candle_forward_and_all_gradients() {
@@ -574,7 +571,10 @@ mod tests {
         let x = Var::randn(0f32, 1.0, (b, t, i), &dev).unwrap();
         let up = Tensor::randn(0f32, 1.0, (b, h), &dev).unwrap();
         let run = |k: Kernels| {
-            let y = lstm.last_hidden_with(x.as_tensor(), k).unwrap();
+            let y = lstm
+                .with_kernels(k)
+                .last_hidden_t(x.as_tensor(), true)
+                .unwrap();
             let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
             let mut all = vec![flat(&y)];
             for v in vars.iter().chain([&x]) {
@@ -615,7 +615,7 @@ mod tests {
         )
         .unwrap();
         let [w_ih, w_hh, b_ih, b_hh] = weights;
-        Lstm::new(inner, w_ih, w_hh, b_ih, b_hh)
+        Lstm::new(inner, w_ih, w_hh, b_ih, b_hh, Kernels::Fused)
     }
 
     /// `a` within 1e-5 of `b`, relative to `b`'s norm.
@@ -645,14 +645,52 @@ mod tests {
         let eval = flat(&lstm.last_hidden_t(&x, false).unwrap());
         assert_close(
             &eval,
-            &flat(&lstm.last_hidden_with(&x, Kernels::Fused).unwrap()),
+            &flat(&lstm.last_hidden_t(&x, true).unwrap()),
             "fused",
         );
         assert_close(
             &eval,
-            &flat(&lstm.last_hidden_with(&x, Kernels::Generic).unwrap()),
+            &flat(
+                &lstm
+                    .with_kernels(Kernels::Generic)
+                    .last_hidden_t(&x, true)
+                    .unwrap(),
+            ),
             "candle",
         );
+    }
+
+    #[test]
+    fn training_gradients_are_the_same_bits_on_one_or_two_threads() {
+        let dev = Device::Cpu;
+        // A block and a partial one, whose shares are summed; split by the threads, they would
+        // be two equal halves on two threads and one block on one.
+        let (b, t, i, h) = (TRAIN_BLOCK + 36, 6, 5, 8);
+        let vars: Vec<Var> = [vec![4 * h, i], vec![4 * h, h], vec![4 * h], vec![4 * h]]
+            .iter()
+            .map(|s| Var::randn(0f32, 0.5, s.as_slice(), &dev).unwrap())
+            .collect();
+        let lstm = lstm_of([0, 1, 2, 3].map(|k| vars[k].as_tensor().clone()));
+        let x = Tensor::randn(0f32, 1.0, (b, t, i), &dev).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (b, h), &dev).unwrap();
+        let grads_on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let y = lstm.last_hidden_t(&x, true).unwrap();
+                let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                vars.iter()
+                    .map(|v| flat(grads.get(v.as_tensor()).unwrap()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let (one, two) = (grads_on(1), grads_on(2));
+        for (a, b) in one.iter().zip(&two) {
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(a), bits(b));
+        }
     }
 
     #[test]

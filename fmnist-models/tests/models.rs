@@ -2,7 +2,19 @@
 //! checkpoint round trip, and that a few Adam steps on a fixed batch lower the loss.
 use candle::{DType, Device, Tensor};
 use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
-use fmnist_models::{Init, Model, ModelKind};
+use fmnist_models::{
+    Checkpoint, CheckpointConfig, Classifier, Init, MaxPool2, Model, ModelConfig, ModelError,
+    ModelKind,
+};
+
+/// `kind` built from `seed` with the `init` scheme, on the CPU.
+fn build(kind: ModelKind, seed: u64, init: Init) -> fmnist_models::Result<Model> {
+    ModelConfig {
+        init,
+        ..ModelConfig::new(kind)
+    }
+    .build(seed, &Device::Cpu)
+}
 
 fn batch(b: usize) -> Tensor {
     let v: Vec<f32> = (0..b * 784)
@@ -32,7 +44,7 @@ fn shapes_and_exact_parameter_counts() {
         (ModelKind::Resnet, 308_074),
     ];
     for (kind, params) in expected {
-        let m = Model::new(kind, 0, Init::Pytorch, &Device::Cpu).unwrap();
+        let m = build(kind, 0, Init::Pytorch).unwrap();
         assert_eq!(m.param_count(), params, "{kind}");
         let y = m.forward_t(&batch(3), false).unwrap();
         assert_eq!(y.dims(), &[3, 10], "{kind}");
@@ -43,7 +55,7 @@ fn shapes_and_exact_parameter_counts() {
 fn same_seed_same_parameters_other_seed_other_parameters() {
     let logits = |seed| {
         outputs(
-            &Model::new(ModelKind::Cnn, seed, Init::Pytorch, &Device::Cpu).unwrap(),
+            &build(ModelKind::Cnn, seed, Init::Pytorch).unwrap(),
             &batch(2),
             false,
         )
@@ -65,11 +77,11 @@ fn parameter(m: &Model, name: &str) -> Vec<f32> {
 #[test]
 fn keras_init_is_glorot_with_zero_biases_and_keeps_every_shape() {
     for kind in ModelKind::ALL {
-        let keras = Model::new(kind, 0, Init::Keras, &Device::Cpu).unwrap();
-        let pytorch = Model::new(kind, 0, Init::Pytorch, &Device::Cpu).unwrap();
+        let keras = build(kind, 0, Init::Keras).unwrap();
+        let pytorch = build(kind, 0, Init::Pytorch).unwrap();
         assert_eq!(keras.param_count(), pytorch.param_count(), "{kind}");
     }
-    let m = Model::new(ModelKind::Cnn, 0, Init::Keras, &Device::Cpu).unwrap();
+    let m = build(ModelKind::Cnn, 0, Init::Keras).unwrap();
     // Glorot bounds: conv1 fan-in 1·9, fan-out 32·9; fc1 800 -> 100.
     for (name, bound) in [
         ("conv1.weight", (6.0f32 / (9.0 + 288.0)).sqrt()),
@@ -89,7 +101,7 @@ fn keras_init_is_glorot_with_zero_biases_and_keeps_every_shape() {
 
 #[test]
 fn keras_lstm_init_has_orthogonal_recurrent_weights_and_forget_bias_one() {
-    let m = Model::new(ModelKind::Lstm, 3, Init::Keras, &Device::Cpu).unwrap();
+    let m = build(ModelKind::Lstm, 3, Init::Keras).unwrap();
     let (hidden, gates) = (128, 512);
     let w_hh = parameter(&m, "lstm.weight_hh_l0");
     assert_eq!(w_hh.len(), gates * hidden);
@@ -115,7 +127,7 @@ fn keras_lstm_init_has_orthogonal_recurrent_weights_and_forget_bias_one() {
     assert_ne!(
         w_hh,
         parameter(
-            &Model::new(ModelKind::Lstm, 4, Init::Keras, &Device::Cpu).unwrap(),
+            &build(ModelKind::Lstm, 4, Init::Keras).unwrap(),
             "lstm.weight_hh_l0"
         ),
         "another seed draws other weights"
@@ -130,7 +142,7 @@ fn eval_mode_is_deterministic_and_differs_from_train_mode() {
         ModelKind::CnnDeep,
         ModelKind::Resnet,
     ] {
-        let m = Model::new(kind, 1, Init::Pytorch, &Device::Cpu).unwrap();
+        let m = build(kind, 1, Init::Pytorch).unwrap();
         let x = batch(4);
         let out = |train| outputs(&m, &x, train);
         let e1 = out(false);
@@ -154,10 +166,10 @@ fn eval_mode_is_deterministic_and_differs_from_train_mode() {
 fn checkpoint_round_trip_gives_identical_logits() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
-    let a = Model::new(ModelKind::CnnDeep, 3, Init::Pytorch, &Device::Cpu).unwrap();
+    let a = build(ModelKind::CnnDeep, 3, Init::Pytorch).unwrap();
     a.forward_t(&batch(4), true).unwrap(); // move BN statistics away from their init
     a.save(&path).unwrap();
-    let mut b = Model::new(ModelKind::CnnDeep, 99, Init::Pytorch, &Device::Cpu).unwrap();
+    let mut b = build(ModelKind::CnnDeep, 99, Init::Pytorch).unwrap();
     b.load(&path).unwrap();
     let x = batch(5);
     let la = outputs(&a, &x, false);
@@ -169,17 +181,17 @@ fn checkpoint_round_trip_gives_identical_logits() {
 fn loading_another_models_checkpoint_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cnn.safetensors");
-    Model::new(ModelKind::Cnn, 0, Init::Pytorch, &Device::Cpu)
+    build(ModelKind::Cnn, 0, Init::Pytorch)
         .unwrap()
         .save(&path)
         .unwrap();
-    let mut wide = Model::new(ModelKind::CnnWide, 0, Init::Pytorch, &Device::Cpu).unwrap();
+    let mut wide = build(ModelKind::CnnWide, 0, Init::Pytorch).unwrap();
     let msg = wide.load(&path).unwrap_err().to_string();
     assert!(
         msg.contains("tensor 'conv2.bias' has shape [32], model 'cnn-wide' expects [64]"),
         "{msg}"
     );
-    let mut lstm = Model::new(ModelKind::Lstm, 0, Init::Pytorch, &Device::Cpu).unwrap();
+    let mut lstm = build(ModelKind::Lstm, 0, Init::Pytorch).unwrap();
     let msg = lstm.load(&path).unwrap_err().to_string();
     assert!(
         msg.contains("is missing: the checkpoint is not a 'lstm' model"),
@@ -203,7 +215,7 @@ fn a_few_adam_steps_lower_the_loss_of_every_model() {
     )
     .unwrap();
     for kind in ModelKind::ALL {
-        let m = Model::new(kind, 5, Init::Pytorch, &Device::Cpu).unwrap();
+        let m = build(kind, 5, Init::Pytorch).unwrap();
         let vars = m.trainable_vars().into_iter().map(|(_, v)| v).collect();
         let mut opt = AdamW::new(
             vars,
@@ -246,7 +258,7 @@ fn max_pool_gradient_is_right_on_odd_sizes() {
         .unwrap(),
     )
     .unwrap();
-    let y = fmnist_models::nets::max_pool2(x.as_tensor()).unwrap();
+    let y = x.as_tensor().apply(&MaxPool2::default()).unwrap();
     assert_eq!(
         y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         vec![5.0]
@@ -269,7 +281,7 @@ fn analytic_gradients_match_finite_differences() {
     let x = batch(4);
     let y = Tensor::new(&[1u32, 3, 5, 7], &Device::Cpu).unwrap();
     for kind in ModelKind::ALL {
-        let m = Model::new(kind, 3, Init::Pytorch, &Device::Cpu).unwrap();
+        let m = build(kind, 3, Init::Pytorch).unwrap();
         let loss = || {
             m.reseed_dropout(0);
             candle_nn::loss::cross_entropy(&m.forward_t(&x, true).unwrap(), &y).unwrap()
@@ -307,6 +319,225 @@ fn analytic_gradients_match_finite_differences() {
                 rel < 0.15,
                 "{kind} {name}[{i}]: analytic {} vs numeric {numeric}",
                 g[i]
+            );
+        }
+    }
+}
+
+/// A checkpoint of `config` written into `dir` (weights drawn from seed 7, BatchNorm
+/// statistics moved by one training pass).
+fn write_checkpoint(dir: &std::path::Path, config: ModelConfig) -> (CheckpointConfig, Model) {
+    let model = config.build(7, &Device::Cpu).unwrap();
+    model.forward_t(&batch(4), true).unwrap();
+    let checkpoint = Checkpoint::new(dir);
+    let written = checkpoint
+        .write_config(&CheckpointConfig {
+            model: config,
+            normalizer: fmnist_data::Normalizer {
+                scale: 1.0 / 255.0,
+                shift: -0.5,
+            },
+            class_names: fmnist_data::FASHION_MNIST_CLASSES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        })
+        .unwrap();
+    checkpoint.write_weights(&model).unwrap();
+    (written, model)
+}
+
+#[test]
+fn a_checkpoint_loads_as_the_model_it_was_written_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ModelConfig {
+        init: Init::Keras,
+        mirror_tta: true,
+        ..ModelConfig::new(ModelKind::CnnDeep)
+    };
+    let (written, model) = write_checkpoint(dir.path(), config);
+    let (read, loaded) = Checkpoint::new(dir.path()).load(&Device::Cpu).unwrap();
+    assert_eq!(read, written);
+    assert_eq!(*loaded.config(), config);
+    let x = batch(3);
+    let logits = |m: &Model| m.eval_logits(&x).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(logits(&loaded), logits(&model));
+}
+
+#[test]
+fn a_training_runs_config_reads_as_a_checkpoint_and_older_files_get_defaults() {
+    // A run's config.json as training wrote it before `kernels` existed (the model's fields
+    // beside the training knobs, and more around them).
+    let dir = tempfile::tempdir().unwrap();
+    let json = r#"{
+      "train": {"model": "lstm", "preset": "study", "epochs": 8, "seed": 42,
+                "init": "keras", "normalization": "standard",
+                "augment": {"translate": 0, "hflip": false, "erase": 0.0}},
+      "normalizer": {"scale": 0.01, "shift": -1.5},
+      "class_names": ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"],
+      "param_count": 82186, "kernels": "fused", "commit": "abc1234"
+    }"#;
+    std::fs::write(dir.path().join("config.json"), json).unwrap();
+    let c = Checkpoint::new(dir.path()).read_config().unwrap();
+    assert_eq!(c.model.kind, ModelKind::Lstm);
+    assert_eq!(c.model.init, Init::Keras);
+    assert_eq!(c.model.normalization, fmnist_data::Normalization::Standard);
+    assert!(
+        !c.model.mirror_tta,
+        "runs before mirror TTA scored one view"
+    );
+    assert_eq!(c.model.kernels, fmnist_models::Kernels::Fused);
+    assert_eq!((c.normalizer.scale, c.normalizer.shift), (0.01, -1.5));
+    assert_eq!(c.class_names[9], "j");
+}
+
+#[test]
+fn checkpoint_errors_name_the_file_at_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = Checkpoint::new(dir.path());
+    let e = checkpoint.load(&Device::Cpu).err().unwrap();
+    assert!(matches!(e, ModelError::NotARun { .. }), "{e:?}");
+    assert!(
+        e.to_string().starts_with(&format!(
+            "{}: not a run folder (no config.json)",
+            dir.path().display()
+        )),
+        "{e}"
+    );
+
+    std::fs::write(
+        checkpoint.config_path(),
+        "{\"train\": {\"model\": \"cnn-huge\"}}",
+    )
+    .unwrap();
+    let e = checkpoint.read_config().unwrap_err().to_string();
+    let config = checkpoint.config_path();
+    assert!(
+        e.starts_with(&format!(
+            "{}: not a run configuration: unknown variant `cnn-huge`",
+            config.display()
+        )),
+        "{e}"
+    );
+
+    write_checkpoint(dir.path(), ModelConfig::new(ModelKind::Mlp));
+    std::fs::remove_file(checkpoint.weights_path()).unwrap();
+    let e = checkpoint.load(&Device::Cpu).err().unwrap().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{}: no checkpoint (the run never finished an epoch?)",
+            checkpoint.weights_path().display()
+        )
+    );
+}
+
+#[test]
+fn the_classifier_scores_as_the_run_did_normalization_and_mirror_tta() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ModelConfig {
+        mirror_tta: true,
+        ..ModelConfig::new(ModelKind::CnnWide)
+    };
+    let (written, model) = write_checkpoint(dir.path(), config);
+    let classifier = Classifier::load(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(classifier.class_names()[0], "T-shirt/top");
+    let images: Vec<Vec<u8>> = (0..3u32)
+        .map(|k| {
+            (0..784u32)
+                .map(|i| ((i * 31 + k * 97) % 256) as u8)
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+    let probs = classifier.classify_all(&refs).unwrap();
+    assert_eq!(probs.len(), 3);
+    // The same images scaled by the run's normalizer, through the model by hand.
+    let n = written.normalizer;
+    let pixels: Vec<f32> = images
+        .iter()
+        .flatten()
+        .map(|&p| p as f32 * n.scale + n.shift)
+        .collect();
+    let x = Tensor::from_vec(pixels, (3, 1, 28, 28), &Device::Cpu).unwrap();
+    let plain = model.forward_t(&x, false).unwrap();
+    let mirrored = model.forward_t(&x.flip(&[3]).unwrap(), false).unwrap();
+    let mean = ((plain + mirrored).unwrap() * 0.5).unwrap();
+    let expected = candle_nn::ops::softmax(&mean, 1)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    for (got, want) in probs.iter().zip(&expected) {
+        assert!((got.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{g} vs {w}");
+        }
+    }
+    let alone = classifier.classify(&images[1]).unwrap();
+    for (a, b) in alone.iter().zip(&probs[1]) {
+        assert!(
+            (a - b).abs() < 1e-6,
+            "one image alone {a} vs in a batch {b}"
+        );
+    }
+    let e = classifier
+        .classify_all(&[&images[0], &[0u8; 10]])
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "image 1: 10 pixels, the model reads 784 (28x28)"
+    );
+}
+
+#[test]
+fn mirror_tta_averages_each_image_with_its_mirror_image() {
+    let dev = Device::Cpu;
+    let one_view = ModelConfig::new(ModelKind::CnnWide).build(7, &dev).unwrap();
+    let two_views = ModelConfig {
+        mirror_tta: true,
+        ..ModelConfig::new(ModelKind::CnnWide)
+    }
+    .build(7, &dev)
+    .unwrap();
+    let rows = |t: Tensor| t.to_vec2::<f32>().unwrap();
+    let x = Tensor::rand(0f32, 1.0, (3, 1, 28, 28), &dev).unwrap();
+    let plain = rows(one_view.eval_logits(&x).unwrap());
+    let mirrored = rows(one_view.eval_logits(&x.flip(&[3]).unwrap()).unwrap());
+    let averaged = rows(two_views.eval_logits(&x).unwrap());
+    for ((p, m), a) in plain.iter().zip(&mirrored).zip(&averaged) {
+        for ((p, m), a) in p.iter().zip(m).zip(a) {
+            assert!(((p + m) / 2.0 - a).abs() < 1e-6, "{p} {m} {a}");
+        }
+    }
+    assert_ne!(plain, averaged, "random images are not symmetric");
+}
+
+#[test]
+fn the_kernels_are_a_value_of_the_model_and_both_give_the_same_logits() {
+    let x = batch(3);
+    for kind in ModelKind::ALL {
+        let on = |kernels| {
+            ModelConfig {
+                kernels,
+                ..ModelConfig::new(kind)
+            }
+            .build(5, &Device::Cpu)
+            .unwrap()
+            .eval_logits(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+        };
+        let (fused, generic) = (
+            on(fmnist_models::Kernels::Fused),
+            on(fmnist_models::Kernels::Generic),
+        );
+        for (a, b) in fused.iter().zip(&generic) {
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "{kind}: {a} vs {b}"
             );
         }
     }

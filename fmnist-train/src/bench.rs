@@ -4,12 +4,12 @@ use std::time::Instant;
 
 use candle::Device;
 use fmnist_data::{FashionMnist, Loader};
-use fmnist_models::{Kernels, Model, ModelKind};
+use fmnist_models::scoring::{logits, score};
+use fmnist_models::{Kernels, ModelKind};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Preset, TrainConfig};
 use crate::optim::Optimizer;
-use crate::scoring::{logits, score};
 use crate::trainer::{optimizer_config, prepare, train_step};
 
 /// What to measure.
@@ -21,6 +21,8 @@ pub struct BenchConfig {
     pub warmup: usize,
     /// Steps timed.
     pub batches: usize,
+    /// The CPU kernels measured.
+    pub kernels: Kernels,
 }
 
 /// One measurement, as `cargo xtask bench` collects them (the PyTorch reference script
@@ -58,8 +60,9 @@ pub fn bench(
 ) -> anyhow::Result<BenchResult> {
     let mut train_config = TrainConfig::preset(config.model, Preset::Study);
     train_config.batch_size = config.batch_size;
+    train_config.model.kernels = config.kernels;
     let prepared = prepare(&train_config, data)?;
-    let model = Model::new(config.model, train_config.seed, train_config.init, device)?;
+    let model = train_config.model.build(train_config.seed, device)?;
     let mut optimizer = Optimizer::new(optimizer_config(&train_config), model.trainable_vars())?;
     let loader = Loader::new(
         &prepared.train,
@@ -82,12 +85,12 @@ pub fn bench(
         images += batch.len();
     }
     let start = Instant::now();
-    let test_logits = logits(&model, &data.test, prepared.normalizer, false, device)?;
+    let test_logits = logits(&model, &data.test, prepared.normalizer, device)?;
     let infer = start.elapsed().as_secs_f64();
     let test = score(&test_logits, &data.test.labels);
     let rate = images as f64 / timed.max(f64::MIN_POSITIVE);
     Ok(BenchResult {
-        implementation: implementation_name(device),
+        implementation: implementation_name(device, config.kernels),
         model: config.model.name().to_string(),
         threads: crate::device::cpu_threads(),
         batch_size: config.batch_size,
@@ -106,9 +109,9 @@ pub fn bench(
 
 /// `candle-fused` or `candle-generic` on the CPU; `candle-cuda` or `candle-metal` on a GPU,
 /// where the generic path always runs.
-fn implementation_name(device: &Device) -> String {
+fn implementation_name(device: &Device, kernels: Kernels) -> String {
     match device {
-        Device::Cpu => format!("candle-{}", kernels_name(fmnist_models::kernels::kernels())),
+        Device::Cpu => format!("candle-{}", kernels_name(kernels)),
         Device::Cuda(_) => "candle-cuda".into(),
         Device::Metal(_) => "candle-metal".into(),
     }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use fmnist_data::{Augment, Normalization};
-use fmnist_models::{Init, ModelKind};
+use fmnist_models::{Init, Kernels, ModelConfig, ModelKind};
 use serde::{Deserialize, Serialize};
 
 /// A starting point for every knob.
@@ -61,11 +61,12 @@ macro_rules! display_as_flag {
 }
 display_as_flag!(Preset, OptimizerKind, ScheduleKind);
 
-/// The resolved configuration of one training run (saved as `config.json` beside the checkpoint).
+/// The resolved configuration of one training run (the `train` section of its `config.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TrainConfig {
-    pub model: ModelKind,
+    /// The model: its fields sit in this section's JSON beside the training knobs.
+    #[serde(flatten)]
+    pub model: ModelConfig,
     pub preset: Preset,
     pub epochs: usize,
     pub batch_size: usize,
@@ -81,16 +82,8 @@ pub struct TrainConfig {
     pub patience: Option<usize>,
     pub label_smoothing: f64,
     pub seed: u64,
-    /// Initialization scheme; runs from before it existed used PyTorch's.
-    #[serde(default)]
-    pub init: Init,
     pub val_frac: f64,
-    pub normalization: Normalization,
     pub augment: Augment,
-    /// Score (validation, test, predictions) with test-time augmentation: the mean of the
-    /// logits of each image and of its mirror image. Runs from before it existed had it off.
-    #[serde(default)]
-    pub mirror_tta: bool,
     /// Train and validate on a class-balanced subset of this many of the 60,000 images.
     pub subset: Option<usize>,
 }
@@ -98,12 +91,9 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// The preset's configuration for `model`.
     pub fn preset(model: ModelKind, preset: Preset) -> Self {
-        // The CNN/LSTM study built its models in Keras, so its defaults are part of its setup;
-        // the CNN depth study's `cnn-wide` gains on validation with them too. The MLP's study
-        // used PyTorch, and the BatchNorm networks keep PyTorch's (README, "Initialization").
-        // Inputs in [0, 1], as the studies scaled them; the CNN depth study does not say, and
-        // for its `cnn-wide` standardized inputs score 92.04% on validation over seeds 42-44
-        // against 91.27% (README, "Inputs").
+        // The studies' frameworks' initializations, and inputs in [0, 1] as they scaled them;
+        // cnn-wide, whose study does not say, takes standardized inputs, chosen on validation
+        // (docs/recipes.md, "Initialization" and "Inputs").
         let (study_init, study_normalization) = match model {
             ModelKind::Cnn | ModelKind::Lstm => (Init::Keras, Normalization::Unit),
             ModelKind::CnnWide => (Init::Keras, Normalization::Standard),
@@ -112,7 +102,11 @@ impl TrainConfig {
             }
         };
         let study = TrainConfig {
-            model,
+            model: ModelConfig {
+                init: study_init,
+                normalization: study_normalization,
+                ..ModelConfig::new(model)
+            },
             preset,
             epochs: 8,
             batch_size: 256,
@@ -127,20 +121,16 @@ impl TrainConfig {
             patience: None,
             label_smoothing: 0.0,
             seed: 42,
-            init: study_init,
             val_frac: 0.2,
-            normalization: study_normalization,
             augment: Augment::default(),
-            mirror_tta: false,
             subset: None,
         };
         if preset == Preset::Study {
             return study;
         }
-        // Translation by up to 2 pixels and mirroring keep a garment a garment. Every choice
-        // below was made on validation accuracy (README, "Best-preset recipes"): random erasing
-        // lowered it for every model tried, the MLP does better without translation, and the
-        // small CNN keeps gaining up to 50 epochs. An LSTM reads rows in order: no mirroring.
+        // Every choice of the best recipes was made on validation accuracy; the runs behind
+        // each are in docs/recipes.md. Translation and mirroring keep a garment a garment; an
+        // LSTM reads rows in order, so it is never mirrored.
         let shift_and_mirror = Augment {
             translate: 2,
             hflip: true,
@@ -168,40 +158,35 @@ impl TrainConfig {
                 },
             ),
             ModelKind::Cnn | ModelKind::CnnWide => (50, 3e-3, shift_and_mirror),
-            // The BatchNorm networks underfit with translation by 2: by 1, cnn-deep reaches
-            // 94.03% on validation against 93.65%, and resnet's 26 epochs 95.35% against 94.80%
-            // for 22 epochs by 2. 26 epochs fit the 30-minute budget on two cores (~62 s each
-            // on the slower of the EPYCs measured, ~34 s on the faster). cnn-deep still gains
-            // after 30 epochs: 94.42% over 40 against 94.17% (both with mirror TTA).
+            // The BatchNorm networks underfit with translation by 2; resnet's 26 epochs fit
+            // 30 minutes on two cores.
             ModelKind::Resnet => (26, 3e-3, shift_by_1_and_mirror),
             ModelKind::CnnDeep => (40, 3e-3, shift_by_1_and_mirror),
         };
+        let init = match model {
+            ModelKind::CnnWide => Init::Keras,
+            _ => Init::Pytorch,
+        };
+        let weight_decay = match model {
+            ModelKind::Resnet => 0.05,
+            _ => 5e-4,
+        };
         TrainConfig {
+            model: ModelConfig {
+                init,
+                // The recipes were chosen on inputs in [0, 1].
+                normalization: Normalization::Unit,
+                // Every model trained with mirror images scores better with mirror TTA.
+                mirror_tta: augment.hflip,
+                ..ModelConfig::new(model)
+            },
             epochs,
             lr,
-            // The recipes below were chosen with PyTorch's initialization; cnn-wide's does slightly
-            // better on validation with Keras' (93.87% against 93.83%).
-            init: if model == ModelKind::CnnWide {
-                Init::Keras
-            } else {
-                Init::Pytorch
-            },
             batch_size: 128,
             optimizer: OptimizerKind::Adamw,
-            // resnet's 22 epochs (translation by 2) scored 94.80% on validation with 0.05 against
-            // 94.73% with 5e-4.
-            weight_decay: if model == ModelKind::Resnet {
-                0.05
-            } else {
-                5e-4
-            },
+            weight_decay,
             schedule: ScheduleKind::OneCycle,
             label_smoothing: 0.1,
-            // The recipes were chosen on inputs in [0, 1].
-            normalization: Normalization::Unit,
-            // Averaging each image with its mirror image raised validation accuracy by 0.14-0.33
-            // points for every model trained with mirroring.
-            mirror_tta: augment.hflip,
             augment,
             ..study
         }
@@ -304,6 +289,9 @@ pub struct Overrides {
     /// Score with test-time augmentation: each image and its mirror image (true/false).
     #[arg(long, value_name = "BOOL")]
     pub mirror_tta: Option<bool>,
+    /// CPU kernels: `fused` (hand-fused where candle is slow) or `generic` (candle's operations).
+    #[arg(long, value_enum)]
+    pub kernels: Option<Kernels>,
     /// Use a class-balanced subset of N of the 60,000 training images (quick runs, tests).
     #[arg(long, value_name = "N")]
     pub subset: Option<usize>,
@@ -335,11 +323,21 @@ impl Overrides {
             gamma,
             label_smoothing,
             seed,
-            init,
-            val_frac,
-            normalization,
-            mirror_tta
+            val_frac
         );
+        let m = &mut c.model;
+        if let Some(v) = self.init {
+            m.init = v;
+        }
+        if let Some(v) = self.normalization {
+            m.normalization = v;
+        }
+        if let Some(v) = self.mirror_tta {
+            m.mirror_tta = v;
+        }
+        if let Some(v) = self.kernels {
+            m.kernels = v;
+        }
         if self.patience.is_some() {
             c.patience = self.patience;
         }
@@ -374,7 +372,7 @@ mod tests {
             (OptimizerKind::Adam, 0.0, ScheduleKind::None)
         );
         assert!(c.augment.is_off());
-        let normalization = |m, p| TrainConfig::preset(m, p).normalization;
+        let normalization = |m, p| TrainConfig::preset(m, p).model.normalization;
         for m in ModelKind::ALL {
             let study = if m == ModelKind::CnnWide {
                 Normalization::Standard
@@ -384,7 +382,7 @@ mod tests {
             assert_eq!(normalization(m, Preset::Study), study, "{m}");
             assert_eq!(normalization(m, Preset::Best), Normalization::Unit, "{m}");
         }
-        let init = |m| TrainConfig::preset(m, Preset::Study).init;
+        let init = |m| TrainConfig::preset(m, Preset::Study).model.init;
         assert_eq!(
             init(ModelKind::Lstm),
             Init::Keras,
@@ -400,11 +398,15 @@ mod tests {
     #[test]
     fn best_preset_takes_each_models_chosen_recipe() {
         assert_eq!(
-            TrainConfig::preset(ModelKind::Lstm, Preset::Best).init,
+            TrainConfig::preset(ModelKind::Lstm, Preset::Best)
+                .model
+                .init,
             Init::Pytorch
         );
         assert_eq!(
-            TrainConfig::preset(ModelKind::CnnWide, Preset::Best).init,
+            TrainConfig::preset(ModelKind::CnnWide, Preset::Best)
+                .model
+                .init,
             Init::Keras
         );
         let translate = |m| TrainConfig::preset(m, Preset::Best).augment.translate;
@@ -433,7 +435,7 @@ mod tests {
 
     #[test]
     fn mirror_tta_is_on_where_validation_chose_it() {
-        let tta = |m, p| TrainConfig::preset(m, p).mirror_tta;
+        let tta = |m, p| TrainConfig::preset(m, p).model.mirror_tta;
         for m in ModelKind::ALL {
             assert!(!tta(m, Preset::Study), "{m}: the studies score one view");
         }
@@ -453,12 +455,12 @@ mod tests {
         let mut c = TrainConfig::preset(ModelKind::Cnn, Preset::Best);
         let o: Overrides = serde_json::from_str(r#"{"mirror-tta": false}"#).unwrap();
         o.apply(&mut c);
-        assert!(!c.mirror_tta);
+        assert!(!c.model.mirror_tta);
         // Runs saved before the knob existed scored one view.
         let mut saved = serde_json::to_value(&c).unwrap();
         saved.as_object_mut().unwrap().remove("mirror_tta");
         let old: TrainConfig = serde_json::from_value(saved).unwrap();
-        assert!(!old.mirror_tta);
+        assert!(!old.model.mirror_tta);
     }
 
     #[test]
@@ -505,11 +507,11 @@ mod tests {
         let mut c = TrainConfig::preset(ModelKind::Lstm, Preset::Best);
         let o: Overrides = serde_json::from_str(r#"{"init": "keras"}"#).unwrap();
         o.apply(&mut c);
-        assert_eq!(c.init, Init::Keras);
+        assert_eq!(c.model.init, Init::Keras);
         let mut saved = serde_json::to_value(&c).unwrap();
         saved.as_object_mut().unwrap().remove("init");
         let old: TrainConfig = serde_json::from_value(saved).unwrap();
-        assert_eq!(old.init, Init::Pytorch);
+        assert_eq!(old.model.init, Init::Pytorch);
     }
 
     #[test]

@@ -66,11 +66,16 @@ fn headline(e: &candle::Error) -> String {
 }
 
 /// Sets the CPU thread count before candle first reads it (it reads `RAYON_NUM_THREADS` once).
-pub fn set_threads(threads: Option<usize>) {
+/// `None` keeps candle's choice; 0 is refused.
+pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     if let Some(n) = threads {
+        if n == 0 {
+            bail!("--threads must be at least 1 (leave it out for candle's choice, the physical cores)");
+        }
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
     }
+    Ok(())
 }
 
 /// The thread count candle uses on the CPU.

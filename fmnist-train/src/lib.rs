@@ -3,14 +3,15 @@
 pub mod bench;
 pub mod config;
 pub mod device;
+pub mod loss;
 pub mod optim;
 pub mod run;
 pub mod schedule;
-pub mod scoring;
 pub mod trainer;
 
 pub use config::{OptimizerKind, Overrides, Preset, ScheduleKind, TrainConfig};
 pub use device::{select_device, DeviceChoice};
-pub use run::{EpochRecord, RunConfig, RunDir, RunState, RunSummary};
-pub use scoring::Score;
+pub use run::{
+    find_runs, seed_group, EpochRecord, RunConfig, RunDir, RunState, RunStatus, RunSummary,
+};
 pub use trainer::{prepare, resume, train, train_step, RunOptions, Step};

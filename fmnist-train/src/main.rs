@@ -4,10 +4,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use clap::ValueEnum;
 use fmnist_data::DataArgs;
-use fmnist_models::{Kernels, ModelKind};
+use fmnist_models::{mean_std, ModelKind};
 use fmnist_train::{
-    select_device, DeviceChoice, Overrides, Preset, RunOptions, RunSummary, TrainConfig,
+    select_device, DeviceChoice, Overrides, Preset, RunDir, RunOptions, RunSummary, TrainConfig,
 };
 
 #[global_allocator]
@@ -20,7 +21,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "fmnist-train", version)]
 struct Cli {
     /// Model to train.
-    #[arg(long, value_enum, required_unless_present = "resume")]
+    #[arg(long, value_enum, required_unless_present_any = ["resume", "list_models"])]
     model: Option<ModelKind>,
     /// Starting point for every knob: `study` (Adam 1e-3, batch 256, 8 epochs) or `best` (our recipe).
     #[arg(long, value_enum, default_value = "study")]
@@ -30,7 +31,8 @@ struct Cli {
     config: Option<PathBuf>,
     #[command(flatten)]
     overrides: Overrides,
-    /// Train one run per seed (e.g. 42,43,44), each in OUT/seed-N, and print mean ± std.
+    /// Train one run per seed (e.g. 42,43,44), each in OUT/seed-N, and print mean ± std. One
+    /// seed trains into OUT itself, or into OUT/seed-N where OUT already holds seed runs.
     #[arg(long, value_delimiter = ',', value_name = "SEEDS")]
     seeds: Option<Vec<u64>>,
     /// Run directory. Default: RESULTS/MODEL (study preset) or RESULTS/MODEL-best.
@@ -48,12 +50,16 @@ struct Cli {
     /// Device to train on.
     #[arg(long, value_enum, default_value_t)]
     device: DeviceChoice,
-    /// CPU threads (default: candle's choice, the physical cores).
+    /// CPU threads, at least 1 (default: candle's choice, the physical cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// CPU kernels: `fused` (hand-fused where candle is slow) or `generic` (candle's operations).
-    #[arg(long, value_enum, default_value_t)]
-    kernels: Kernels,
+    /// Print each run folder this command would train, with its state (`new`, `resumable` or
+    /// `finished`, tab-separated before the folder), and train nothing.
+    #[arg(long)]
+    status: bool,
+    /// Print the names of the models, one per line, and exit.
+    #[arg(long, exclusive = true)]
+    list_models: bool,
     /// No progress bar (one line per epoch is still printed).
     #[arg(long)]
     no_progress: bool,
@@ -73,8 +79,16 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    fmnist_train::device::set_threads(cli.threads);
-    fmnist_models::set_kernels(cli.kernels);
+    if cli.list_models {
+        for kind in ModelKind::value_variants() {
+            println!("{kind}");
+        }
+        return Ok(());
+    }
+    fmnist_train::device::set_threads(cli.threads)?;
+    if cli.status {
+        return print_status(&cli);
+    }
     let (device, why) = select_device(cli.device)?;
     let data = cli.data.load()?;
     println!(
@@ -95,6 +109,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         report(&summary, dir);
         return Ok(());
     }
+    let runs = planned_runs(&cli)?;
+    let mut accuracies = Vec::new();
+    for (config, dir) in &runs {
+        let summary =
+            fmnist_train::train(config, &data, dir, &device, &options)?.context("interrupted")?;
+        report(&summary, dir);
+        accuracies.push(summary.test.accuracy);
+    }
+    if accuracies.len() > 1 {
+        let (mean, std) = mean_std(&accuracies);
+        println!(
+            "{}: test accuracy over {} seeds: {:.2}% ± {:.2}% (mean ± sample std)",
+            runs[0].0.model.kind,
+            accuracies.len(),
+            100.0 * mean,
+            100.0 * std
+        );
+    }
+    Ok(())
+}
+
+/// The configuration and folder of each run the flags ask for: the preset, then --config,
+/// then the flags; one folder per seed.
+fn planned_runs(cli: &Cli) -> anyhow::Result<Vec<(TrainConfig, PathBuf)>> {
     let model = cli.model.context("--model is required")?;
     let mut config = TrainConfig::preset(model, cli.preset);
     if let Some(path) = &cli.config {
@@ -109,37 +147,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         };
         cli.results.join(name)
     });
-    let seeds = cli.seeds.clone().unwrap_or_default();
-    if seeds.len() <= 1 {
-        if let Some(&s) = seeds.first() {
-            config.seed = s;
-        }
-        let summary =
-            fmnist_train::train(&config, &data, &out, &device, &options)?.context("interrupted")?;
-        report(&summary, &out);
-        return Ok(());
+    let seeds = cli.seeds.clone().unwrap_or_else(|| vec![config.seed]);
+    let holds_seed_runs = std::fs::read_dir(&out).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|e| RunDir::seed_of(&e.file_name().to_string_lossy()).is_some())
+    });
+    Ok(seeds
+        .iter()
+        .map(|&seed| {
+            let dir = if seeds.len() > 1 || holds_seed_runs {
+                RunDir::seed(&out, seed).root
+            } else {
+                out.clone()
+            };
+            (
+                TrainConfig {
+                    seed,
+                    ..config.clone()
+                },
+                dir,
+            )
+        })
+        .collect())
+}
+
+/// `--status`: each planned run folder and where it stands.
+fn print_status(cli: &Cli) -> anyhow::Result<()> {
+    let dirs = match &cli.resume {
+        Some(dir) => vec![dir.clone()],
+        None => planned_runs(cli)?.into_iter().map(|(_, dir)| dir).collect(),
+    };
+    for dir in dirs {
+        println!("{}\t{}", RunDir::new(&dir).status(), dir.display());
     }
-    let mut accuracies = Vec::new();
-    for seed in seeds {
-        let dir = out.join(format!("seed-{seed}"));
-        let config = TrainConfig {
-            seed,
-            ..config.clone()
-        };
-        let summary =
-            fmnist_train::train(&config, &data, &dir, &device, &options)?.context("interrupted")?;
-        report(&summary, &dir);
-        accuracies.push(summary.test.accuracy);
-    }
-    let n = accuracies.len() as f64;
-    let mean = accuracies.iter().sum::<f64>() / n;
-    let std = (accuracies.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-    println!(
-        "{model}: test accuracy over {} seeds: {:.2}% ± {:.2}% (mean ± sample std)",
-        accuracies.len(),
-        100.0 * mean,
-        100.0 * std
-    );
     Ok(())
 }
 

@@ -1,13 +1,14 @@
-//! A run directory: what is in it, and writing each file atomically (temporary file + rename).
+//! The layout of a run folder (the checkpoint's two files, and what training adds beside
+//! them), the `seed-N` folders of a multi-seed run, and the records each file holds.
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use fmnist_data::Normalizer;
+use fmnist_data::{write_atomic, Normalizer};
+use fmnist_models::{Checkpoint, Score};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::schedule::Plateau;
-use crate::scoring::Score;
 
 /// The resolved configuration of a run and everything needed to rebuild and feed its model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,9 +20,6 @@ pub struct RunConfig {
     /// The CPU threads or the device the run used (bit-for-bit repeatability depends on them).
     pub device: String,
     pub threads: usize,
-    /// The CPU kernels the run used (`fused` or `generic`).
-    #[serde(default)]
-    pub kernels: fmnist_models::Kernels,
     pub fmnist_version: String,
     /// The commit the training binary was built from (absent in runs of older binaries).
     #[serde(default)]
@@ -68,7 +66,30 @@ pub struct RunSummary {
     pub train_images_per_second: f64,
 }
 
-/// The files of a run directory.
+/// Where a run folder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    /// No run there yet.
+    New,
+    /// Interrupted after a completed epoch: `--resume` continues it.
+    Resumable,
+    /// Trained and scored on the test set.
+    Finished,
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunStatus::New => "new",
+            RunStatus::Resumable => "resumable",
+            RunStatus::Finished => "finished",
+        })
+    }
+}
+
+/// The files of a run folder: the checkpoint ([`Checkpoint`]: `config.json` and
+/// `model.safetensors`, the best epoch on validation) and what training keeps beside it.
 #[derive(Debug, Clone)]
 pub struct RunDir {
     pub root: PathBuf,
@@ -78,12 +99,27 @@ impl RunDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         RunDir { root: root.into() }
     }
-    pub fn config(&self) -> PathBuf {
-        self.root.join("config.json")
+
+    /// The folder of seed `seed` of a multi-seed run in `group`.
+    pub fn seed(group: &Path, seed: u64) -> Self {
+        RunDir::new(group.join(format!("seed-{seed}")))
     }
-    /// The checkpoint with the best validation accuracy (what evaluation and predict use).
+
+    /// The seed of a run folder named `seed-N`.
+    pub fn seed_of(name: &str) -> Option<u64> {
+        name.strip_prefix("seed-")?.parse().ok()
+    }
+
+    /// The run's checkpoint (what evaluation and predict load).
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint::new(&self.root)
+    }
+    pub fn config(&self) -> PathBuf {
+        self.checkpoint().config_path()
+    }
+    /// The checkpoint with the best validation accuracy.
     pub fn best_model(&self) -> PathBuf {
-        self.root.join("model.safetensors")
+        self.checkpoint().weights_path()
     }
     /// The checkpoint of the last completed epoch (what `--resume` continues from).
     pub fn last_model(&self) -> PathBuf {
@@ -102,8 +138,29 @@ impl RunDir {
         self.root.join("summary.json")
     }
 
+    /// Finished (a summary), resumable (a state after a completed epoch) or new.
+    pub fn status(&self) -> RunStatus {
+        if self.summary().is_file() {
+            RunStatus::Finished
+        } else if self.state().is_file() {
+            RunStatus::Resumable
+        } else {
+            RunStatus::New
+        }
+    }
+
+    /// Whether the folder holds a run to evaluate (a checkpoint with weights).
+    pub fn is_run(&self) -> bool {
+        self.checkpoint().exists()
+    }
+
     pub fn read_config(&self) -> anyhow::Result<RunConfig> {
         read_json(&self.config())
+    }
+
+    /// The summary of a finished run.
+    pub fn read_summary(&self) -> anyhow::Result<RunSummary> {
+        read_json(&self.summary())
     }
 
     pub fn read_history(&self) -> anyhow::Result<Vec<EpochRecord>> {
@@ -121,25 +178,49 @@ impl RunDir {
         for r in history {
             w.serialize(r)?;
         }
-        write_atomic(&self.history(), &w.into_inner()?)
+        Ok(write_atomic(&self.history(), &w.into_inner()?)?)
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so the
-/// file is either the old one or the new one, never half-written.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+/// Every run folder under `root` (one with a checkpoint), with its path relative to `root`
+/// (`cnn`, `cnn/seed-43`), sorted by that name.
+pub fn find_runs(root: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
+        if RunDir::new(dir).is_run() {
+            let name = dir
+                .strip_prefix(root)
+                .unwrap_or(dir)
+                .to_string_lossy()
+                .replace('\\', "/");
+            out.push((name, dir.to_path_buf()));
+            return Ok(());
+        }
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                walk(&path, root, out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut runs = Vec::new();
+    walk(root, root, &mut runs).with_context(|| format!("reading {}", root.display()))?;
+    runs.sort();
+    Ok(runs)
+}
+
+/// The group of a run named by [`find_runs`] when it is one seed of a multi-seed run:
+/// `cnn/seed-43` is seed 43 of `cnn`.
+pub fn seed_group(name: &str) -> Option<(&str, u64)> {
+    let (group, last) = name.rsplit_once('/')?;
+    Some((group, RunDir::seed_of(last)?))
 }
 
 /// Writes `value` as pretty JSON, atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
-    write_atomic(path, text.as_bytes())
+    Ok(write_atomic(path, text.as_bytes())?)
 }
 
 /// Reads a JSON file, naming it in any error.

@@ -8,13 +8,14 @@ use candle::{DType, Device};
 use fmnist_data::{
     stratified_split, stratified_subset, Batch, FashionMnist, ImageSet, Loader, Normalizer,
 };
-use fmnist_models::Model;
+use fmnist_models::scoring::{logits, score};
+use fmnist_models::{Model, Score};
 
 use crate::config::TrainConfig;
+use crate::loss::smoothed_cross_entropy;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::run::{write_json, EpochRecord, RunConfig, RunDir, RunState, RunSummary};
 use crate::schedule::{Plateau, Schedule};
-use crate::scoring::{logits, score, smoothed_cross_entropy, Score};
 
 /// How a call to [`train`] or [`resume`] behaves (not part of the run's configuration).
 #[derive(Debug, Clone, Default)]
@@ -93,7 +94,7 @@ pub fn prepare(config: &TrainConfig, data: &FashionMnist) -> anyhow::Result<Prep
         !train.is_empty() && !val.is_empty(),
         "the split left an empty train or validation set (subset too small?)"
     );
-    let normalizer = Normalizer::fit(config.normalization, &train);
+    let normalizer = Normalizer::fit(config.model.normalization, &train);
     Ok(Prepared {
         train,
         val,
@@ -157,7 +158,7 @@ pub fn train(
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let prepared = prepare(config, data)?;
-    let model = Model::new(config.model, config.seed, config.init, device)?;
+    let model = config.model.build(config.seed, device)?;
     let run_config = RunConfig {
         train: config.clone(),
         normalizer: prepared.normalizer,
@@ -165,11 +166,10 @@ pub fn train(
         param_count: model.param_count(),
         device: format!("{device:?}"),
         threads: crate::device::cpu_threads(),
-        kernels: fmnist_models::kernels::kernels(),
         fmnist_version: env!("CARGO_PKG_VERSION").to_string(),
         commit: Some(crate::device::git_commit()),
     };
-    write_json(&run.config(), &run_config)?;
+    run.checkpoint().write_config(&run_config)?;
     let optimizer = Optimizer::new(optimizer_config(config), model.trainable_vars())?;
     let state = RunState {
         epochs_done: 0,
@@ -208,7 +208,7 @@ pub fn resume(
     let state: RunState = crate::run::read_json(&run.state())?;
     let config = &run_config.train;
     let prepared = prepare(config, data)?;
-    let mut model = Model::new(config.model, config.seed, config.init, device)?;
+    let mut model = config.model.build(config.seed, device)?;
     model.load(&run.last_model())?;
     let mut optimizer = Optimizer::new(optimizer_config(config), model.trainable_vars())?;
     optimizer.load(&run.optimizer(), state.steps)?;
@@ -255,7 +255,6 @@ impl Session<'_> {
                 &self.model,
                 &self.prepared.val,
                 self.prepared.normalizer,
-                c.mirror_tta,
                 self.device,
             )?;
             let val = score(&val_logits, &self.prepared.val.labels);
@@ -265,7 +264,7 @@ impl Session<'_> {
                 .best_val
                 .is_none_or(|b| val.accuracy > b.accuracy);
             if improved {
-                self.model.save(&self.run.best_model())?;
+                self.run.checkpoint().write_weights(&self.model)?;
                 self.state.best_val = Some(val);
                 self.state.best_epoch = epoch + 1;
                 self.state.epochs_since_best = 0;
@@ -293,7 +292,7 @@ impl Session<'_> {
             if options.verbose {
                 println!(
                     "{} epoch {:>3}/{}  train loss {:.4} acc {:6.2}%  val loss {:.4} acc {:6.2}%  lr {:.2e}  {:6.1} s  {:>6.0} img/s{}",
-                    c.model,
+                    c.model.kind,
                     epoch + 1,
                     c.epochs,
                     train_loss,
@@ -352,7 +351,7 @@ impl Session<'_> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
-        bar.set_prefix(format!("{} epoch {}/{}", c.model, epoch + 1, c.epochs));
+        bar.set_prefix(format!("{} epoch {}/{}", c.model.kind, epoch + 1, c.epochs));
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0.0f64, 0usize);
         let mut lr = self.optimizer.lr();
@@ -399,13 +398,12 @@ impl Session<'_> {
             &self.model,
             &self.data.test,
             self.prepared.normalizer,
-            c.mirror_tta,
             self.device,
         )?;
         let test = score(&test_logits, &self.data.test.labels);
         let images = (self.prepared.train.len() * self.state.epochs_done) as f64;
         let summary = RunSummary {
-            model: c.model,
+            model: c.model.kind,
             seed: c.seed,
             param_count: self.config.param_count,
             epochs_run: self.state.epochs_done,

@@ -272,6 +272,7 @@ fn bench_times_the_steps_and_scores_the_test_set_repeatably() {
         batch_size: 50,
         warmup: 1,
         batches: 6,
+        kernels: fmnist_models::Kernels::Fused,
     };
     let a = bench(&config, &data, 0.25, &Device::Cpu).unwrap();
     let b = bench(&config, &data, 0.25, &Device::Cpu).unwrap();
@@ -285,4 +286,27 @@ fn bench_times_the_steps_and_scores_the_test_set_repeatably() {
     }
     // Same seed, same steps: the same model, whatever the timings.
     assert_eq!(a.test_accuracy, b.test_accuracy);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_bits_on_one_or_two_threads() {
+    // Batches of 100: two LSTM blocks whose weight-gradient shares are summed, of 64 and 36
+    // images whatever the thread count (split by the threads, they would be 50 and 50 on two).
+    let data = synthetic();
+    let mut c = small(ModelKind::Lstm, 2);
+    c.batch_size = 100;
+    let weights_on = |threads: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| fmnist_train::train(&c, &data, dir.path(), &Device::Cpu, &quiet()))
+            .unwrap();
+        std::fs::read(RunDir::new(dir.path()).last_model()).unwrap()
+    };
+    assert!(
+        weights_on(1) == weights_on(2),
+        "the weights differ between 1 and 2 threads"
+    );
 }

@@ -4,11 +4,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 
 use crate::{project_root, run, Build};
-
-const ALL_MODELS: [&str; 6] = ["cnn", "lstm", "mlp", "cnn-wide", "cnn-deep", "resnet"];
 
 /// Train the default models (the study's cnn and lstm), evaluate them, write the report.
 #[derive(clap::Args, Debug)]
@@ -45,12 +43,13 @@ pub struct TrainAll {
 
 impl TrainAll {
     pub fn run(&self) -> anyhow::Result<()> {
+        let bin = self.build.build(&["fmnist-train", "fmnist-eval"])?;
+        let train_bin = bin.join("fmnist-train");
         let models: Vec<String> = if self.models.iter().any(|m| m == "all") {
-            ALL_MODELS.iter().map(|s| s.to_string()).collect()
+            output_lines(Command::new(&train_bin).arg("--list-models"))?
         } else {
             self.models.clone()
         };
-        let bin = self.build.build(&["fmnist-train", "fmnist-eval"])?;
         let results = if self.results.is_absolute() {
             self.results.clone()
         } else {
@@ -64,61 +63,53 @@ impl TrainAll {
             } else {
                 model.clone()
             };
-            // One seed is MODEL/ itself, unless the folder already holds seed-S runs (the
-            // committed reference has three), in which case it is MODEL/seed-42.
-            let group = results.join(&dir_name);
-            let run_dirs: Vec<PathBuf> = if self.seeds > 1 || group.join("seed-42").is_dir() {
-                (42..42 + self.seeds)
-                    .map(|s| group.join(format!("seed-{s}")))
-                    .collect()
-            } else {
-                vec![group.clone()]
-            };
-            if !self.force && run_dirs.iter().all(|d| d.join("summary.json").is_file()) {
-                println!("xtask: {dir_name} is already trained in {}: reusing it (--force trains it again)", results.display());
-                continue;
-            }
-            let interrupted = run_dirs.len() == 1 && run_dirs[0].join("state.json").is_file();
-            if !self.force && interrupted {
-                println!(
-                    "xtask: resuming the interrupted run {}",
-                    run_dirs[0].display()
-                );
-                let mut cmd = Command::new(bin.join("fmnist-train"));
-                cmd.current_dir(project_root())
-                    .arg("--resume")
-                    .arg(&run_dirs[0])
-                    .args(["--device", &self.device]);
-                if let Err(e) = run(&mut cmd) {
-                    eprintln!("xtask: {dir_name} failed: {e:#}");
-                    failed.push((dir_name, format!("{e:#}")));
-                }
-                continue;
-            }
-            let mut cmd = Command::new(bin.join("fmnist-train"));
+            let mut cmd = Command::new(&train_bin);
             cmd.current_dir(project_root())
-                .args([
-                    "--model",
-                    model,
-                    "--preset",
-                    &self.preset,
-                    "--device",
-                    &self.device,
-                ])
-                .arg("--out")
-                .arg(if self.seeds > 1 { &group } else { &run_dirs[0] });
-            if self.seeds > 1 {
-                let seeds: Vec<String> = (42..42 + self.seeds).map(|s| s.to_string()).collect();
-                cmd.args(["--seeds", &seeds.join(",")]);
-            }
+                .args(["--model", model, "--preset", &self.preset])
+                .arg("--results")
+                .arg(&results)
+                .args(["--device", &self.device]);
+            let seeds: Vec<String> = (42..42 + self.seeds).map(|s| s.to_string()).collect();
+            cmd.args(["--seeds", &seeds.join(",")]);
             if self.quick {
                 cmd.args(["--subset", "5000", "--epochs", "2", "--batch-size", "64"]);
             }
-            if self.force {
-                cmd.arg("--force");
-            }
             if let Some(t) = self.threads {
                 cmd.args(["--threads", &t.to_string()]);
+            }
+            // The binary says which folders these runs go to and where each stands.
+            let status = output_lines(
+                Command::new(&train_bin)
+                    .args(cmd.get_args())
+                    .arg("--status"),
+            )?;
+            let runs: Vec<(&str, &str)> = status
+                .iter()
+                .filter_map(|line| line.split_once('\t'))
+                .collect();
+            if !self.force && runs.iter().all(|(state, _)| *state == "finished") {
+                println!("xtask: {dir_name} is already trained in {}: reusing it (--force trains it again)", results.display());
+                continue;
+            }
+            if let [("resumable", dir)] = runs.as_slice() {
+                if !self.force {
+                    println!("xtask: resuming the interrupted run {dir}");
+                    let mut resume = Command::new(&train_bin);
+                    resume.current_dir(project_root()).args([
+                        "--resume",
+                        dir,
+                        "--device",
+                        &self.device,
+                    ]);
+                    if let Err(e) = run(&mut resume) {
+                        eprintln!("xtask: {dir_name} failed: {e:#}");
+                        failed.push((dir_name, format!("{e:#}")));
+                    }
+                    continue;
+                }
+            }
+            if self.force {
+                cmd.arg("--force");
             }
             println!("xtask: training {dir_name}");
             if let Err(e) = run(&mut cmd) {
@@ -169,4 +160,23 @@ impl TrainAll {
         }
         s
     }
+}
+
+/// The lines `cmd` prints on stdout, failing with its stderr when it fails.
+fn output_lines(cmd: &mut Command) -> anyhow::Result<Vec<String>> {
+    let out = cmd
+        .current_dir(project_root())
+        .output()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
 }

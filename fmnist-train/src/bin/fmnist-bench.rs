@@ -54,8 +54,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     anyhow::ensure!(cli.batches > 0, "--batches must be at least 1");
-    fmnist_train::device::set_threads(cli.threads);
-    fmnist_models::set_kernels(cli.kernels);
+    fmnist_train::device::set_threads(cli.threads)?;
     let (device, why) = select_device(cli.device)?;
     let start = Instant::now();
     let data = cli.data.load()?;
@@ -66,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         batch_size: cli.batch_size,
         warmup: cli.warmup,
         batches: cli.batches,
+        kernels: cli.kernels,
     };
     let result = bench(&config, &data, load, &device)?;
     println!("{}", serde_json::to_string(&result)?);

@@ -1,0 +1,106 @@
+//! Inference from any Rust program: a trained run folder in, ten probabilities per image out.
+use std::path::Path;
+
+use candle::{Device, Tensor};
+use fmnist_data::{ImageSet, Normalizer, IMAGE_SIDE};
+
+use crate::checkpoint::{Checkpoint, CheckpointConfig};
+use crate::error::{ModelError, Result};
+use crate::model::Model;
+use crate::scoring::softmax_rows;
+use crate::NUM_CLASSES;
+
+/// Pixels of one input image (28 x 28, row-major, one byte each).
+pub const IMAGE_PIXELS: usize = IMAGE_SIDE * IMAGE_SIDE;
+
+/// A trained model ready to classify images as its run scored them: the run's own input
+/// scaling, and mirror TTA where the run used it.
+///
+/// ```no_run
+/// use fmnist_models::Classifier;
+/// # fn main() -> Result<(), fmnist_models::ModelError> {
+/// let classifier = Classifier::load("results/resnet-best", &candle::Device::Cpu)?;
+/// let image = [0u8; 784]; // 28x28 grey levels, the item light on black as in Fashion-MNIST
+/// let probabilities = classifier.classify(&image)?;
+/// let best = fmnist_models::argmax(&probabilities);
+/// println!("{}: {:.1}%", classifier.class_names()[best], 100.0 * probabilities[best]);
+/// # Ok(()) }
+/// ```
+pub struct Classifier {
+    model: Model,
+    config: CheckpointConfig,
+    device: Device,
+}
+
+impl Classifier {
+    /// Loads the run (or checkpoint) folder `dir`: its `config.json` and `model.safetensors`.
+    pub fn load(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let (config, model) = Checkpoint::new(dir.as_ref()).load(device)?;
+        Ok(Classifier {
+            model,
+            config,
+            device: device.clone(),
+        })
+    }
+
+    /// The model underneath.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// What the checkpoint says about the model and its inputs.
+    pub fn config(&self) -> &CheckpointConfig {
+        &self.config
+    }
+
+    /// The classes, in the order of the probabilities.
+    pub fn class_names(&self) -> &[String] {
+        &self.config.class_names
+    }
+
+    /// The input scaling the run was trained with.
+    pub fn normalizer(&self) -> Normalizer {
+        self.config.normalizer
+    }
+
+    /// The probabilities of the classes for one image of [`IMAGE_PIXELS`] grey levels.
+    pub fn classify(&self, image: &[u8]) -> Result<[f32; NUM_CLASSES]> {
+        let mut all = self.classify_all(&[image])?;
+        Ok(all.remove(0))
+    }
+
+    /// The probabilities of the classes for each image, in one batch.
+    pub fn classify_all(&self, images: &[&[u8]]) -> Result<Vec<[f32; NUM_CLASSES]>> {
+        let mut pixels = Vec::with_capacity(images.len() * IMAGE_PIXELS);
+        for (index, image) in images.iter().enumerate() {
+            if image.len() != IMAGE_PIXELS {
+                return Err(ModelError::ImageSize {
+                    index,
+                    found: image.len(),
+                    expected: IMAGE_PIXELS,
+                });
+            }
+            pixels.extend(image.iter().map(|&p| self.config.normalizer.apply(p)));
+        }
+        let shape = (images.len(), 1, IMAGE_SIDE, IMAGE_SIDE);
+        let x = Tensor::from_vec(pixels, shape, &self.device)?;
+        let logits = self
+            .model
+            .eval_logits(&x)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(softmax_rows(&logits, NUM_CLASSES)
+            .chunks_exact(NUM_CLASSES)
+            .map(|row| {
+                let mut p = [0f32; NUM_CLASSES];
+                p.copy_from_slice(row);
+                p
+            })
+            .collect())
+    }
+
+    /// Logits `[N x 10]`, row-major, of every image of `set` (in chunks).
+    pub fn logits(&self, set: &ImageSet) -> Result<Vec<f32>> {
+        crate::scoring::logits(&self.model, set, self.config.normalizer, &self.device)
+    }
+}
