@@ -7,8 +7,11 @@ use std::process::Command;
 /// The code and manifests the binaries are built from, as git pathspecs.
 const SOURCES: [&str; 3] = ["*.rs", "*.toml", "Cargo.lock"];
 
-fn git(args: &[&str]) -> Option<String> {
+/// `git ARGS` in `dir` (the build script runs in the package's folder).
+fn git_in(dir: &str, args: &[&str]) -> Option<String> {
     Command::new("git")
+        .arg("-C")
+        .arg(dir)
         .args(args)
         .output()
         .ok()
@@ -17,6 +20,9 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
+    // Every path below is relative to the top of the checkout, not to this package.
+    let root = git_in(".", &["rev-parse", "--show-toplevel"]).unwrap_or_else(|| ".".into());
+    let git = |args: &[&str]| git_in(&root, args);
     let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let status = [
         &["status", "--porcelain", "--untracked-files=no", "--"][..],
@@ -34,7 +40,6 @@ fn main() {
             println!("cargo:rerun-if-changed={path}");
         }
     }
-    let root = git(&["rev-parse", "--show-toplevel"]).unwrap_or_default();
     let files = git(&[&["ls-files", "--"][..], &SOURCES].concat()).unwrap_or_default();
     for file in files.lines() {
         println!("cargo:rerun-if-changed={root}/{file}");

@@ -1,6 +1,7 @@
 //! Evaluation of fmnist runs: metrics on the test set, the train/val/test gap, tables, plots,
 //! a Markdown report across runs, and classification of a person's own images.
 pub mod evaluate;
+pub mod files;
 pub mod metrics;
 pub mod outputs;
 pub mod plots;

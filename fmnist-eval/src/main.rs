@@ -8,7 +8,7 @@ use fmnist_data::write_atomic;
 use fmnist_data::DataArgs;
 use fmnist_eval::predict::{self, predict_files, Invert, PredictOptions};
 use fmnist_eval::report::{self, Provenance};
-use fmnist_eval::{evaluate_run, outputs, plots, Evaluation};
+use fmnist_eval::{evaluate_run, files, outputs, plots, Evaluation};
 use fmnist_models::{mean_std, Checkpoint, Classifier};
 use fmnist_train::{find_runs, seed_group, select_device, DeviceChoice, RunDir};
 
@@ -138,20 +138,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     if cli.run.is_empty() && cli.checkpoint.is_none() {
         let root = &cli.results;
-        write_atomic(&root.join("summary.csv"), &report::summary_csv(&evals)?)?;
+        write_atomic(
+            &root.join(files::SUMMARY_CSV),
+            &report::summary_csv(&evals)?,
+        )?;
         if !cli.no_plots {
             let rows: Vec<(String, f64, f64)> = comparison_rows(&evals);
-            plots::comparison(&root.join("comparison"), &rows)?;
+            plots::comparison(&root.join(files::COMPARISON.stem), &rows)?;
             outputs::write_samples(root, &data)?;
         }
         let command = std::env::var("FMNIST_REPORT_COMMAND")
             .unwrap_or_else(|_| "cargo run -p fmnist-eval".into());
         let md = report::markdown(&evals, root, &Provenance::detect(command));
-        write_atomic(&root.join("REPORT.md"), md.as_bytes())?;
+        write_atomic(&root.join(files::REPORT), md.as_bytes())?;
         println!(
             "wrote {} and {}",
-            root.join("summary.csv").display(),
-            root.join("REPORT.md").display()
+            root.join(files::SUMMARY_CSV).display(),
+            root.join(files::REPORT).display()
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use candle::{Device, Tensor};
-use fmnist_data::write_atomic;
-use fmnist_data::{FashionMnist, Normalizer};
+use fmnist_data::{write_atomic, FashionMnist, Normalizer};
 use fmnist_train::run::write_json;
 use serde::Serialize;
 
 use crate::evaluate::{Evaluation, Gap};
+use crate::files;
 use crate::metrics::{Averages, ClassMetrics, Confusion};
 use crate::plots::{self, Tile};
 
@@ -153,9 +153,9 @@ fn write_into(
     let names = &e.config.class_names;
     let k = names.len();
     let metrics = MetricsFile::new(e);
-    write_json(&dir.join("metrics.json"), &metrics)?;
+    write_json(&dir.join(files::METRICS), &metrics)?;
     write_atomic(
-        &dir.join("per_class.csv"),
+        &dir.join(files::PER_CLASS_CSV),
         &csv_bytes(|w| {
             for row in &metrics.per_class {
                 w.serialize(row)?;
@@ -163,7 +163,10 @@ fn write_into(
             Ok(())
         })?,
     )?;
-    for (file, normalized) in [("confusion.csv", false), ("confusion_normalized.csv", true)] {
+    for (file, normalized) in [
+        (files::CONFUSION_CSV, false),
+        (files::CONFUSION_NORMALIZED_CSV, true),
+    ] {
         write_atomic(
             &dir.join(file),
             &csv_bytes(|w| {
@@ -189,7 +192,7 @@ fn write_into(
         )?;
     }
     write_atomic(
-        &dir.join("predictions.csv"),
+        &dir.join(files::PREDICTIONS_CSV),
         &csv_bytes(|w| {
             let mut header = vec!["index".to_string(), "label".into(), "predicted".into()];
             header.extend(names.iter().map(|n| format!("p({n})")));
@@ -207,7 +210,7 @@ fn write_into(
         })?,
     )?;
     write_atomic(
-        &dir.join("gap.csv"),
+        &dir.join(files::GAP_CSV),
         &csv_bytes(|w| {
             w.write_record(["split", "loss", "accuracy"])?;
             for (split, s) in [
@@ -240,10 +243,14 @@ fn write_plots(
     let k = names.len();
     let title = |what: &str| format!("{} — {what}", e.name);
     if !e.history.is_empty() {
-        plots::curves(&dir.join("curves"), &title("training curves"), &e.history)?;
+        plots::curves(
+            &dir.join(files::CURVES.stem),
+            &title(files::CURVES.caption),
+            &e.history,
+        )?;
     }
     plots::confusion(
-        &dir.join("confusion"),
+        &dir.join(files::CONFUSION.stem),
         &title(&format!(
             "test confusion matrix (accuracy {:.2}%)",
             100.0 * e.gap.test.accuracy
@@ -252,7 +259,7 @@ fn write_plots(
         names,
     )?;
     plots::reliability(
-        &dir.join("reliability"),
+        &dir.join(files::RELIABILITY.stem),
         &title("calibration"),
         &e.calibration,
     )?;
@@ -287,7 +294,7 @@ fn write_plots(
         })
         .collect();
     plots::probability_bars(
-        &dir.join("probabilities.png"),
+        &dir.join(files::PROBABILITIES.png()),
         &title("class probabilities (green: true class, red: wrong prediction)"),
         &items,
         names,
@@ -319,7 +326,7 @@ fn write_plots(
         })
         .collect();
     plots::image_grid(
-        &dir.join("misclassified.png"),
+        &dir.join(files::MISCLASSIFIED.png()),
         &title("most confident mistakes (true → predicted, confidence)"),
         &tiles,
         8,
@@ -362,7 +369,7 @@ fn write_filters(
             })
             .collect();
         plots::image_grid(
-            &dir.join("filters.png"),
+            &dir.join(files::FILTERS.png()),
             &format!(
                 "{} — the {c} first-layer filters ({kh}x{kw}, each stretched to its range)",
                 e.name
@@ -402,7 +409,7 @@ fn write_filters(
         }));
         let label = &e.config.class_names[data.test.labels[i] as usize];
         plots::image_grid(
-            &dir.join("feature_maps.png"),
+            &dir.join(files::FEATURE_MAPS.png()),
             &format!(
                 "{} — first-layer feature maps ({c}) of test image #{i} ({label})",
                 e.name
@@ -443,7 +450,7 @@ pub fn write_samples(dir: &Path, data: &FashionMnist) -> anyhow::Result<PathBuf>
             alert: false,
         })
         .collect();
-    let path = dir.join("samples.png");
+    let path = dir.join(files::SAMPLES.png());
     plots::image_grid(
         &path,
         "Fashion-MNIST test images, eight per class",

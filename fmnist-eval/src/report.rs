@@ -9,6 +9,8 @@ use crate::evaluate::Evaluation;
 use crate::table::{pct, thousands, Table};
 use fmnist_models::mean_std;
 
+use crate::files::{Plot, COMPARISON, CURVES, RUN_PLOTS_AFTER_TABLES, SAMPLES};
+
 /// The gap table of one run: loss and accuracy per split, and the differences to train.
 pub fn gap_table(e: &Evaluation) -> Table {
     let mut t = Table::new(["split", "loss", "accuracy", "gap to train (acc)"]);
@@ -372,7 +374,7 @@ pub fn markdown(evals: &[Evaluation], root: &Path, prov: &Provenance) -> String 
         prov.command, prov.commit, prov.machine
     ));
     md.push_str("## Comparison\n\n");
-    image(&mut md, "test accuracy per run", "comparison.png", root);
+    image(&mut md, COMPARISON.caption, &COMPARISON.png(), root);
     md.push('\n');
     md.push_str(&comparison_table(evals).markdown());
     if let Some(t) = seeds_table(evals) {
@@ -380,7 +382,7 @@ pub fn markdown(evals: &[Evaluation], root: &Path, prov: &Provenance) -> String 
         md.push_str(&t.markdown());
     }
     md.push('\n');
-    image(&mut md, "test images per class", "samples.png", root);
+    image(&mut md, SAMPLES.caption, &SAMPLES.png(), root);
     for e in evals {
         let c = &e.config.train;
         md.push_str(&format!("\n## {}\n\n", e.name));
@@ -415,29 +417,18 @@ pub fn markdown(evals: &[Evaluation], root: &Path, prov: &Provenance) -> String 
             100.0 * e.calibration.ece,
             confused_pairs(e, 3).join("; ")
         ));
-        let rel = |f: &str| format!("{}/{f}", e.name);
-        image(&mut md, "training curves", &rel("curves.png"), root);
+        let plot = |md: &mut String, p: Plot| {
+            image(md, p.caption, &format!("{}/{}", e.name, p.png()), root)
+        };
+        plot(&mut md, CURVES);
         md.push('\n');
         md.push_str(&gap_table(e).markdown());
         md.push('\n');
         md.push_str(&per_class_table(e).markdown());
         md.push('\n');
-        image(&mut md, "confusion matrix", &rel("confusion.png"), root);
-        image(
-            &mut md,
-            "reliability diagram",
-            &rel("reliability.png"),
-            root,
-        );
-        image(
-            &mut md,
-            "class probabilities",
-            &rel("probabilities.png"),
-            root,
-        );
-        image(&mut md, "misclassified", &rel("misclassified.png"), root);
-        image(&mut md, "first-layer filters", &rel("filters.png"), root);
-        image(&mut md, "feature maps", &rel("feature_maps.png"), root);
+        for p in RUN_PLOTS_AFTER_TABLES {
+            plot(&mut md, p);
+        }
     }
     md
 }

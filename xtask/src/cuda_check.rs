@@ -86,10 +86,9 @@ impl CudaCheck {
                 .env("CARGO_TARGET_DIR", &target)
                 .env("RUSTFLAGS", format!("-L native={}", link_dir.display()));
         };
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let packages = ["-p", "fmnist-train", "-p", "fmnist-eval"];
         if self.check_only {
-            let mut cmd = Command::new(&cargo);
+            let mut cmd = crate::cargo();
             env(&mut cmd);
             cmd.args(["check", "--release", "--features", "cuda", "--all-targets"])
                 .args(packages);
@@ -98,7 +97,7 @@ impl CudaCheck {
             return Ok(());
         }
         // The libraries and their kernels first (nvcc: most of the time).
-        let mut libs = Command::new(&cargo);
+        let mut libs = crate::cargo();
         env(&mut libs);
         libs.args(["build", "--release", "--features", "cuda", "--lib"])
             .args(packages);
@@ -108,7 +107,7 @@ impl CudaCheck {
         // rebuilt; the libraries are LLVM bitcode under LTO, so nm cannot read them).
         // fmnist-eval depends on fmnist-train, so its features unify as the two packages do.
         write_stub(&[], &link_dir)?;
-        let mut probe = Command::new(&cargo);
+        let mut probe = crate::cargo();
         env(&mut probe);
         probe
             .args(["rustc", "--release", "--features", "cuda"])
@@ -123,7 +122,7 @@ impl CudaCheck {
             bail!("the CUDA build failed before linking:\n{log}");
         }
         write_stub(&symbols, &link_dir)?;
-        let mut bins = Command::new(&cargo);
+        let mut bins = crate::cargo();
         env(&mut bins);
         bins.args(["build", "--release", "--features", "cuda", "--bins"])
             .args(packages);

@@ -66,17 +66,22 @@ pub enum Profile {
 }
 
 impl Build {
-    /// Builds `packages` and returns the folder holding their binaries.
+    /// Builds the binaries and returns the folder holding them. Without extra features this
+    /// is `cargo build --workspace`, the README's build command: cargo resolves features over
+    /// the packages it builds, so building a subset would compile some crates again with
+    /// other features. With features (`cuda`), the packages that carry them.
     pub fn build(&self, packages: &[&str]) -> anyhow::Result<PathBuf> {
-        let mut cmd = Command::new(cargo());
+        let mut cmd = cargo();
         cmd.current_dir(project_root()).arg("build").arg("--quiet");
         if self.profile == Profile::Release {
             cmd.arg("--release");
         }
-        for p in packages {
-            cmd.args(["-p", p]);
-        }
-        if !self.features.is_empty() {
+        if self.features.is_empty() {
+            cmd.arg("--workspace");
+        } else {
+            for p in packages {
+                cmd.args(["-p", p]);
+            }
             cmd.args(["--features", &self.features.join(",")]);
         }
         run(&mut cmd)?;
@@ -98,8 +103,27 @@ pub fn project_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+/// A cargo command, without the variables `cargo run` set for this process (its package's
+/// name, version and folder): a build script that watches one of them (ring's does) would
+/// see it change, and the build would compile that crate and every crate above it again.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let set_by_run = name.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&name.as_ref());
+        if set_by_run {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+    cmd
 }
 
 /// Runs `cmd`, failing with the command line when it fails.

@@ -1,0 +1,76 @@
+//! The names of the files evaluation writes, shared by the code that writes them and the
+//! report that links them.
+
+/// A plot: the stem of its file (`STEM.png`, and `STEM.svg` for the vector ones) and its
+/// caption in the report.
+#[derive(Debug, Clone, Copy)]
+pub struct Plot {
+    pub stem: &'static str,
+    pub caption: &'static str,
+}
+
+impl Plot {
+    /// The PNG's file name.
+    pub fn png(&self) -> String {
+        format!("{}.png", self.stem)
+    }
+}
+
+/// Per run.
+pub const CURVES: Plot = Plot {
+    stem: "curves",
+    caption: "training curves",
+};
+pub const CONFUSION: Plot = Plot {
+    stem: "confusion",
+    caption: "confusion matrix",
+};
+pub const RELIABILITY: Plot = Plot {
+    stem: "reliability",
+    caption: "reliability diagram",
+};
+pub const PROBABILITIES: Plot = Plot {
+    stem: "probabilities",
+    caption: "class probabilities",
+};
+pub const MISCLASSIFIED: Plot = Plot {
+    stem: "misclassified",
+    caption: "misclassified",
+};
+pub const FILTERS: Plot = Plot {
+    stem: "filters",
+    caption: "first-layer filters",
+};
+pub const FEATURE_MAPS: Plot = Plot {
+    stem: "feature_maps",
+    caption: "feature maps",
+};
+/// The plots of a run, in the order the report shows them after its tables.
+pub const RUN_PLOTS_AFTER_TABLES: [Plot; 6] = [
+    CONFUSION,
+    RELIABILITY,
+    PROBABILITIES,
+    MISCLASSIFIED,
+    FILTERS,
+    FEATURE_MAPS,
+];
+
+/// Across runs, in the results folder.
+pub const COMPARISON: Plot = Plot {
+    stem: "comparison",
+    caption: "test accuracy per run",
+};
+pub const SAMPLES: Plot = Plot {
+    stem: "samples",
+    caption: "test images per class",
+};
+pub const SUMMARY_CSV: &str = "summary.csv";
+pub const REPORT: &str = "REPORT.md";
+
+/// Per run: tables and predictions.
+pub const METRICS: &str = "metrics.json";
+pub const PER_CLASS_CSV: &str = "per_class.csv";
+pub const CONFUSION_CSV: &str = "confusion.csv";
+pub const CONFUSION_NORMALIZED_CSV: &str = "confusion_normalized.csv";
+pub const PREDICTIONS_CSV: &str = "predictions.csv";
+pub const GAP_CSV: &str = "gap.csv";
