@@ -16,14 +16,17 @@ pub const IMAGE_PIXELS: usize = IMAGE_SIDE * IMAGE_SIDE;
 /// A trained model ready to classify images as its run scored them: the run's own input
 /// scaling, and mirror TTA where the run used it.
 ///
-/// ```no_run
-/// use fmnist_models::Classifier;
-/// # fn main() -> Result<(), fmnist_models::ModelError> {
+/// ```
+/// use fmnist_models::{argmax, Classifier};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # std::env::set_current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))?;
 /// let classifier = Classifier::load("results/resnet-best", &candle::Device::Cpu)?;
-/// let image = [0u8; 784]; // 28x28 grey levels, the item light on black as in Fashion-MNIST
+/// // 28x28 grey levels, the item light on black as in Fashion-MNIST: here a bright block.
+/// let image: Vec<u8> = (0..784).map(|i| if (i / 28) % 27 > 6 { 200 } else { 0 }).collect();
 /// let probabilities = classifier.classify(&image)?;
-/// let best = fmnist_models::argmax(&probabilities);
+/// let best = argmax(&probabilities);
 /// println!("{}: {:.1}%", classifier.class_names()[best], 100.0 * probabilities[best]);
+/// assert!((probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-5);
 /// # Ok(()) }
 /// ```
 pub struct Classifier {

@@ -103,3 +103,15 @@ pub fn machine_description() -> String {
 pub fn git_commit() -> String {
     env!("FMNIST_GIT_COMMIT").to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_threads_is_an_error_not_a_default() {
+        let e = set_threads(Some(0)).unwrap_err().to_string();
+        assert!(e.starts_with("--threads must be at least 1"), "{e}");
+        set_threads(None).unwrap();
+    }
+}

@@ -88,6 +88,9 @@ impl std::fmt::Display for RunStatus {
     }
 }
 
+/// How the folder of each seed of a multi-seed run is named: `seed-42`.
+const SEED_PREFIX: &str = "seed-";
+
 /// The files of a run folder: the checkpoint ([`Checkpoint`]: `config.json` and
 /// `model.safetensors`, the best epoch on validation) and what training keeps beside it.
 #[derive(Debug, Clone)]
@@ -100,14 +103,14 @@ impl RunDir {
         RunDir { root: root.into() }
     }
 
-    /// The folder of seed `seed` of a multi-seed run in `group`.
+    /// The folder of seed `seed` of a multi-seed run in `group`: `group/seed-N`.
     pub fn seed(group: &Path, seed: u64) -> Self {
-        RunDir::new(group.join(format!("seed-{seed}")))
+        RunDir::new(group.join(format!("{SEED_PREFIX}{seed}")))
     }
 
     /// The seed of a run folder named `seed-N`.
     pub fn seed_of(name: &str) -> Option<u64> {
-        name.strip_prefix("seed-")?.parse().ok()
+        name.strip_prefix(SEED_PREFIX)?.parse().ok()
     }
 
     /// The run's checkpoint (what evaluation and predict load).
