@@ -6,10 +6,10 @@
 //! channels. Here the convolution is `W[O, C·k·k] × cols[C·k·k, L]` per image, with `cols`
 //! the unfolded input (`L` output positions), and both gradients are GEMMs too; the fold back
 //! to the input runs only when the input needs a gradient. The whole convolution is one
-//! operation ([`BlockedConv`]) that runs in blocks of a few images, one thread per block from
+//! operation (`BlockedConv`) that runs in blocks of a few images, one thread per block from
 //! unfolding to output (and back), in scratch buffers each thread keeps, so the working set
 //! stays in cache and a step neither allocates nor zeroes anything the size of the batch's
-//! unfolding. Where 2x2 max-pooling and ReLU follow ([`Conv2d::forward_pool_relu`]), they run
+//! unfolding. Where 2x2 max-pooling and ReLU follow ([`Conv2d::forward_pool_relu_t`]), they run
 //! inside it, so that no full-size activation or gradient becomes a tensor.
 use std::sync::Mutex;
 
