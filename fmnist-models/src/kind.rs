@@ -18,14 +18,24 @@ pub enum ModelKind {
     CnnDeep,
     /// A small residual network with BatchNorm, our accuracy flagship.
     Resnet,
+    /// The depth study's deeper CNN: conv 32, 64, 128 (padded), dense 256, dropout 0.5
+    /// (1,701,130 params).
+    #[serde(rename = "cnn-3conv")]
+    #[cfg_attr(feature = "clap", value(name = "cnn-3conv"))]
+    Cnn3Conv,
+    /// The ANN-vs-CNN study's BatchNorm MLP: 784-512-256-128-10, BatchNorm, dropout 0.3
+    /// (569,226 params).
+    MlpBn,
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 6] = [
+    pub const ALL: [ModelKind; 8] = [
         ModelKind::Cnn,
         ModelKind::Lstm,
         ModelKind::Mlp,
+        ModelKind::MlpBn,
         ModelKind::CnnWide,
+        ModelKind::Cnn3Conv,
         ModelKind::CnnDeep,
         ModelKind::Resnet,
     ];
@@ -39,6 +49,8 @@ impl ModelKind {
             ModelKind::CnnWide => "cnn-wide",
             ModelKind::CnnDeep => "cnn-deep",
             ModelKind::Resnet => "resnet",
+            ModelKind::Cnn3Conv => "cnn-3conv",
+            ModelKind::MlpBn => "mlp-bn",
         }
     }
 
@@ -46,7 +58,11 @@ impl ModelKind {
     pub fn is_convolutional(self) -> bool {
         matches!(
             self,
-            ModelKind::Cnn | ModelKind::CnnWide | ModelKind::CnnDeep | ModelKind::Resnet
+            ModelKind::Cnn
+                | ModelKind::CnnWide
+                | ModelKind::Cnn3Conv
+                | ModelKind::CnnDeep
+                | ModelKind::Resnet
         )
     }
 }

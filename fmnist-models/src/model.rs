@@ -12,7 +12,7 @@ use crate::builder::Builder;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::kind::ModelKind;
-use crate::nets::{Cnn, CnnDeep, CnnWide, Lstm, Mlp, Net, Resnet};
+use crate::nets::{Cnn, Cnn3Conv, CnnDeep, CnnWide, Lstm, Mlp, MlpBn, Net, Resnet};
 
 /// A network of the registry with its parameters, built by [`ModelConfig::build`].
 pub struct Model {
@@ -38,6 +38,8 @@ impl Model {
             ModelKind::CnnWide => Box::new(CnnWide::new(&mut b)?),
             ModelKind::CnnDeep => Box::new(CnnDeep::new(&mut b)?),
             ModelKind::Resnet => Box::new(Resnet::new(&mut b)?),
+            ModelKind::Cnn3Conv => Box::new(Cnn3Conv::new(&mut b)?),
+            ModelKind::MlpBn => Box::new(MlpBn::new(&mut b)?),
         };
         let (varmap, noise) = b.finish();
         Ok(Model {

@@ -1,4 +1,4 @@
-//! The six architectures. Each maps `[B, 1, 28, 28]` to logits `[B, 10]`.
+//! The eight architectures. Each maps `[B, 1, 28, 28]` to logits `[B, 10]`.
 //!
 //! Max-pooling comes before ReLU where both follow a layer: the two commute (ReLU is
 //! monotone), and ReLU then touches a quarter of the elements.
@@ -153,6 +153,84 @@ impl Net for CnnWide {
 
     fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
         Ok(Some(self.conv1.forward_t(x, false)?.relu()?))
+    }
+}
+
+/// The depth study's deeper CNN: conv3x3(32, pad 1) - pool - conv3x3(64, pad 1) - pool -
+/// conv3x3(128, pad 1) - ReLU - dense 256 - ReLU - dropout 0.5 - dense 10 (1,701,130 params).
+pub struct Cnn3Conv {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    conv3: Conv2d,
+    fc1: Linear,
+    fc2: Linear,
+    dropout: Dropout,
+}
+
+impl Cnn3Conv {
+    pub fn new(b: &mut Builder) -> candle::Result<Self> {
+        Ok(Cnn3Conv {
+            conv1: b.conv2d("conv1", 1, 32, 3, PAD1, true)?,
+            conv2: b.conv2d("conv2", 32, 64, 3, PAD1, true)?,
+            conv3: b.conv2d("conv3", 64, 128, 3, PAD1, true)?,
+            fc1: b.linear("fc1", 128 * 7 * 7, 256)?,
+            fc2: b.linear("fc2", 256, 10)?,
+            dropout: b.dropout(0.5),
+        })
+    }
+}
+
+impl Net for Cnn3Conv {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let x = self.conv1.forward_pool_relu_t(x, train)?; // 32x14x14
+        let x = self.conv2.forward_pool_relu_t(&x, train)?; // 64x7x7
+        let x = self.conv3.forward_t(&x, train)?.relu()?; // 128x7x7
+        let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
+        self.fc2.forward(&self.dropout.forward_t(&x, train)?)
+    }
+
+    fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
+        Ok(Some(self.conv1.forward_t(x, false)?.relu()?))
+    }
+}
+
+/// The ANN-vs-CNN study's BatchNorm MLP: 784 - 512 - 256 - 128 - 10, each hidden layer dense,
+/// BatchNorm, ReLU, dropout 0.3 (569,226 params).
+pub struct MlpBn {
+    hidden: Vec<(Linear, BatchNorm2d)>,
+    out: Linear,
+    dropout: Dropout,
+}
+
+impl MlpBn {
+    pub fn new(b: &mut Builder) -> candle::Result<Self> {
+        let widths = [784, 512, 256, 128];
+        let hidden = widths
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| {
+                let fc = b.linear(&format!("fc{}", i + 1), w[0], w[1])?;
+                Ok((fc, b.batch_norm(&format!("bn{}", i + 1), w[1])?))
+            })
+            .collect::<candle::Result<_>>()?;
+        Ok(MlpBn {
+            hidden,
+            out: b.linear("fc4", 128, 10)?,
+            dropout: b.dropout(0.3),
+        })
+    }
+}
+
+impl Net for MlpBn {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let mut x = x.flatten_from(1)?;
+        for (fc, bn) in &self.hidden {
+            // [B, F] as [B, F, 1, 1]: BatchNorm over features, as PyTorch's BatchNorm1d.
+            let h = fc.forward(&x)?.unsqueeze(2)?.unsqueeze(3)?;
+            let h = bn.forward_relu_t(&h, train)?.flatten_from(1)?;
+            x = self.dropout.forward_t(&h, train)?;
+        }
+        self.out.forward(&x)
     }
 }
 

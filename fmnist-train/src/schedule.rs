@@ -1,6 +1,8 @@
 //! Learning-rate schedules: the rate of every batch from the epoch, the batch and the run's length.
 use serde::{Deserialize, Serialize};
 
+use fmnist_models::Score;
+
 use crate::config::{ScheduleKind, TrainConfig};
 
 /// The learning rate over a run.
@@ -19,8 +21,10 @@ pub struct Schedule {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Plateau {
     pub factor: f64,
-    /// The lowest validation loss so far (none before the first epoch).
-    pub best_loss: Option<f64>,
+    /// The best monitored value so far, as a value to minimize: the validation loss, or minus
+    /// the validation accuracy (none before the first epoch).
+    #[serde(alias = "best_loss")]
+    pub best: Option<f64>,
     pub bad_epochs: usize,
 }
 
@@ -28,7 +32,7 @@ impl Default for Plateau {
     fn default() -> Self {
         Plateau {
             factor: 1.0,
-            best_loss: None,
+            best: None,
             bad_epochs: 0,
         }
     }
@@ -57,7 +61,7 @@ impl Schedule {
         match self.kind {
             ScheduleKind::None => self.base,
             ScheduleKind::Step => self.base * self.gamma.powi((epoch / self.step_size) as i32),
-            ScheduleKind::Plateau => self.base * plateau.factor,
+            ScheduleKind::Plateau | ScheduleKind::PlateauAcc => self.base * plateau.factor,
             ScheduleKind::Cosine => {
                 let warm = (self.warmup_epochs * self.steps_per_epoch) as f64;
                 if t < warm {
@@ -77,13 +81,15 @@ impl Schedule {
         }
     }
 
-    /// Feeds an epoch's validation loss to reduce-on-plateau.
-    pub fn observe(&self, plateau: &mut Plateau, val_loss: f64) {
-        if self.kind != ScheduleKind::Plateau {
-            return;
-        }
-        if plateau.best_loss.is_none_or(|best| val_loss < best) {
-            plateau.best_loss = Some(val_loss);
+    /// Feeds an epoch's validation score to reduce-on-plateau.
+    pub fn observe(&self, plateau: &mut Plateau, val: &Score) {
+        let value = match self.kind {
+            ScheduleKind::Plateau => val.loss,
+            ScheduleKind::PlateauAcc => -val.accuracy,
+            _ => return,
+        };
+        if plateau.best.is_none_or(|best| value < best) {
+            plateau.best = Some(value);
             plateau.bad_epochs = 0;
         } else {
             plateau.bad_epochs += 1;
@@ -144,8 +150,36 @@ mod tests {
         let s = schedule(ScheduleKind::Plateau);
         let mut p = Plateau::default();
         for loss in [1.0, 0.9, 0.95, 0.95, 0.95] {
-            s.observe(&mut p, loss);
+            s.observe(&mut p, &val(loss, 0.5));
         }
         assert_eq!(s.lr(5, 0, &p), 0.5);
+    }
+
+    fn val(loss: f64, accuracy: f64) -> Score {
+        Score { loss, accuracy }
+    }
+
+    #[test]
+    fn plateau_acc_watches_accuracy_not_loss() {
+        let s = schedule(ScheduleKind::PlateauAcc);
+        let mut p = Plateau::default();
+        // The loss rises all along, but the accuracy improves: no decay.
+        for (i, acc) in [0.80, 0.81, 0.82, 0.83].into_iter().enumerate() {
+            s.observe(&mut p, &val(1.0 + i as f64, acc));
+        }
+        assert_eq!(s.lr(4, 0, &p), 1.0);
+        // Three epochs without a better accuracy (step size 3): halved once.
+        for _ in 0..3 {
+            s.observe(&mut p, &val(0.1, 0.83));
+        }
+        assert_eq!(s.lr(7, 0, &p), 0.5);
+        assert_eq!(p.best, Some(-0.83));
+    }
+
+    #[test]
+    fn a_saved_plateau_state_of_older_runs_still_reads() {
+        let p: Plateau =
+            serde_json::from_str(r#"{"factor": 0.5, "best_loss": 0.3, "bad_epochs": 1}"#).unwrap();
+        assert_eq!((p.factor, p.best, p.bad_epochs), (0.5, Some(0.3), 1));
     }
 }

@@ -271,7 +271,7 @@ impl Session<'_> {
             } else {
                 self.state.epochs_since_best += 1;
             }
-            schedule.observe(&mut self.state.plateau, val.loss);
+            schedule.observe(&mut self.state.plateau, &val);
             self.history.push(EpochRecord {
                 epoch: epoch + 1,
                 train_loss,
