@@ -11,7 +11,7 @@ use fmnist_models::{Classifier, Score};
 use fmnist_train::{EpochRecord, RunConfig, RunDir, RunSummary};
 use serde::Serialize;
 
-use crate::metrics::{calibration, Calibration, ConfusionMatrix};
+use crate::metrics::{calibration, Calibration, ConfusionMatrix, GroupMetrics};
 
 /// Loss and accuracy on each part of the data: the train/val/test gap.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -19,6 +19,51 @@ pub struct Gap {
     pub train: Score,
     pub val: Score,
     pub test: Score,
+}
+
+/// What the test set says of any classifier (a run, or an ensemble of runs): the gap, the
+/// test probabilities and predictions, and the metrics computed from them.
+pub struct Scores {
+    pub class_names: Vec<String>,
+    pub gap: Gap,
+    /// Test-set probabilities, row-major `[10000 x classes]`.
+    pub test_probs: Vec<f32>,
+    pub test_predictions: Vec<usize>,
+    pub test_labels: Vec<usize>,
+    pub confusion: ConfusionMatrix,
+    pub calibration: Calibration,
+    pub groups: GroupMetrics,
+}
+
+impl Scores {
+    /// The scores of test logits `[N x classes]` (or log-probabilities) against `labels`, with
+    /// the train and validation scores measured beforehand.
+    pub fn new(
+        class_names: Vec<String>,
+        train: Score,
+        val: Score,
+        test_logits: &[f32],
+        labels: &[u8],
+    ) -> Self {
+        let k = class_names.len();
+        let test = score(test_logits, labels);
+        let test_probs = softmax_rows(test_logits, k);
+        let test_predictions: Vec<usize> = test_logits.chunks_exact(k).map(argmax).collect();
+        let test_labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+        let confusion = ConfusionMatrix::new(k, &test_labels, &test_predictions);
+        let calibration = calibration(&test_probs, k, &test_labels, 15);
+        let groups = GroupMetrics::garments(&confusion);
+        Scores {
+            class_names,
+            gap: Gap { train, val, test },
+            test_probs,
+            test_predictions,
+            test_labels,
+            confusion,
+            calibration,
+            groups,
+        }
+    }
 }
 
 /// Everything measured about one run.
@@ -29,13 +74,7 @@ pub struct Evaluation {
     pub config: RunConfig,
     pub summary: Option<RunSummary>,
     pub history: Vec<EpochRecord>,
-    pub gap: Gap,
-    /// Test-set probabilities, row-major `[10000 x classes]`.
-    pub test_probs: Vec<f32>,
-    pub test_predictions: Vec<usize>,
-    pub test_labels: Vec<usize>,
-    pub confusion: ConfusionMatrix,
-    pub calibration: Calibration,
+    pub scores: Scores,
     pub inference_images_per_second: f64,
     pub classifier: Classifier,
 }
@@ -50,14 +89,7 @@ pub fn evaluate_run(
     let run = RunDir::new(dir);
     let classifier = Classifier::load(dir, device)?;
     let config = run.read_config()?;
-    if config.class_names.len() != data.num_classes() {
-        bail!(
-            "{}: the run was trained on {} classes, the data has {}",
-            dir.display(),
-            config.class_names.len(),
-            data.num_classes()
-        );
-    }
+    check_classes(dir, config.class_names.len(), data)?;
     let summary = run.read_summary().ok();
     let history = run.read_history().unwrap_or_default();
     let prepared = fmnist_train::prepare(&config.train, data)
@@ -67,26 +99,34 @@ pub fn evaluate_run(
     let start = Instant::now();
     let test_logits = classifier.logits(&data.test)?;
     let inference_images_per_second = data.test.len() as f64 / start.elapsed().as_secs_f64();
-    let test = score(&test_logits, &data.test.labels);
-    let k = data.num_classes();
-    let test_probs = softmax_rows(&test_logits, k);
-    let test_predictions: Vec<usize> = test_logits.chunks_exact(k).map(argmax).collect();
-    let test_labels: Vec<usize> = data.test.labels.iter().map(|&l| l as usize).collect();
-    let confusion = ConfusionMatrix::new(k, &test_labels, &test_predictions);
-    let calibration = calibration(&test_probs, k, &test_labels, 15);
+    let scores = Scores::new(
+        config.class_names.clone(),
+        train,
+        val,
+        &test_logits,
+        &data.test.labels,
+    );
     Ok(Evaluation {
         name: name.to_string(),
         dir: dir.to_path_buf(),
         config,
         summary,
         history,
-        gap: Gap { train, val, test },
-        test_probs,
-        test_predictions,
-        test_labels,
-        confusion,
-        calibration,
+        scores,
         inference_images_per_second,
         classifier,
     })
+}
+
+/// An error unless a run trained on `classes` classes can be scored on `data`.
+pub fn check_classes(dir: &Path, classes: usize, data: &FashionMnist) -> anyhow::Result<()> {
+    if classes != data.num_classes() {
+        bail!(
+            "{}: the run was trained on {} classes, the data has {}",
+            dir.display(),
+            classes,
+            data.num_classes()
+        );
+    }
+    Ok(())
 }

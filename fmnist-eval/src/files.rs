@@ -66,6 +66,8 @@ pub const SAMPLES: Plot = Plot {
 };
 pub const SUMMARY_CSV: &str = "summary.csv";
 pub const REPORT: &str = "REPORT.md";
+/// What an ensemble folder is made of and how it scores.
+pub const ENSEMBLE: &str = "ensemble.json";
 
 /// Per run: tables and predictions.
 pub const METRICS: &str = "metrics.json";

@@ -1,5 +1,6 @@
 //! Evaluation of fmnist runs: metrics on the test set, the train/val/test gap, tables, plots,
 //! a Markdown report across runs, and classification of a person's own images.
+pub mod ensemble;
 pub mod evaluate;
 pub mod files;
 pub mod metrics;
@@ -9,6 +10,6 @@ pub mod predict;
 pub mod report;
 pub mod table;
 
-pub use evaluate::{evaluate_run, Evaluation, Gap};
+pub use evaluate::{evaluate_run, Evaluation, Gap, Scores};
 pub use metrics::{calibration, Calibration, ConfusionMatrix};
 pub use table::Table;

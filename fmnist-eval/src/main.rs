@@ -8,7 +8,7 @@ use fmnist_data::write_atomic;
 use fmnist_data::DataArgs;
 use fmnist_eval::predict::{self, predict_files, Invert, PredictOptions};
 use fmnist_eval::report::{self, Provenance};
-use fmnist_eval::{evaluate_run, files, outputs, plots, Evaluation};
+use fmnist_eval::{ensemble, evaluate_run, files, outputs, plots, Evaluation};
 use fmnist_models::{mean_std, Checkpoint, Classifier};
 use fmnist_train::{find_runs, seed_group, select_device, DeviceChoice, RunDir};
 
@@ -50,6 +50,28 @@ struct Cli {
 enum Command {
     /// Classify your own images (files or directories): the top classes with probabilities.
     Predict(PredictArgs),
+    /// Average the class probabilities of several runs and score the ensemble: writes a folder
+    /// RESULTS/NAME with ensemble.json, metrics.json, the CSVs and plots of a run, and the
+    /// ensemble joins REPORT.md at the next evaluation.
+    Ensemble(EnsembleArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct EnsembleArgs {
+    /// Run folders to average (at least two). They must hold out the same validation images
+    /// (same seed, validation fraction and subset).
+    #[arg(required = true, num_args = 2.., value_name = "RUN")]
+    runs: Vec<PathBuf>,
+    /// Name of the ensemble: its folder under --results.
+    #[arg(long)]
+    name: String,
+    /// Keep only the runs that greedy forward selection on validation accuracy picks (the test
+    /// set plays no part in the choice). Without it every run is a member.
+    #[arg(long)]
+    choose_on_val: bool,
+    /// Skip the plots.
+    #[arg(long)]
+    no_plots: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -90,8 +112,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let (device, _) = select_device(cli.device)?;
-    if let Some(Command::Predict(args)) = &cli.command {
-        return predict(args, &cli.results, &device);
+    match &cli.command {
+        Some(Command::Predict(args)) => return predict(args, &cli.results, &device),
+        Some(Command::Ensemble(args)) => {
+            let data = cli.data.load()?;
+            return ensemble(args, &cli.results, &data, &device);
+        }
+        None => {}
     }
     let runs: Vec<(String, PathBuf)> = if let Some(file) = &cli.checkpoint {
         let dir = file.parent().context("the checkpoint has no folder")?;
@@ -149,7 +176,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         let command = std::env::var("FMNIST_REPORT_COMMAND")
             .unwrap_or_else(|_| "cargo run -p fmnist-eval".into());
-        let md = report::markdown(&evals, root, &Provenance::detect(command));
+        let ensembles = ensemble::find_ensembles(root)?;
+        let md = report::markdown(&evals, &ensembles, root, &Provenance::detect(command));
         write_atomic(&root.join(files::REPORT), md.as_bytes())?;
         println!(
             "wrote {} and {}",
@@ -197,6 +225,69 @@ fn predict(
     Ok(ExitCode::SUCCESS)
 }
 
+fn ensemble(
+    args: &EnsembleArgs,
+    results: &std::path::Path,
+    data: &fmnist_data::FashionMnist,
+    device: &candle::Device,
+) -> anyhow::Result<ExitCode> {
+    if args.name.is_empty() || args.name.contains(['/', '\\']) || args.name.starts_with('.') {
+        bail!("--name {:?}: give a plain folder name", args.name);
+    }
+    let dir = results.join(&args.name);
+    if Checkpoint::new(&dir).read_config().is_ok() {
+        bail!(
+            "{} holds a trained run; choose another --name",
+            dir.display()
+        );
+    }
+    let runs: Vec<(String, PathBuf)> = args
+        .runs
+        .iter()
+        .map(|d| {
+            let name = d.strip_prefix(results).unwrap_or(d).display().to_string();
+            (name, d.clone())
+        })
+        .collect();
+    let members = ensemble::load_members(&runs, data, device)?;
+    let candidates = members
+        .iter()
+        .map(|m| ensemble::member_record(m, data))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let chosen: Vec<usize> = if args.choose_on_val {
+        let split = fmnist_train::prepare(&members[0].config.train, data)?;
+        let val: Vec<&[f32]> = members.iter().map(|m| m.val_probs.as_slice()).collect();
+        ensemble::choose_on_validation(&val, &split.val.labels)
+    } else {
+        (0..members.len()).collect()
+    };
+    let picked: Vec<&ensemble::Member> = chosen.iter().map(|&i| &members[i]).collect();
+    let scores = ensemble::ensemble_scores(&picked, data)?;
+    let record = ensemble::EnsembleRecord {
+        name: args.name.clone(),
+        members: chosen.iter().map(|&i| candidates[i].clone()).collect(),
+        candidates,
+        chosen_by: if args.choose_on_val {
+            "validation"
+        } else {
+            "given"
+        }
+        .into(),
+        val_acc: scores.gap.val.accuracy,
+        test_acc: scores.gap.test.accuracy,
+        test_loss: scores.gap.test.loss,
+        macro_f1: scores.confusion.macro_average().f1,
+        ece: scores.calibration.ece,
+        group_acc: scores.groups.accuracy,
+        errors_within_group: scores.groups.errors_within_group,
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    outputs::write_ensemble(&dir, &record, &scores, data, !args.no_plots)?;
+    println!("{}", report::ensemble_text(&record, &scores));
+    println!("wrote {}", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The run under `results` with the best test accuracy (from its summary.json).
 fn best_run(results: &std::path::Path) -> anyhow::Result<PathBuf> {
     let runs = if results.is_dir() {
@@ -224,11 +315,14 @@ fn comparison_rows(evals: &[Evaluation]) -> Vec<(String, f64, f64)> {
                 if rows.iter().any(|r| r.0 == format!("{group} (seeds)")) {
                     continue;
                 }
-                let accs: Vec<f64> = groups[group].iter().map(|g| g.gap.test.accuracy).collect();
+                let accs: Vec<f64> = groups[group]
+                    .iter()
+                    .map(|g| g.scores.gap.test.accuracy)
+                    .collect();
                 let (m, s) = mean_std(&accs);
                 rows.push((format!("{group} (seeds)"), m, s));
             }
-            None => rows.push((e.name.clone(), e.gap.test.accuracy, 0.0)),
+            None => rows.push((e.name.clone(), e.scores.gap.test.accuracy, 0.0)),
         }
     }
     rows

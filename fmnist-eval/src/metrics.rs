@@ -1,5 +1,6 @@
 //! Classification metrics as plain functions of labels and predictions: the confusion matrix,
-//! per-class precision/recall/F1, their averages, the most-confused pairs, and calibration.
+//! per-class precision/recall/F1, their averages, the most-confused pairs, the garment
+//! groups, and calibration.
 //!
 //! Conventions follow scikit-learn: a precision or recall with nothing to divide is 0 (never
 //! NaN), and averages run over the classes present in the labels or the predictions.
@@ -165,6 +166,61 @@ impl ConfusionMatrix {
     }
 }
 
+/// The garment groups of Fashion-MNIST's classes, by label: tops (T-shirt/top, Pullover,
+/// Dress, Coat, Shirt), bottoms (Trouser), footwear (Sandal, Sneaker, Ankle boot), bags (Bag).
+pub const GARMENT_GROUPS: [(&str, &[usize]); 4] = [
+    ("tops", &[0, 2, 3, 4, 6]),
+    ("bottoms", &[1]),
+    ("footwear", &[5, 7, 9]),
+    ("bags", &[8]),
+];
+
+/// The confusion matrix folded into the garment groups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupMetrics {
+    pub groups: Vec<String>,
+    /// Counts of (true group, predicted group); rows are true groups.
+    pub confusion: Vec<Vec<u64>>,
+    /// The share of images whose predicted class is in their true class's group.
+    pub accuracy: f64,
+    /// The share of the class-level mistakes that stay inside their group (0 without mistakes).
+    pub errors_within_group: f64,
+}
+
+impl GroupMetrics {
+    /// Folds `m` (over Fashion-MNIST's ten classes) into [`GARMENT_GROUPS`].
+    pub fn garments(m: &ConfusionMatrix) -> Self {
+        let group_of = |class: usize| {
+            GARMENT_GROUPS
+                .iter()
+                .position(|(_, members)| members.contains(&class))
+                .expect("every Fashion-MNIST class has a group")
+        };
+        let n = GARMENT_GROUPS.len();
+        let mut confusion = vec![vec![0u64; n]; n];
+        let mut within = 0u64;
+        for t in 0..m.classes() {
+            for p in 0..m.classes() {
+                let (gt, gp) = (group_of(t), group_of(p));
+                confusion[gt][gp] += m.get(t, p);
+                if t != p && gt == gp {
+                    within += m.get(t, p);
+                }
+            }
+        }
+        let total = m.total() as f64;
+        let right_group: u64 = (0..n).map(|g| confusion[g][g]).sum();
+        let correct: u64 = (0..m.classes()).map(|c| m.get(c, c)).sum();
+        let mistakes = m.total() - correct;
+        GroupMetrics {
+            groups: GARMENT_GROUPS.iter().map(|(g, _)| g.to_string()).collect(),
+            confusion,
+            accuracy: ratio(right_group as f64, total),
+            errors_within_group: ratio(within as f64, mistakes as f64),
+        }
+    }
+}
+
 /// One bin of a reliability diagram: images whose confidence fell in `[lower, upper)`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ReliabilityBin {
@@ -314,6 +370,39 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn garment_groups_by_hand() {
+        // Shirt (6) as T-shirt (0): inside tops. Sneaker (7) as Sandal (5): inside footwear.
+        // Coat (4) as Bag (8): across groups. Trouser (1) right, Bag (8) right.
+        let labels = [6, 6, 7, 4, 1, 8];
+        let predicted = [0, 6, 5, 8, 1, 8];
+        let g = GroupMetrics::garments(&ConfusionMatrix::new(10, &labels, &predicted));
+        assert_eq!(g.groups, ["tops", "bottoms", "footwear", "bags"]);
+        assert_eq!(
+            g.confusion,
+            vec![
+                vec![2, 0, 0, 1],
+                vec![0, 1, 0, 0],
+                vec![0, 0, 1, 0],
+                vec![0, 0, 0, 1]
+            ]
+        );
+        assert!(close(g.accuracy, 5.0 / 6.0));
+        assert!(close(g.errors_within_group, 2.0 / 3.0));
+        let perfect = GroupMetrics::garments(&ConfusionMatrix::new(10, &[3, 9], &[3, 9]));
+        assert_eq!((perfect.accuracy, perfect.errors_within_group), (1.0, 0.0));
+    }
+
+    #[test]
+    fn every_class_is_in_exactly_one_garment_group() {
+        let mut all: Vec<usize> = GARMENT_GROUPS
+            .iter()
+            .flat_map(|(_, m)| m.to_vec())
+            .collect();
+        all.sort();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
     }
 
     #[test]

@@ -8,9 +8,10 @@ use fmnist_data::{write_atomic, FashionMnist, Normalizer};
 use fmnist_train::run::write_json;
 use serde::Serialize;
 
-use crate::evaluate::{Evaluation, Gap};
+use crate::ensemble::EnsembleRecord;
+use crate::evaluate::{Evaluation, Gap, Scores};
 use crate::files;
-use crate::metrics::{Averages, ClassMetrics, Confusion};
+use crate::metrics::{Averages, ClassMetrics, Confusion, GroupMetrics};
 use crate::plots::{self, Tile};
 
 /// `metrics.json`: everything measured, in one machine-readable file.
@@ -25,6 +26,13 @@ pub struct MetricsFile<'a> {
     pub best_epoch: Option<usize>,
     pub train_seconds: Option<f64>,
     pub inference_images_per_second: f64,
+    #[serde(flatten)]
+    pub scores: ScoreMetrics<'a>,
+}
+
+/// The metrics of test predictions, whatever made them (the body of `metrics.json`).
+#[derive(Debug, Serialize)]
+pub struct ScoreMetrics<'a> {
     pub gap: Gap,
     pub per_class: Vec<NamedClass<'a>>,
     pub macro_average: Averages,
@@ -32,6 +40,7 @@ pub struct MetricsFile<'a> {
     pub confusion: Vec<Vec<u64>>,
     pub most_confused: Vec<NamedConfusion<'a>>,
     pub ece: f64,
+    pub garment_groups: &'a GroupMetrics,
 }
 
 /// One class's metrics with its name (a row of `per_class.csv` too).
@@ -52,11 +61,11 @@ pub struct NamedConfusion<'a> {
     pub count: u64,
 }
 
-impl<'a> MetricsFile<'a> {
-    pub fn new(e: &'a Evaluation) -> Self {
-        let names = &e.config.class_names;
+impl<'a> ScoreMetrics<'a> {
+    pub fn new(s: &'a Scores) -> Self {
+        let names = &s.class_names;
         let k = names.len();
-        let per_class = e
+        let per_class = s
             .confusion
             .per_class()
             .iter()
@@ -70,6 +79,32 @@ impl<'a> MetricsFile<'a> {
                 support: m.support,
             })
             .collect();
+        ScoreMetrics {
+            gap: s.gap,
+            per_class,
+            macro_average: s.confusion.macro_average(),
+            weighted_average: s.confusion.weighted_average(),
+            confusion: (0..k)
+                .map(|t| (0..k).map(|p| s.confusion.get(t, p)).collect())
+                .collect(),
+            most_confused: s
+                .confusion
+                .most_confused(5)
+                .iter()
+                .map(|c: &Confusion| NamedConfusion {
+                    actual: &names[c.actual],
+                    predicted: &names[c.predicted],
+                    count: c.count,
+                })
+                .collect(),
+            ece: s.calibration.ece,
+            garment_groups: &s.groups,
+        }
+    }
+}
+
+impl<'a> MetricsFile<'a> {
+    pub fn new(e: &'a Evaluation) -> Self {
         MetricsFile {
             run: &e.name,
             model: e.config.train.model.kind.to_string(),
@@ -80,24 +115,7 @@ impl<'a> MetricsFile<'a> {
             best_epoch: e.summary.as_ref().map(|s| s.best_epoch),
             train_seconds: e.summary.as_ref().map(|s| s.train_seconds),
             inference_images_per_second: e.inference_images_per_second,
-            gap: e.gap,
-            per_class,
-            macro_average: e.confusion.macro_average(),
-            weighted_average: e.confusion.weighted_average(),
-            confusion: (0..k)
-                .map(|t| (0..k).map(|p| e.confusion.get(t, p)).collect())
-                .collect(),
-            most_confused: e
-                .confusion
-                .most_confused(5)
-                .iter()
-                .map(|c: &Confusion| NamedConfusion {
-                    actual: &names[c.actual],
-                    predicted: &names[c.predicted],
-                    count: c.count,
-                })
-                .collect(),
-            ece: e.calibration.ece,
+            scores: ScoreMetrics::new(&e.scores),
         }
     }
 }
@@ -126,15 +144,71 @@ pub fn write_run_outputs(
     device: &Device,
     plots_on: bool,
 ) -> anyhow::Result<()> {
-    let staging = e.dir.join(".eval-staging");
+    staged(&e.dir, |dir| {
+        write_json(&dir.join(files::METRICS), &MetricsFile::new(e))?;
+        write_score_files(dir, &e.scores)?;
+        if plots_on {
+            if !e.history.is_empty() {
+                plots::curves(
+                    &dir.join(files::CURVES.stem),
+                    &format!("{} — {}", e.name, files::CURVES.caption),
+                    &e.history,
+                )?;
+            }
+            write_score_plots(dir, &e.name, &e.scores, data)?;
+            if e.config.train.model.kind.is_convolutional() {
+                write_filters(dir, e, data, device)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The `metrics.json` of an ensemble.
+#[derive(Debug, Serialize)]
+struct EnsembleMetrics<'a> {
+    run: &'a str,
+    members: Vec<&'a str>,
+    #[serde(flatten)]
+    scores: ScoreMetrics<'a>,
+}
+
+/// Writes an ensemble's files into `dir`: ensemble.json, metrics.json, the CSVs and plots.
+pub fn write_ensemble(
+    dir: &Path,
+    record: &EnsembleRecord,
+    s: &Scores,
+    data: &FashionMnist,
+    plots_on: bool,
+) -> anyhow::Result<()> {
+    staged(dir, |staging| {
+        write_json(&staging.join(files::ENSEMBLE), record)?;
+        let metrics = EnsembleMetrics {
+            run: &record.name,
+            members: record.members.iter().map(|m| m.run.as_str()).collect(),
+            scores: ScoreMetrics::new(s),
+        };
+        write_json(&staging.join(files::METRICS), &metrics)?;
+        write_score_files(staging, s)?;
+        if plots_on {
+            write_score_plots(staging, &record.name, s, data)?;
+        }
+        Ok(())
+    })
+}
+
+/// Runs `write` into a staging folder inside `dir`, then moves what it wrote into `dir`: all
+/// of it, or nothing when `write` fails.
+pub fn staged(dir: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let staging = dir.join(".eval-staging");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    let result = write_into(&staging, e, data, device, plots_on);
+    let result = write(&staging);
     if result.is_ok() {
         for entry in std::fs::read_dir(&staging)? {
             let path = entry?.path();
             if let Some(name) = path.file_name() {
-                std::fs::rename(&path, e.dir.join(name))
+                std::fs::rename(&path, dir.join(name))
                     .with_context(|| format!("moving {}", path.display()))?;
             }
         }
@@ -143,21 +217,14 @@ pub fn write_run_outputs(
     result
 }
 
-fn write_into(
-    dir: &Path,
-    e: &Evaluation,
-    data: &FashionMnist,
-    device: &Device,
-    plots_on: bool,
-) -> anyhow::Result<()> {
-    let names = &e.config.class_names;
+/// per_class.csv, confusion.csv, confusion_normalized.csv, predictions.csv and gap.csv.
+pub fn write_score_files(dir: &Path, s: &Scores) -> anyhow::Result<()> {
+    let names = &s.class_names;
     let k = names.len();
-    let metrics = MetricsFile::new(e);
-    write_json(&dir.join(files::METRICS), &metrics)?;
     write_atomic(
         &dir.join(files::PER_CLASS_CSV),
         &csv_bytes(|w| {
-            for row in &metrics.per_class {
+            for row in &ScoreMetrics::new(s).per_class {
                 w.serialize(row)?;
             }
             Ok(())
@@ -177,13 +244,13 @@ fn write_into(
                     let mut row = vec![name.clone()];
                     if normalized {
                         row.extend(
-                            e.confusion
+                            s.confusion
                                 .normalized_row(t)
                                 .iter()
                                 .map(|v| format!("{v:.4}")),
                         );
                     } else {
-                        row.extend((0..k).map(|p| e.confusion.get(t, p).to_string()));
+                        row.extend((0..k).map(|p| s.confusion.get(t, p).to_string()));
                     }
                     w.write_record(&row)?;
                 }
@@ -197,11 +264,11 @@ fn write_into(
             let mut header = vec!["index".to_string(), "label".into(), "predicted".into()];
             header.extend(names.iter().map(|n| format!("p({n})")));
             w.write_record(&header)?;
-            for (i, probs) in e.test_probs.chunks_exact(k).enumerate() {
+            for (i, probs) in s.test_probs.chunks_exact(k).enumerate() {
                 let mut row = vec![
                     i.to_string(),
-                    e.test_labels[i].to_string(),
-                    e.test_predictions[i].to_string(),
+                    s.test_labels[i].to_string(),
+                    s.test_predictions[i].to_string(),
                 ];
                 row.extend(probs.iter().map(|p| format!("{p:.6}")));
                 w.write_record(&row)?;
@@ -213,65 +280,56 @@ fn write_into(
         &dir.join(files::GAP_CSV),
         &csv_bytes(|w| {
             w.write_record(["split", "loss", "accuracy"])?;
-            for (split, s) in [
-                ("train", e.gap.train),
-                ("val", e.gap.val),
-                ("test", e.gap.test),
+            for (split, part) in [
+                ("train", s.gap.train),
+                ("val", s.gap.val),
+                ("test", s.gap.test),
             ] {
                 w.write_record([
                     split.to_string(),
-                    format!("{:.6}", s.loss),
-                    format!("{:.6}", s.accuracy),
+                    format!("{:.6}", part.loss),
+                    format!("{:.6}", part.accuracy),
                 ])?;
             }
             Ok(())
         })?,
     )?;
-    if plots_on {
-        write_plots(dir, e, data, device)?;
-    }
     Ok(())
 }
 
-fn write_plots(
+/// The plots of test predictions: confusion matrix, calibration, probability bars, mistakes.
+pub fn write_score_plots(
     dir: &Path,
-    e: &Evaluation,
+    name: &str,
+    s: &Scores,
     data: &FashionMnist,
-    device: &Device,
 ) -> anyhow::Result<()> {
-    let names = &e.config.class_names;
+    let names = &s.class_names;
     let k = names.len();
-    let title = |what: &str| format!("{} — {what}", e.name);
-    if !e.history.is_empty() {
-        plots::curves(
-            &dir.join(files::CURVES.stem),
-            &title(files::CURVES.caption),
-            &e.history,
-        )?;
-    }
+    let title = |what: &str| format!("{name} — {what}");
     plots::confusion(
         &dir.join(files::CONFUSION.stem),
         &title(&format!(
             "test confusion matrix (accuracy {:.2}%)",
-            100.0 * e.gap.test.accuracy
+            100.0 * s.gap.test.accuracy
         )),
-        &e.confusion,
+        &s.confusion,
         names,
     )?;
     plots::reliability(
         &dir.join(files::RELIABILITY.stem),
         &title("calibration"),
-        &e.calibration,
+        &s.calibration,
     )?;
     // Probability bars: the first test image of every other class, then two mistakes.
     let mut picks: Vec<usize> = (0..k)
         .step_by(2)
-        .filter_map(|c| e.test_labels.iter().position(|&l| l == c))
+        .filter_map(|c| s.test_labels.iter().position(|&l| l == c))
         .take(4)
         .collect();
     picks.extend(
-        (0..e.test_labels.len())
-            .filter(|&i| e.test_predictions[i] != e.test_labels[i])
+        (0..s.test_labels.len())
+            .filter(|&i| s.test_predictions[i] != s.test_labels[i])
             .take(2),
     );
     let images: Vec<Vec<f32>> = picks.iter().map(|&i| test_image(data, i)).collect();
@@ -279,17 +337,17 @@ fn write_plots(
         .iter()
         .zip(&images)
         .map(|(&i, img)| {
-            let pred = e.test_predictions[i];
+            let pred = s.test_predictions[i];
             (
                 Tile {
                     pixels: img,
                     rows: data.test.rows,
                     cols: data.test.cols,
-                    caption: format!("#{i}: {}", names[e.test_labels[i]]),
-                    alert: pred != e.test_labels[i],
+                    caption: format!("#{i}: {}", names[s.test_labels[i]]),
+                    alert: pred != s.test_labels[i],
                 },
-                e.test_probs[i * k..(i + 1) * k].to_vec(),
-                e.test_labels[i],
+                s.test_probs[i * k..(i + 1) * k].to_vec(),
+                s.test_labels[i],
             )
         })
         .collect();
@@ -300,11 +358,11 @@ fn write_plots(
         names,
     )?;
     // The most confident mistakes.
-    let mut wrong: Vec<usize> = (0..e.test_labels.len())
-        .filter(|&i| e.test_predictions[i] != e.test_labels[i])
+    let mut wrong: Vec<usize> = (0..s.test_labels.len())
+        .filter(|&i| s.test_predictions[i] != s.test_labels[i])
         .collect();
     wrong.sort_by(|&a, &b| {
-        let conf = |i: usize| e.test_probs[i * k + e.test_predictions[i]];
+        let conf = |i: usize| s.test_probs[i * k + s.test_predictions[i]];
         conf(b).total_cmp(&conf(a))
     });
     wrong.truncate(40);
@@ -318,9 +376,9 @@ fn write_plots(
             cols: data.test.cols,
             caption: format!(
                 "{}\n→ {} {:.0}%",
-                names[e.test_labels[i]],
-                names[e.test_predictions[i]],
-                100.0 * e.test_probs[i * k + e.test_predictions[i]]
+                names[s.test_labels[i]],
+                names[s.test_predictions[i]],
+                100.0 * s.test_probs[i * k + s.test_predictions[i]]
             ),
             alert: true,
         })
@@ -333,9 +391,6 @@ fn write_plots(
         90,
         2,
     )?;
-    if e.config.train.model.kind.is_convolutional() {
-        write_filters(dir, e, data, device)?;
-    }
     Ok(())
 }
 
@@ -407,7 +462,7 @@ fn write_filters(
             caption: format!("{j}"),
             alert: false,
         }));
-        let label = &e.config.class_names[data.test.labels[i] as usize];
+        let label = &e.scores.class_names[data.test.labels[i] as usize];
         plots::image_grid(
             &dir.join(files::FEATURE_MAPS.png()),
             &format!(

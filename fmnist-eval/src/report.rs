@@ -5,26 +5,27 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::evaluate::Evaluation;
+use crate::ensemble::EnsembleRecord;
+use crate::evaluate::{Evaluation, Scores};
 use crate::table::{pct, thousands, Table};
 use fmnist_models::mean_std;
 
 use crate::files::{Plot, COMPARISON, CURVES, RUN_PLOTS_AFTER_TABLES, SAMPLES};
 
 /// The gap table of one run: loss and accuracy per split, and the differences to train.
-pub fn gap_table(e: &Evaluation) -> Table {
+pub fn gap_table(s: &Scores) -> Table {
     let mut t = Table::new(["split", "loss", "accuracy", "gap to train (acc)"]);
-    let g = e.gap;
-    for (name, s) in [("train", g.train), ("validation", g.val), ("test", g.test)] {
+    let g = s.gap;
+    for (name, part) in [("train", g.train), ("validation", g.val), ("test", g.test)] {
         let gap = if name == "train" {
             "-".to_string()
         } else {
-            format!("{:+.2} pts", 100.0 * (s.accuracy - g.train.accuracy))
+            format!("{:+.2} pts", 100.0 * (part.accuracy - g.train.accuracy))
         };
         t.push([
             name.to_string(),
-            format!("{:.4}", s.loss),
-            pct(s.accuracy),
+            format!("{:.4}", part.loss),
+            pct(part.accuracy),
             gap,
         ]);
     }
@@ -32,9 +33,9 @@ pub fn gap_table(e: &Evaluation) -> Table {
 }
 
 /// Per-class accuracy, precision, recall, F1, support, then the macro and weighted averages.
-pub fn per_class_table(e: &Evaluation) -> Table {
+pub fn per_class_table(s: &Scores) -> Table {
     let mut t = Table::new(["class", "accuracy", "precision", "recall", "F1", "support"]);
-    for (m, name) in e.confusion.per_class().iter().zip(&e.config.class_names) {
+    for (m, name) in s.confusion.per_class().iter().zip(&s.class_names) {
         t.push([
             name.clone(),
             pct(m.recall),
@@ -45,8 +46,8 @@ pub fn per_class_table(e: &Evaluation) -> Table {
         ]);
     }
     for (label, a) in [
-        ("macro avg", e.confusion.macro_average()),
-        ("weighted avg", e.confusion.weighted_average()),
+        ("macro avg", s.confusion.macro_average()),
+        ("weighted avg", s.confusion.weighted_average()),
     ] {
         t.push([
             label.to_string(),
@@ -54,15 +55,49 @@ pub fn per_class_table(e: &Evaluation) -> Table {
             pct(a.precision),
             pct(a.recall),
             pct(a.f1),
-            e.confusion.total().to_string(),
+            s.confusion.total().to_string(),
         ]);
     }
     t
 }
 
+/// The confusion matrix folded into the garment groups, and how many mistakes stay in a group.
+pub fn groups_table(s: &Scores) -> Table {
+    let g = &s.groups;
+    let mut header = vec!["actual \\ pred".to_string()];
+    header.extend(g.groups.iter().cloned());
+    header.push("accuracy".into());
+    let mut t = Table::new(header);
+    for (i, (name, row)) in g.groups.iter().zip(&g.confusion).enumerate() {
+        let mut cells = vec![name.clone()];
+        cells.extend(row.iter().map(|c| c.to_string()));
+        let total: u64 = row.iter().sum();
+        cells.push(pct(row[i] as f64 / total.max(1) as f64));
+        t.push(cells);
+    }
+    t
+}
+
+/// One line on the garment groups: group accuracy and the share of mistakes inside a group.
+pub fn groups_line(s: &Scores) -> String {
+    format!(
+        "garment groups (tops, bottoms, footwear, bags): accuracy {}; {} of the mistakes stay inside their group",
+        pct(s.groups.accuracy),
+        pct(s.groups.errors_within_group)
+    )
+}
+
+/// `s` with its first letter in upper case.
+fn capitalized(s: &str) -> String {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .map_or(String::new(), |c| c.to_uppercase().chain(chars).collect())
+}
+
 /// The confusion matrix with short class names; counts, or row shares with `normalized`.
-pub fn confusion_table(e: &Evaluation, normalized: bool) -> Table {
-    let names = &e.config.class_names;
+pub fn confusion_table(s: &Scores, normalized: bool) -> Table {
+    let names = &s.class_names;
     let short = |s: &String| s.chars().take(8).collect::<String>();
     let mut header = vec!["actual \\ pred".to_string()];
     header.extend(names.iter().map(short));
@@ -71,13 +106,13 @@ pub fn confusion_table(e: &Evaluation, normalized: bool) -> Table {
         let mut row = vec![name.clone()];
         if normalized {
             row.extend(
-                e.confusion
+                s.confusion
                     .normalized_row(i)
                     .iter()
                     .map(|v| format!("{:.3}", v)),
             );
         } else {
-            row.extend((0..names.len()).map(|p| e.confusion.get(i, p).to_string()));
+            row.extend((0..names.len()).map(|p| s.confusion.get(i, p).to_string()));
         }
         t.push(row);
     }
@@ -85,9 +120,9 @@ pub fn confusion_table(e: &Evaluation, normalized: bool) -> Table {
 }
 
 /// The most-confused pairs, e.g. `Shirt -> T-shirt/top: 112`.
-pub fn confused_pairs(e: &Evaluation, n: usize) -> Vec<String> {
-    let names = &e.config.class_names;
-    e.confusion
+pub fn confused_pairs(s: &Scores, n: usize) -> Vec<String> {
+    let names = &s.class_names;
+    s.confusion
         .most_confused(n)
         .iter()
         .map(|c| format!("{} -> {}: {}", names[c.actual], names[c.predicted], c.count))
@@ -104,24 +139,97 @@ pub fn run_text(e: &Evaluation, normalized: bool) -> String {
         c.preset,
         c.seed,
         thousands(e.config.param_count as f64),
-        pct(e.gap.test.accuracy),
-        e.gap.test.loss,
-        pct(e.confusion.macro_average().f1),
-        100.0 * e.calibration.ece,
+        pct(e.scores.gap.test.accuracy),
+        e.scores.gap.test.loss,
+        pct(e.scores.confusion.macro_average().f1),
+        100.0 * e.scores.calibration.ece,
         thousands(e.inference_images_per_second)
     );
-    out.push_str(&gap_table(e).render());
+    out.push_str(&gap_table(&e.scores).render());
     out.push('\n');
-    out.push_str(&per_class_table(e).render());
+    out.push_str(&per_class_table(&e.scores).render());
     out.push_str(&format!(
         "\nconfusion matrix ({}; rows: actual, columns: predicted)\n",
         if normalized { "row shares" } else { "counts" }
     ));
-    out.push_str(&confusion_table(e, normalized).render());
+    out.push_str(&confusion_table(&e.scores, normalized).render());
     out.push_str("\nmost confused: ");
-    out.push_str(&confused_pairs(e, 5).join("; "));
-    out.push('\n');
+    out.push_str(&confused_pairs(&e.scores, 5).join("; "));
+    out.push_str(&format!("\n\n{}\n", groups_line(&e.scores)));
+    out.push_str(&groups_table(&e.scores).render());
     out
+}
+
+/// What is printed about an ensemble: its members, then the tables of a run.
+pub fn ensemble_text(r: &EnsembleRecord, s: &Scores) -> String {
+    let mut out = format!(
+        "== ensemble {}: {} members ({}) ==\n",
+        r.name,
+        r.members.len(),
+        if r.chosen_by == "validation" {
+            "chosen on validation accuracy"
+        } else {
+            "as given"
+        }
+    );
+    out.push_str(&ensemble_members_table(r).render());
+    out.push_str(&format!(
+        "\ntest accuracy {}  loss {:.4}  macro F1 {}  ECE {:.2}%\n\n",
+        pct(r.test_acc),
+        r.test_loss,
+        pct(r.macro_f1),
+        100.0 * r.ece
+    ));
+    out.push_str(&gap_table(s).render());
+    out.push('\n');
+    out.push_str(&per_class_table(s).render());
+    out.push_str(&format!("\n{}\n", groups_line(s)));
+    out.push_str(&groups_table(s).render());
+    out
+}
+
+/// The candidates of an ensemble, whether each is a member, and each one's scores alone.
+fn ensemble_members_table(r: &EnsembleRecord) -> Table {
+    let mut t = Table::new(["run", "model", "member", "val acc alone", "test acc alone"]);
+    for c in &r.candidates {
+        let member = r.members.iter().any(|m| m.run == c.run);
+        t.push([
+            c.run.clone(),
+            c.model.clone(),
+            if member { "yes" } else { "no" }.to_string(),
+            pct(c.val_acc),
+            pct(c.test_acc),
+        ]);
+    }
+    t
+}
+
+/// The ensembles' rows of the report: members, validation and test accuracy.
+pub fn ensembles_markdown(ensembles: &[EnsembleRecord]) -> String {
+    let mut t = Table::new([
+        "ensemble",
+        "members",
+        "chosen by",
+        "val acc",
+        "test acc",
+        "macro F1",
+        "ECE",
+        "garment-group acc",
+    ]);
+    for r in ensembles {
+        let members: Vec<&str> = r.members.iter().map(|m| m.run.as_str()).collect();
+        t.push([
+            format!("[{0}]({0}/)", r.name),
+            members.join(", "),
+            r.chosen_by.clone(),
+            pct(r.val_acc),
+            pct(r.test_acc),
+            pct(r.macro_f1),
+            format!("{:.2}%", 100.0 * r.ece),
+            pct(r.group_acc),
+        ]);
+    }
+    t.markdown()
 }
 
 /// One metric row of the comparison: its values per run and which way is better.
@@ -161,13 +269,13 @@ pub fn comparison_table(evals: &[Evaluation]) -> Table {
         Metric {
             name: "test accuracy",
             higher_is_better: Some(true),
-            values: evals.iter().map(|e| e.gap.test.accuracy).collect(),
+            values: evals.iter().map(|e| e.scores.gap.test.accuracy).collect(),
             format: pct,
         },
         Metric {
             name: "test loss",
             higher_is_better: Some(false),
-            values: evals.iter().map(|e| e.gap.test.loss).collect(),
+            values: evals.iter().map(|e| e.scores.gap.test.loss).collect(),
             format: |v| format!("{v:.4}"),
         },
         Metric {
@@ -175,14 +283,14 @@ pub fn comparison_table(evals: &[Evaluation]) -> Table {
             higher_is_better: Some(true),
             values: evals
                 .iter()
-                .map(|e| e.confusion.macro_average().f1)
+                .map(|e| e.scores.confusion.macro_average().f1)
                 .collect(),
             format: pct,
         },
         Metric {
             name: "validation accuracy",
             higher_is_better: Some(true),
-            values: evals.iter().map(|e| e.gap.val.accuracy).collect(),
+            values: evals.iter().map(|e| e.scores.gap.val.accuracy).collect(),
             format: pct,
         },
         Metric {
@@ -190,14 +298,14 @@ pub fn comparison_table(evals: &[Evaluation]) -> Table {
             higher_is_better: Some(false),
             values: evals
                 .iter()
-                .map(|e| 100.0 * (e.gap.train.accuracy - e.gap.test.accuracy))
+                .map(|e| 100.0 * (e.scores.gap.train.accuracy - e.scores.gap.test.accuracy))
                 .collect(),
             format: |v| format!("{v:.2}"),
         },
         Metric {
             name: "calibration error (ECE)",
             higher_is_better: Some(false),
-            values: evals.iter().map(|e| e.calibration.ece).collect(),
+            values: evals.iter().map(|e| e.scores.calibration.ece).collect(),
             format: pct,
         },
         Metric {
@@ -285,10 +393,10 @@ pub fn seeds_table(evals: &[Evaluation]) -> Option<Table> {
         t.push([
             group,
             seeds.join(","),
-            stat(&|e| e.gap.test.accuracy, 100.0, 2) + "%",
-            stat(&|e| e.gap.test.loss, 1.0, 4),
-            stat(&|e| e.gap.val.accuracy, 100.0, 2) + "%",
-            stat(&|e| e.confusion.macro_average().f1, 100.0, 2) + "%",
+            stat(&|e| e.scores.gap.test.accuracy, 100.0, 2) + "%",
+            stat(&|e| e.scores.gap.test.loss, 1.0, 4),
+            stat(&|e| e.scores.gap.val.accuracy, 100.0, 2) + "%",
+            stat(&|e| e.scores.confusion.macro_average().f1, 100.0, 2) + "%",
             stat(
                 &|e| e.summary.as_ref().map_or(f64::NAN, |s| s.train_seconds),
                 1.0,
@@ -316,6 +424,10 @@ pub struct SummaryRow<'a> {
     pub test_loss: f64,
     pub macro_f1: f64,
     pub ece: f64,
+    /// Accuracy over the garment groups (tops, bottoms, footwear, bags).
+    pub group_acc: f64,
+    /// The share of mistakes whose prediction stays in the true class's garment group.
+    pub errors_within_group: f64,
     pub inference_images_per_second: f64,
 }
 
@@ -331,12 +443,14 @@ pub fn summary_csv(evals: &[Evaluation]) -> anyhow::Result<Vec<u8>> {
             epochs: e.history.len(),
             best_epoch: e.summary.as_ref().map(|s| s.best_epoch),
             train_seconds: e.summary.as_ref().map(|s| s.train_seconds),
-            train_acc: e.gap.train.accuracy,
-            val_acc: e.gap.val.accuracy,
-            test_acc: e.gap.test.accuracy,
-            test_loss: e.gap.test.loss,
-            macro_f1: e.confusion.macro_average().f1,
-            ece: e.calibration.ece,
+            train_acc: e.scores.gap.train.accuracy,
+            val_acc: e.scores.gap.val.accuracy,
+            test_acc: e.scores.gap.test.accuracy,
+            test_loss: e.scores.gap.test.loss,
+            macro_f1: e.scores.confusion.macro_average().f1,
+            ece: e.scores.calibration.ece,
+            group_acc: e.scores.groups.accuracy,
+            errors_within_group: e.scores.groups.errors_within_group,
             inference_images_per_second: e.inference_images_per_second,
         })?;
     }
@@ -367,7 +481,12 @@ fn image(md: &mut String, alt: &str, path: &str, root: &Path) {
 }
 
 /// `REPORT.md`: provenance, comparison, seeds, then a section per run with its images.
-pub fn markdown(evals: &[Evaluation], root: &Path, prov: &Provenance) -> String {
+pub fn markdown(
+    evals: &[Evaluation],
+    ensembles: &[EnsembleRecord],
+    root: &Path,
+    prov: &Provenance,
+) -> String {
     let mut md = String::from("# fmnist evaluation report\n\n");
     md.push_str(&format!(
         "Made by `{}` at commit `{}` on {}. Training times are those of the runs themselves (see each run's `config.json` for its device and threads); inference is measured here on the test set.\n\n",
@@ -380,6 +499,10 @@ pub fn markdown(evals: &[Evaluation], root: &Path, prov: &Provenance) -> String 
     if let Some(t) = seeds_table(evals) {
         md.push_str("\n## Over seeds (mean ± sample std)\n\n");
         md.push_str(&t.markdown());
+    }
+    if !ensembles.is_empty() {
+        md.push_str("\n## Ensembles (mean of the members' probabilities)\n\n");
+        md.push_str(&ensembles_markdown(ensembles));
     }
     md.push('\n');
     image(&mut md, SAMPLES.caption, &SAMPLES.png(), root);
@@ -411,20 +534,22 @@ pub fn markdown(evals: &[Evaluation], root: &Path, prov: &Provenance) -> String 
         ));
         md.push_str(&format!(
             "Test accuracy **{}** (loss {:.4}), macro F1 {}, ECE {:.2}%. Most confused: {}.\n\n",
-            pct(e.gap.test.accuracy),
-            e.gap.test.loss,
-            pct(e.confusion.macro_average().f1),
-            100.0 * e.calibration.ece,
-            confused_pairs(e, 3).join("; ")
+            pct(e.scores.gap.test.accuracy),
+            e.scores.gap.test.loss,
+            pct(e.scores.confusion.macro_average().f1),
+            100.0 * e.scores.calibration.ece,
+            confused_pairs(&e.scores, 3).join("; ")
         ));
         let plot = |md: &mut String, p: Plot| {
             image(md, p.caption, &format!("{}/{}", e.name, p.png()), root)
         };
         plot(&mut md, CURVES);
         md.push('\n');
-        md.push_str(&gap_table(e).markdown());
+        md.push_str(&gap_table(&e.scores).markdown());
         md.push('\n');
-        md.push_str(&per_class_table(e).markdown());
+        md.push_str(&per_class_table(&e.scores).markdown());
+        md.push_str(&format!("\n{}.\n\n", capitalized(&groups_line(&e.scores))));
+        md.push_str(&groups_table(&e.scores).markdown());
         md.push('\n');
         for p in RUN_PLOTS_AFTER_TABLES {
             plot(&mut md, p);
