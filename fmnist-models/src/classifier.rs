@@ -72,8 +72,8 @@ impl Classifier {
         Ok(all.remove(0))
     }
 
-    /// The probabilities of the classes for each image, in one batch.
-    pub fn classify_all(&self, images: &[&[u8]]) -> Result<Vec<[f32; NUM_CLASSES]>> {
+    /// The normalized batch `[B, 1, 28, 28]` of `images`, each of [`IMAGE_PIXELS`] grey levels.
+    fn batch(&self, images: &[&[u8]]) -> Result<Tensor> {
         let mut pixels = Vec::with_capacity(images.len() * IMAGE_PIXELS);
         for (index, image) in images.iter().enumerate() {
             if image.len() != IMAGE_PIXELS {
@@ -86,7 +86,21 @@ impl Classifier {
             pixels.extend(image.iter().map(|&p| self.config.normalizer.apply(p)));
         }
         let shape = (images.len(), 1, IMAGE_SIDE, IMAGE_SIDE);
-        let x = Tensor::from_vec(pixels, shape, &self.device)?;
+        Ok(Tensor::from_vec(pixels, shape, &self.device)?)
+    }
+
+    /// Grad-CAM maps (28x28, row-major, values in [0, 1]) of `classes[i]` for `images[i]`:
+    /// where a convolutional model found the evidence for that class (the image as given;
+    /// mirror TTA plays no part). `None` for a model without convolutions.
+    pub fn grad_cam(&self, images: &[&[u8]], classes: &[usize]) -> Result<Option<Vec<Vec<f32>>>> {
+        let x = self.batch(images)?;
+        let classes: Vec<u32> = classes.iter().map(|&c| c as u32).collect();
+        Ok(self.model.grad_cam(&x, &classes)?)
+    }
+
+    /// The probabilities of the classes for each image, in one batch.
+    pub fn classify_all(&self, images: &[&[u8]]) -> Result<Vec<[f32; NUM_CLASSES]>> {
+        let x = self.batch(images)?;
         let logits = self
             .model
             .eval_logits(&x)?

@@ -23,6 +23,7 @@ pub mod classifier;
 pub mod config;
 pub mod conv;
 pub mod error;
+pub mod explain;
 pub mod kernels;
 pub mod kind;
 pub mod model;

@@ -82,6 +82,34 @@ impl Model {
         self.net.first_feature_maps(x)
     }
 
+    /// The last convolution's activations `[B, C, H, W]` in evaluation, for CNNs.
+    pub fn last_conv_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
+        self.net.last_conv_maps(x)
+    }
+
+    /// The evaluation logits from [`Model::last_conv_maps`]' output, differentiable in it.
+    pub fn logits_from_last_conv_maps(&self, maps: &Tensor) -> candle::Result<Tensor> {
+        self.net.head(maps)
+    }
+
+    /// Grad-CAM maps of `classes[b]` for images `x` `[B, 1, H, W]`, each resampled to the
+    /// image's `H x W` (row-major, values in [0, 1]); `None` for a network without
+    /// convolutions.
+    pub fn grad_cam(&self, x: &Tensor, classes: &[u32]) -> candle::Result<Option<Vec<Vec<f32>>>> {
+        let Some(maps) = self.net.last_conv_maps(x)? else {
+            return Ok(None);
+        };
+        let (_, _, rows, cols) = x.dims4()?;
+        let (_, _, h, w) = maps.dims4()?;
+        let cams = crate::explain::grad_cam(&maps, |a| self.net.head(a), classes)?;
+        let flat = cams.flatten_from(1)?.to_vec2::<f32>()?;
+        Ok(Some(
+            flat.iter()
+                .map(|m| crate::explain::upsample_bilinear(m, h, w, rows, cols))
+                .collect(),
+        ))
+    }
+
     /// The first convolution's kernels `[C, 1, k, k]`, for CNNs.
     pub fn first_conv_weight(&self) -> Option<Tensor> {
         let data = self.varmap.data().lock().ok()?;

@@ -20,6 +20,18 @@ pub trait Net: Send + Sync {
     fn first_feature_maps(&self, _x: &Tensor) -> candle::Result<Option<Tensor>> {
         Ok(None)
     }
+
+    /// The activations of the last convolution (`[B, C, H, W]`, after its ReLU, before any
+    /// pooling) in evaluation, for CNNs: what Grad-CAM weighs.
+    fn last_conv_maps(&self, _x: &Tensor) -> candle::Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// The evaluation logits from [`Net::last_conv_maps`]' output, through operations that
+    /// record their gradient: `head(last_conv_maps(x)) == forward_t(x, false)`.
+    fn head(&self, _maps: &Tensor) -> candle::Result<Tensor> {
+        candle::bail!("this network has no convolutions")
+    }
 }
 
 const PAD1: Conv2dConfig = Conv2dConfig {
@@ -68,6 +80,16 @@ impl Net for Cnn {
 
     fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
         Ok(Some(self.conv1.forward_t(x, false)?.relu()?))
+    }
+
+    fn last_conv_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
+        let x = self.conv1.forward_pool_relu_t(x, false)?;
+        Ok(Some(self.conv2.forward_t(&x, false)?.relu()?)) // 32x11x11
+    }
+
+    fn head(&self, maps: &Tensor) -> candle::Result<Tensor> {
+        let x = maps.max_pool2d(2)?.flatten_from(1)?;
+        self.fc2.forward(&self.fc1.forward(&x)?.relu()?)
     }
 }
 
@@ -154,6 +176,16 @@ impl Net for CnnWide {
     fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
         Ok(Some(self.conv1.forward_t(x, false)?.relu()?))
     }
+
+    fn last_conv_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
+        let x = self.conv1.forward_pool_relu_t(x, false)?;
+        Ok(Some(self.conv2.forward_t(&x, false)?.relu()?)) // 64x14x14
+    }
+
+    fn head(&self, maps: &Tensor) -> candle::Result<Tensor> {
+        let x = maps.max_pool2d(2)?.flatten_from(1)?;
+        self.fc2.forward(&self.fc1.forward(&x)?.relu()?)
+    }
 }
 
 /// The depth study's deeper CNN: conv3x3(32, pad 1) - pool - conv3x3(64, pad 1) - pool -
@@ -191,6 +223,17 @@ impl Net for Cnn3Conv {
 
     fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
         Ok(Some(self.conv1.forward_t(x, false)?.relu()?))
+    }
+
+    fn last_conv_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
+        let x = self.conv1.forward_pool_relu_t(x, false)?;
+        let x = self.conv2.forward_pool_relu_t(&x, false)?;
+        Ok(Some(self.conv3.forward_t(&x, false)?.relu()?)) // 128x7x7
+    }
+
+    fn head(&self, maps: &Tensor) -> candle::Result<Tensor> {
+        self.fc2
+            .forward(&self.fc1.forward(&maps.flatten_from(1)?)?.relu()?)
     }
 }
 
@@ -312,6 +355,18 @@ impl Net for CnnDeep {
     fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
         Ok(Some(self.stage1.forward_relu_t(x, false)?))
     }
+
+    fn last_conv_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
+        let x = self.stage1.forward_relu_t(x, false)?.apply(&self.pool)?;
+        let x = self.stage2.forward_relu_t(&x, false)?.apply(&self.pool)?;
+        let x = self.stage3a.forward_relu_t(&x, false)?;
+        Ok(Some(self.stage3b.forward_relu_t(&x, false)?)) // 128x7x7
+    }
+
+    fn head(&self, maps: &Tensor) -> candle::Result<Tensor> {
+        let x = maps.max_pool2d(2)?.flatten_from(1)?;
+        self.fc2.forward(&self.fc1.forward(&x)?.relu()?)
+    }
 }
 
 /// A basic residual block: two conv-BN, identity or strided 1x1-conv-BN shortcut.
@@ -392,5 +447,17 @@ impl Net for Resnet {
 
     fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
         Ok(Some(self.stem.forward_relu_t(x, false)?))
+    }
+
+    fn last_conv_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
+        let mut x = self.stem.forward_relu_t(x, false)?.apply(&self.pool)?;
+        for block in &self.blocks {
+            x = block.forward_t(&x, false)?;
+        }
+        Ok(Some(x)) // 128x4x4
+    }
+
+    fn head(&self, maps: &Tensor) -> candle::Result<Tensor> {
+        self.fc.forward(&maps.mean((2, 3))?)
     }
 }

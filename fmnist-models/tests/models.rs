@@ -555,3 +555,35 @@ fn the_kernels_are_a_value_of_the_model_and_both_give_the_same_logits() {
         }
     }
 }
+
+#[test]
+fn grad_cam_heads_give_the_models_own_logits_and_maps_in_unit_range() {
+    let x = batch(3);
+    for kind in ModelKind::ALL {
+        let m = build(kind, 5, Init::Pytorch).unwrap();
+        let Some(maps) = m.last_conv_maps(&x).unwrap() else {
+            assert!(!kind.is_convolutional(), "{kind} is a CNN without maps");
+            assert!(m.grad_cam(&x, &[0, 1, 2]).unwrap().is_none());
+            continue;
+        };
+        assert!(kind.is_convolutional(), "{kind}");
+        let cams = m.grad_cam(&x, &[0, 4, 9]).unwrap().unwrap();
+        assert_eq!(cams.len(), 3, "{kind}");
+        for cam in &cams {
+            assert_eq!(cam.len(), 784, "{kind}");
+            assert!(cam.iter().all(|v| (0.0..=1.0 + 1e-6).contains(v)), "{kind}");
+        }
+        // The head from the maps is the rest of the evaluation forward pass.
+        let via_maps: Vec<f32> = m
+            .logits_from_last_conv_maps(&maps)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let full = outputs(&m, &x, false);
+        for (a, b) in via_maps.iter().zip(&full) {
+            assert!((a - b).abs() < 1e-4, "{kind}: {a} vs {b}");
+        }
+    }
+}
