@@ -37,6 +37,10 @@ pub const MISCLASSIFIED: Plot = Plot {
     stem: "misclassified",
     caption: "misclassified",
 };
+pub const GRAD_CAM: Plot = Plot {
+    stem: "gradcam",
+    caption: "Grad-CAM of the most confident mistakes",
+};
 pub const FILTERS: Plot = Plot {
     stem: "filters",
     caption: "first-layer filters",
@@ -46,11 +50,12 @@ pub const FEATURE_MAPS: Plot = Plot {
     caption: "feature maps",
 };
 /// The plots of a run, in the order the report shows them after its tables.
-pub const RUN_PLOTS_AFTER_TABLES: [Plot; 6] = [
+pub const RUN_PLOTS_AFTER_TABLES: [Plot; 7] = [
     CONFUSION,
     RELIABILITY,
     PROBABILITIES,
     MISCLASSIFIED,
+    GRAD_CAM,
     FILTERS,
     FEATURE_MAPS,
 ];

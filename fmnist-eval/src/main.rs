@@ -97,6 +97,10 @@ struct PredictArgs {
     /// Write the 28x28 image the model saw for each input into DIR.
     #[arg(long, value_name = "DIR")]
     save_preprocessed: Option<PathBuf>,
+    /// Write into DIR, for each input, where the model found the evidence for its two likeliest
+    /// classes (Grad-CAM over the 28x28 input, as NAME.gradcam.png; convolutional models only).
+    #[arg(long, value_name = "DIR")]
+    explain: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -203,6 +207,7 @@ fn predict(
         threshold: args.threshold,
         invert: args.invert,
         save_preprocessed: args.save_preprocessed.clone(),
+        explain: args.explain.clone(),
     };
     let predictions = predict_files(&classifier, &args.paths, &options)?;
     if args.json {

@@ -158,6 +158,7 @@ pub fn write_run_outputs(
             write_score_plots(dir, &e.name, &e.scores, data)?;
             if e.config.train.model.kind.is_convolutional() {
                 write_filters(dir, e, data, device)?;
+                write_grad_cam(dir, e, data)?;
             }
         }
         Ok(())
@@ -345,6 +346,7 @@ pub fn write_score_plots(
                     cols: data.test.cols,
                     caption: format!("#{i}: {}", names[s.test_labels[i]]),
                     alert: pred != s.test_labels[i],
+                    heat: None,
                 },
                 s.test_probs[i * k..(i + 1) * k].to_vec(),
                 s.test_labels[i],
@@ -357,15 +359,7 @@ pub fn write_score_plots(
         &items,
         names,
     )?;
-    // The most confident mistakes.
-    let mut wrong: Vec<usize> = (0..s.test_labels.len())
-        .filter(|&i| s.test_predictions[i] != s.test_labels[i])
-        .collect();
-    wrong.sort_by(|&a, &b| {
-        let conf = |i: usize| s.test_probs[i * k + s.test_predictions[i]];
-        conf(b).total_cmp(&conf(a))
-    });
-    wrong.truncate(40);
+    let wrong = most_confident_mistakes(s, 40);
     let images: Vec<Vec<f32>> = wrong.iter().map(|&i| test_image(data, i)).collect();
     let tiles: Vec<Tile> = wrong
         .iter()
@@ -381,6 +375,7 @@ pub fn write_score_plots(
                 100.0 * s.test_probs[i * k + s.test_predictions[i]]
             ),
             alert: true,
+            heat: None,
         })
         .collect();
     plots::image_grid(
@@ -392,6 +387,88 @@ pub fn write_score_plots(
         2,
     )?;
     Ok(())
+}
+
+/// The test images the model got wrong with the highest confidence, most confident first.
+fn most_confident_mistakes(s: &Scores, n: usize) -> Vec<usize> {
+    let k = s.class_names.len();
+    let mut wrong: Vec<usize> = (0..s.test_labels.len())
+        .filter(|&i| s.test_predictions[i] != s.test_labels[i])
+        .collect();
+    wrong.sort_by(|&a, &b| {
+        let conf = |i: usize| s.test_probs[i * k + s.test_predictions[i]];
+        conf(b).total_cmp(&conf(a))
+    });
+    wrong.truncate(n);
+    wrong
+}
+
+/// Grad-CAM of the 16 most confident mistakes: for each, where the model saw its (wrong)
+/// prediction, and where it saw the true class.
+fn write_grad_cam(dir: &Path, e: &Evaluation, data: &FashionMnist) -> anyhow::Result<()> {
+    let s = &e.scores;
+    let names = &s.class_names;
+    let k = names.len();
+    let wrong = most_confident_mistakes(s, 16);
+    let n = data.test.image_len();
+    let images: Vec<&[u8]> = wrong
+        .iter()
+        .map(|&i| &data.test.pixels[i * n..(i + 1) * n])
+        .collect();
+    let predicted: Vec<usize> = wrong.iter().map(|&i| s.test_predictions[i]).collect();
+    let truth: Vec<usize> = wrong.iter().map(|&i| s.test_labels[i]).collect();
+    let classifier = &e.classifier;
+    let (Some(for_predicted), Some(for_truth)) = (
+        classifier.grad_cam(&images, &predicted)?,
+        classifier.grad_cam(&images, &truth)?,
+    ) else {
+        return Ok(());
+    };
+    let pixels: Vec<Vec<f32>> = wrong.iter().map(|&i| test_image(data, i)).collect();
+    let mut tiles = Vec::new();
+    for (j, &i) in wrong.iter().enumerate() {
+        let p = s.test_predictions[i];
+        tiles.push(Tile {
+            pixels: &pixels[j],
+            rows: data.test.rows,
+            cols: data.test.cols,
+            caption: format!(
+                "#{i} → {}\n{}",
+                names[p],
+                confidence(s.test_probs[i * k + p])
+            ),
+            alert: true,
+            heat: Some(&for_predicted[j]),
+        });
+        tiles.push(Tile {
+            pixels: &pixels[j],
+            rows: data.test.rows,
+            cols: data.test.cols,
+            caption: format!(
+                "true: {}\n{}",
+                names[s.test_labels[i]],
+                confidence(s.test_probs[i * k + s.test_labels[i]])
+            ),
+            alert: false,
+            heat: Some(&for_truth[j]),
+        });
+    }
+    plots::image_grid(
+        &dir.join(files::GRAD_CAM.png()),
+        &format!(
+            "{} — Grad-CAM of mistakes: predicted, then true class",
+            e.name
+        ),
+        &tiles,
+        8,
+        90,
+        2,
+    )
+}
+
+/// A probability as a percentage with one decimal, e.g. `99.9%`.
+fn confidence(p: f32) -> String {
+    format!("{:.1}%", 100.0 * p)
 }
 
 /// Normalizes `values` to [0, 1] by their own range.
@@ -421,6 +498,7 @@ fn write_filters(
                 cols: kw,
                 caption: format!("{i}"),
                 alert: false,
+                heat: None,
             })
             .collect();
         plots::image_grid(
@@ -454,6 +532,7 @@ fn write_filters(
             cols: data.test.cols,
             caption: "input".into(),
             alert: false,
+            heat: None,
         }];
         tiles.extend(stretched.iter().enumerate().map(|(j, px)| Tile {
             pixels: px,
@@ -461,6 +540,7 @@ fn write_filters(
             cols: w,
             caption: format!("{j}"),
             alert: false,
+            heat: None,
         }));
         let label = &e.scores.class_names[data.test.labels[i] as usize];
         plots::image_grid(
@@ -503,6 +583,7 @@ pub fn write_samples(dir: &Path, data: &FashionMnist) -> anyhow::Result<PathBuf>
             cols: data.test.cols,
             caption: data.class_names[data.test.labels[i] as usize].clone(),
             alert: false,
+            heat: None,
         })
         .collect();
     let path = dir.join(files::SAMPLES.png());

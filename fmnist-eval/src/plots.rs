@@ -341,6 +341,31 @@ pub struct Tile<'a> {
     pub caption: String,
     /// Red caption (a mistake).
     pub alert: bool,
+    /// A heat map over the image (`rows x cols` values in [0, 1]), drawn half-transparent.
+    pub heat: Option<&'a [f32]>,
+}
+
+/// The colour of heat `t` in [0, 1]: dark blue, cyan, yellow, red (a "jet"-like ramp).
+pub fn heat_color(t: f32) -> (f32, f32, f32) {
+    let stops = [
+        (0.0, (0.0, 0.0, 0.5)),
+        (0.35, (0.0, 0.8, 1.0)),
+        (0.65, (1.0, 0.9, 0.0)),
+        (1.0, (0.85, 0.0, 0.0)),
+    ];
+    let t = t.clamp(0.0, 1.0);
+    for pair in stops.windows(2) {
+        let ((t0, c0), (t1, c1)) = (pair[0], pair[1]);
+        if t <= t1 {
+            let f = (t - t0) / (t1 - t0);
+            return (
+                c0.0 + (c1.0 - c0.0) * f,
+                c0.1 + (c1.1 - c0.1) * f,
+                c0.2 + (c1.2 - c0.2) * f,
+            );
+        }
+    }
+    stops[3].1
 }
 
 fn draw_tile<DB: DrawingBackend>(
@@ -357,7 +382,16 @@ where
     let x0 = (w - side) as f64 / 2.0;
     for r in 0..tile.rows {
         for c in 0..tile.cols {
-            let v = (tile.pixels[r * tile.cols + c].clamp(0.0, 1.0) * 255.0) as u8;
+            let i = r * tile.cols + c;
+            let g = tile.pixels[i].clamp(0.0, 1.0);
+            let (red, green, blue) = match tile.heat {
+                Some(heat) => {
+                    let (hr, hg, hb) = heat_color(heat[i]);
+                    (0.5 * g + 0.5 * hr, 0.5 * g + 0.5 * hg, 0.5 * g + 0.5 * hb)
+                }
+                None => (g, g, g),
+            };
+            let byte = |v: f32| (v * 255.0) as u8;
             let (xa, ya) = ((x0 + c as f64 * scale) as i32, (r as f64 * scale) as i32);
             let (xb, yb) = (
                 (x0 + (c + 1) as f64 * scale) as i32,
@@ -365,7 +399,7 @@ where
             );
             area.draw(&Rectangle::new(
                 [(xa, ya), (xb, yb)],
-                RGBColor(v, v, v).filled(),
+                RGBColor(byte(red), byte(green), byte(blue)).filled(),
             ))?;
         }
     }

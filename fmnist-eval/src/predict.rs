@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use fmnist_models::Classifier;
+
+use crate::plots::Tile;
 use image::{GrayImage, Luma};
 use serde::Serialize;
 
@@ -155,11 +157,16 @@ pub struct Ranked {
     pub probability: f32,
 }
 
-/// The `k` most probable classes, most probable first.
-pub fn top_k(probs: &[f32], names: &[String], k: usize) -> Vec<Ranked> {
+/// The class indices, most probable first (ties: the lower index first).
+fn ranking(probs: &[f32]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
     order
+}
+
+/// The `k` most probable classes, most probable first.
+pub fn top_k(probs: &[f32], names: &[String], k: usize) -> Vec<Ranked> {
+    ranking(probs)
         .into_iter()
         .take(k)
         .map(|i| Ranked {
@@ -230,6 +237,8 @@ pub struct PredictOptions {
     pub invert: Invert,
     /// Write the 28x28 input of each image here (as `NAME.28x28.png`).
     pub save_preprocessed: Option<PathBuf>,
+    /// Write each image's Grad-CAM of its two likeliest classes here (as `NAME.gradcam.png`).
+    pub explain: Option<PathBuf>,
 }
 
 /// Classifies every file of `paths`; one failure does not stop the others.
@@ -239,8 +248,17 @@ pub fn predict_files(
     options: &PredictOptions,
 ) -> anyhow::Result<Vec<Prediction>> {
     let names = classifier.class_names();
-    if let Some(dir) = &options.save_preprocessed {
+    for dir in [&options.save_preprocessed, &options.explain]
+        .into_iter()
+        .flatten()
+    {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if options.explain.is_some() && !classifier.model().kind().is_convolutional() {
+        bail!(
+            "--explain shows where a convolutional model looked; this run's model ({}) has no convolutions",
+            classifier.model().kind()
+        );
     }
     let mut out = Vec::new();
     for item in expand(paths) {
@@ -271,6 +289,18 @@ pub fn predict_files(
                     .with_context(|| format!("writing {}", target.display()))?;
             }
             let probs = classifier.classify(input.as_raw())?;
+            if let Some(dir) = &options.explain {
+                let stem = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "image".into());
+                explain(
+                    classifier,
+                    input.as_raw(),
+                    &probs,
+                    &dir.join(format!("{stem}.gradcam.png")),
+                )?;
+            }
             Ok((probs, inverted))
         });
         out.push(match result {
@@ -297,6 +327,52 @@ pub fn predict_files(
         });
     }
     Ok(out)
+}
+
+/// Writes `target`: the 28x28 input, then its Grad-CAM for the two likeliest classes.
+fn explain(
+    classifier: &Classifier,
+    input: &[u8],
+    probs: &[f32],
+    target: &Path,
+) -> anyhow::Result<()> {
+    let names = classifier.class_names();
+    let top: Vec<usize> = ranking(probs).into_iter().take(2).collect();
+    let maps = classifier
+        .grad_cam(&[input, input], &top)?
+        .context("the model has no convolutions")?;
+    let pixels: Vec<f32> = input.iter().map(|&p| p as f32 / 255.0).collect();
+    let side = SIDE as usize;
+    let mut tiles = vec![Tile {
+        pixels: &pixels,
+        rows: side,
+        cols: side,
+        caption: "input (28x28)".into(),
+        alert: false,
+        heat: None,
+    }];
+    for (&class, map) in top.iter().zip(&maps) {
+        tiles.push(Tile {
+            pixels: &pixels,
+            rows: side,
+            cols: side,
+            caption: format!("{} {:.1}%", names[class], 100.0 * probs[class]),
+            alert: false,
+            heat: Some(map),
+        });
+    }
+    let title = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    crate::plots::image_grid(
+        target,
+        &format!("{title}: Grad-CAM (red: evidence)"),
+        &tiles,
+        3,
+        140,
+        1,
+    )
 }
 
 /// The line printed for one prediction.

@@ -1,5 +1,6 @@
-//! The `fmnist-eval` binary: an empty results folder is a clear error, and the numbers it
-//! prints agree with metrics.json, per_class.csv, confusion.csv and summary.csv.
+//! The `fmnist-eval` binary: an empty results folder is a clear error, the numbers it prints
+//! agree with metrics.json, per_class.csv, confusion.csv and summary.csv, and an ensemble's
+//! probabilities are the mean of its members'.
 use std::path::Path;
 use std::process::Command;
 
@@ -72,12 +73,15 @@ fn write_data(dir: &Path, data: &FashionMnist) {
     }
 }
 
-#[test]
-fn printed_numbers_json_and_csv_agree() {
-    let names: Vec<String> = FASHION_MNIST_CLASSES
+fn class_names() -> Vec<String> {
+    FASHION_MNIST_CLASSES
         .iter()
         .map(|s| s.to_string())
-        .collect();
+        .collect()
+}
+
+/// The synthetic data set, and a folder holding it as IDX files.
+fn synthetic_data() -> (FashionMnist, tempfile::TempDir) {
     let data = FashionMnist {
         source: DataSource {
             dir: "synthetic".into(),
@@ -85,27 +89,150 @@ fn printed_numbers_json_and_csv_agree() {
         },
         train: set(300, 0),
         test: set(200, 1),
-        class_names: names.clone(),
+        class_names: class_names(),
         verified: false,
     };
-    let (data_dir, results) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    write_data(data_dir.path(), &data);
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path(), &data);
+    (data, dir)
+}
+
+/// The flags that point fmnist-eval at the synthetic data in `dir`.
+fn data_flags(dir: &Path) -> Vec<String> {
+    [
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--verify",
+        "none",
+        "--class-names",
+        &class_names().join(","),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The probability columns of a predictions.csv, one row per image.
+fn probabilities(file: &Path) -> Vec<Vec<f64>> {
+    csv::Reader::from_path(file)
+        .unwrap()
+        .records()
+        .map(|r| {
+            r.unwrap()
+                .iter()
+                .skip(3)
+                .map(|v| v.parse().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn an_ensemble_averages_its_members_and_joins_the_report() {
+    let (data, data_dir) = synthetic_data();
+    let results = tempfile::tempdir().unwrap();
+    for (kind, name) in [(ModelKind::Mlp, "mlp"), (ModelKind::MlpBn, "mlp-bn")] {
+        let mut c = TrainConfig::preset(kind, Preset::Study);
+        c.epochs = 1;
+        c.batch_size = 32;
+        let run = results.path().join(name);
+        fmnist_train::train(&c, &data, &run, &Device::Cpu, &RunOptions::default()).unwrap();
+    }
+    let root = results.path().to_str().unwrap().to_string();
+    let mut args: Vec<String> = ["--results", &root].map(String::from).to_vec();
+    args.extend(data_flags(data_dir.path()));
+    args.push("--no-plots".into());
+    // Evaluating the runs writes their predictions.csv.
+    let runs = eval(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        runs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&runs.stderr)
+    );
+    let mut ens: Vec<String> = ["--results", &root, "ensemble"].map(String::from).to_vec();
+    ens.extend([format!("{root}/mlp"), format!("{root}/mlp-bn")]);
+    ens.extend(["--name", "both", "--no-plots"].map(String::from));
+    ens.extend(data_flags(data_dir.path()));
+    let out = eval(&ens.iter().map(String::as_str).collect::<Vec<_>>());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = results.path().join("both");
+    let a = probabilities(&results.path().join("mlp/predictions.csv"));
+    let b = probabilities(&results.path().join("mlp-bn/predictions.csv"));
+    let mean = probabilities(&dir.join("predictions.csv"));
+    assert_eq!(mean.len(), 200);
+    for ((a, b), m) in a.iter().zip(&b).zip(&mean) {
+        for ((x, y), z) in a.iter().zip(b).zip(m) {
+            assert!(((x + y) / 2.0 - z).abs() < 2e-6, "{x} {y} -> {z}");
+        }
+    }
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("ensemble.json")).unwrap()).unwrap();
+    assert_eq!(record["members"].as_array().unwrap().len(), 2);
+    assert_eq!(record["chosen_by"], "given");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(record["test_acc"], metrics["gap"]["test"]["accuracy"]);
+    let groups: Vec<Vec<u64>> =
+        serde_json::from_value(metrics["garment_groups"]["confusion"].clone()).unwrap();
+    assert_eq!(groups.iter().flatten().sum::<u64>(), 200);
+    assert!(stdout.contains("== ensemble both: 2 members"), "{stdout}");
+
+    // The next evaluation lists the ensemble in the report.
+    let again = eval(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(again.status.success());
+    let report = std::fs::read_to_string(results.path().join("REPORT.md")).unwrap();
+    assert!(
+        report.contains("## Ensembles") && report.contains("[both](both/)"),
+        "{report}"
+    );
+}
+
+#[test]
+fn an_ensemble_of_runs_with_different_validation_images_is_refused() {
+    let (data, data_dir) = synthetic_data();
+    let results = tempfile::tempdir().unwrap();
+    for seed in [1, 2] {
+        let mut c = TrainConfig::preset(ModelKind::Mlp, Preset::Study);
+        c.epochs = 1;
+        c.seed = seed;
+        let run = results.path().join(format!("seed-{seed}"));
+        fmnist_train::train(&c, &data, &run, &Device::Cpu, &RunOptions::default()).unwrap();
+    }
+    let root = results.path().to_str().unwrap().to_string();
+    let mut ens: Vec<String> = ["--results", &root, "ensemble"].map(String::from).to_vec();
+    ens.extend([format!("{root}/seed-1"), format!("{root}/seed-2")]);
+    ens.extend(["--name", "mixed", "--choose-on-val"].map(String::from));
+    ens.extend(data_flags(data_dir.path()));
+    let out = eval(&ens.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("hold out different validation images"),
+        "{err}"
+    );
+    assert!(!results.path().join("mixed").exists());
+}
+
+#[test]
+fn printed_numbers_json_and_csv_agree() {
+    let names = class_names();
+    let (data, data_dir) = synthetic_data();
+    let results = tempfile::tempdir().unwrap();
     let mut c = TrainConfig::preset(ModelKind::Mlp, Preset::Study);
     c.epochs = 1;
     c.batch_size = 32;
     let run = results.path().join("mlp");
     fmnist_train::train(&c, &data, &run, &Device::Cpu, &RunOptions::default()).unwrap();
-    let out = eval(&[
-        "--results",
-        results.path().to_str().unwrap(),
-        "--data-dir",
-        data_dir.path().to_str().unwrap(),
-        "--verify",
-        "none",
-        "--class-names",
-        &names.join(","),
-        "--no-plots",
-    ]);
+    let mut args: Vec<String> = ["--results", results.path().to_str().unwrap()]
+        .map(String::from)
+        .to_vec();
+    args.extend(data_flags(data_dir.path()));
+    args.push("--no-plots".into());
+    let out = eval(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

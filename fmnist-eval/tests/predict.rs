@@ -24,6 +24,7 @@ fn options() -> PredictOptions {
         threshold: 0.5,
         invert: Invert::Auto,
         save_preprocessed: None,
+        explain: None,
     }
 }
 
@@ -199,6 +200,7 @@ fn enlarged_photos_on_white_are_fitted_back_and_mostly_agree() {
     let saved = tempfile::tempdir().unwrap();
     let opts = PredictOptions {
         save_preprocessed: Some(saved.path().to_path_buf()),
+        explain: None,
         ..options()
     };
     let preds = predict_files(classifier, &write_all(dir.path(), &photos), &opts).unwrap();
@@ -214,6 +216,11 @@ fn enlarged_photos_on_white_are_fitted_back_and_mostly_agree() {
 
 /// A run folder of an untrained cnn (one epoch on 200 blank images).
 fn untrained_run() -> tempfile::TempDir {
+    untrained(ModelKind::Cnn)
+}
+
+/// A run folder of an untrained `kind` (one epoch on 200 blank images).
+fn untrained(kind: ModelKind) -> tempfile::TempDir {
     let data = FashionMnist {
         source: fmnist_data::DataSource {
             dir: "x".into(),
@@ -235,7 +242,7 @@ fn untrained_run() -> tempfile::TempDir {
         verified: false,
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut c = TrainConfig::preset(ModelKind::Cnn, Preset::Study);
+    let mut c = TrainConfig::preset(kind, Preset::Study);
     c.epochs = 1;
     c.model.normalization = Normalization::Unit;
     fmnist_train::train(&c, &data, dir.path(), &Device::Cpu, &RunOptions::default()).unwrap();
@@ -339,4 +346,32 @@ fn a_checkpoint_that_does_not_fit_its_config_is_a_clear_error() {
         msg.contains("nope: not a run folder (no config.json)"),
         "{msg}"
     );
+}
+
+#[test]
+fn explain_writes_a_grad_cam_per_image_for_a_cnn_and_refuses_other_models() {
+    let Some(data) = real_data() else { return };
+    let Some((_, classifier)) = trained() else {
+        return;
+    };
+    let (_dir, paths) = first_test_images_as_pngs(data, 2);
+    let out = tempfile::tempdir().unwrap();
+    let options = PredictOptions {
+        explain: Some(out.path().join("why")),
+        ..options()
+    };
+    let preds = predict_files(classifier, &paths, &options).unwrap();
+    assert!(preds.iter().all(|p| p.error.is_none()));
+    for path in &paths {
+        let stem = path.file_stem().unwrap().to_string_lossy();
+        let png = out.path().join("why").join(format!("{stem}.gradcam.png"));
+        let img = image::open(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
+        assert!(img.width() > 3 * 100, "three tiles side by side");
+    }
+    let mlp = untrained(ModelKind::Mlp);
+    let mlp = Classifier::load(mlp.path(), &Device::Cpu).unwrap();
+    let err = predict_files(&mlp, &paths, &options)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("has no convolutions"), "{err}");
 }
