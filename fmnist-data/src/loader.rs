@@ -70,6 +70,12 @@ pub struct Augment {
     pub hflip: bool,
     /// Probability of erasing one random rectangle (2-20% of the image, set to background).
     pub erase: f32,
+    /// Random rotation by up to this many degrees either way, about the image centre.
+    #[serde(default)]
+    pub rotate: f32,
+    /// Random zoom by a factor drawn from [1 - zoom, 1 + zoom], about the image centre.
+    #[serde(default)]
+    pub zoom: f32,
 }
 
 impl std::fmt::Display for Augment {
@@ -85,6 +91,12 @@ impl std::fmt::Display for Augment {
         if self.erase > 0.0 {
             parts.push(format!("erase p={}", self.erase));
         }
+        if self.rotate > 0.0 {
+            parts.push(format!("rotate ±{}°", self.rotate));
+        }
+        if self.zoom > 0.0 {
+            parts.push(format!("zoom ±{}%", 100.0 * self.zoom));
+        }
         if parts.is_empty() {
             f.write_str("none")
         } else {
@@ -95,7 +107,12 @@ impl std::fmt::Display for Augment {
 
 impl Augment {
     pub fn is_off(&self) -> bool {
-        self.translate == 0 && !self.hflip && self.erase <= 0.0
+        self.translate == 0 && !self.hflip && self.erase <= 0.0 && !self.warps()
+    }
+
+    /// Whether rotation or zoom is on (images are then resampled, not only shifted).
+    fn warps(&self) -> bool {
+        self.rotate > 0.0 || self.zoom > 0.0
     }
 
     /// Writes an augmented copy of `src` (`rows x cols` bytes) into `dst`.
@@ -110,6 +127,32 @@ impl Augment {
             (0, 0)
         };
         let flip = self.hflip && rng.random_bool(0.5);
+        // Drawn only when on, so runs without them see the same random stream as before.
+        if self.warps() {
+            let degrees = if self.rotate > 0.0 {
+                rng.random_range(-self.rotate..=self.rotate)
+            } else {
+                0.0
+            };
+            let scale = if self.zoom > 0.0 {
+                rng.random_range(1.0 - self.zoom..=1.0 + self.zoom)
+            } else {
+                1.0
+            };
+            let shift = (dy as f32, dx as f32);
+            warp(
+                src,
+                dst,
+                rows,
+                cols,
+                degrees.to_radians(),
+                scale,
+                shift,
+                flip,
+            );
+            self.erase_into(dst, rows, cols, rng);
+            return;
+        }
         for r in 0..rows {
             for c in 0..cols {
                 let sr = r as isize + dy;
@@ -125,6 +168,11 @@ impl Augment {
                     };
             }
         }
+        self.erase_into(dst, rows, cols, rng);
+    }
+
+    /// Random erasing, with probability `erase`, of one rectangle of `dst`.
+    fn erase_into(&self, dst: &mut [u8], rows: usize, cols: usize, rng: &mut impl Rng) {
         if self.erase > 0.0 && rng.random_bool(self.erase.min(1.0) as f64) {
             let area = (rows * cols) as f64 * rng.random_range(0.02..0.2);
             let aspect: f64 = rng.random_range(0.3f64.ln()..3.3f64.ln()).exp();
@@ -135,6 +183,50 @@ impl Augment {
             for r in top..top + h {
                 dst[r * cols + left..r * cols + left + w].fill(0);
             }
+        }
+    }
+}
+
+/// Writes into `dst` the image `src` (`rows x cols`) rotated by `angle` radians (counter-
+/// clockwise as displayed) and scaled by `scale` about its centre, then shifted by `shift`
+/// (rows, columns) and mirrored left-right if `flip`: each output pixel samples the input
+/// bilinearly at the inverse-mapped point, with zero outside.
+#[allow(clippy::too_many_arguments)]
+pub fn warp(
+    src: &[u8],
+    dst: &mut [u8],
+    rows: usize,
+    cols: usize,
+    angle: f32,
+    scale: f32,
+    shift: (f32, f32),
+    flip: bool,
+) {
+    let (cy, cx) = ((rows as f32 - 1.0) / 2.0, (cols as f32 - 1.0) / 2.0);
+    let (sin, cos) = angle.sin_cos();
+    let pixel = |r: isize, c: isize| -> f32 {
+        if r >= 0 && c >= 0 && (r as usize) < rows && (c as usize) < cols {
+            src[r as usize * cols + c as usize] as f32
+        } else {
+            0.0
+        }
+    };
+    for r in 0..rows {
+        for c in 0..cols {
+            // The point of the (unflipped, unshifted) output this pixel shows.
+            let oc = if flip { cols - 1 - c } else { c } as f32;
+            let (y, x) = (r as f32 + shift.0 - cy, oc + shift.1 - cx);
+            // Inverse rotation and scaling (y grows downwards, so the signs of sin flip).
+            let sy = (cos * y + sin * x) / scale + cy;
+            let sx = (-sin * y + cos * x) / scale + cx;
+            let (y0, x0) = (sy.floor(), sx.floor());
+            let (fy, fx) = (sy - y0, sx - x0);
+            let (y0, x0) = (y0 as isize, x0 as isize);
+            let v = pixel(y0, x0) * (1.0 - fy) * (1.0 - fx)
+                + pixel(y0, x0 + 1) * (1.0 - fy) * fx
+                + pixel(y0 + 1, x0) * fy * (1.0 - fx)
+                + pixel(y0 + 1, x0 + 1) * fy * fx;
+            dst[r * cols + c] = v.round().clamp(0.0, 255.0) as u8;
         }
     }
 }
@@ -391,6 +483,65 @@ mod tests {
             seen_flip |= dst != src;
         }
         assert!(seen_flip);
+    }
+
+    #[test]
+    fn warp_rotates_and_zooms_by_hand() {
+        // 3x3 with a bright top-middle pixel; 90° counter-clockwise moves it to the left-middle.
+        let src = [0, 9, 0, 0, 5, 0, 0, 0, 0];
+        let mut dst = [0u8; 9];
+        warp(
+            &src,
+            &mut dst,
+            3,
+            3,
+            std::f32::consts::FRAC_PI_2,
+            1.0,
+            (0.0, 0.0),
+            false,
+        );
+        assert_eq!(dst, [0, 0, 0, 9, 5, 0, 0, 0, 0]);
+        // No rotation, no zoom, no shift: the image itself; flipped: mirrored.
+        warp(&src, &mut dst, 3, 3, 0.0, 1.0, (0.0, 0.0), false);
+        assert_eq!(dst, src);
+        let row = [10, 20, 30, 40];
+        let mut out = [0u8; 4];
+        warp(&row, &mut out, 1, 4, 0.0, 1.0, (0.0, 0.0), true);
+        assert_eq!(out, [40, 30, 20, 10]);
+        // Zoom 2 about the centre of 1x4 (centre 1.5): output column c samples 1.5 + (c - 1.5)/2.
+        warp(&row, &mut out, 1, 4, 0.0, 2.0, (0.0, 0.0), false);
+        assert_eq!(out, [18, 23, 28, 33]); // 0.75, 1.25, 1.75, 2.25 -> 17.5, 22.5, 27.5, 32.5
+    }
+
+    #[test]
+    fn rotation_and_zoom_are_seeded_and_leave_other_streams_alone() {
+        let src: Vec<u8> = (0..784).map(|i| ((i * 37) % 256) as u8).collect();
+        let on = Augment {
+            rotate: 15.0,
+            zoom: 0.1,
+            ..Default::default()
+        };
+        let draw = |aug: &Augment, seed| {
+            let mut dst = vec![0; 784];
+            aug.apply(&src, &mut dst, 28, 28, &mut ChaCha8Rng::seed_from_u64(seed));
+            dst
+        };
+        assert_eq!(draw(&on, 4), draw(&on, 4));
+        assert_ne!(draw(&on, 4), draw(&on, 5));
+        assert_ne!(draw(&on, 4), src);
+        // Off, the image passes unchanged and nothing is drawn from the generator.
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut dst = vec![0; 784];
+        Augment::default().apply(&src, &mut dst, 28, 28, &mut rng);
+        assert_eq!(dst, src);
+        assert_eq!(
+            rng.random::<u64>(),
+            ChaCha8Rng::seed_from_u64(9).random::<u64>()
+        );
+        // Configurations saved before these knobs existed read with both off.
+        let old: Augment =
+            serde_json::from_str(r#"{"translate": 2, "hflip": true, "erase": 0.0}"#).unwrap();
+        assert!(!old.warps());
     }
 
     #[test]

@@ -158,7 +158,7 @@ impl TrainConfig {
         let shift_and_mirror = Augment {
             translate: 2,
             hflip: true,
-            erase: 0.0,
+            ..Augment::default()
         };
         let shift_by_1_and_mirror = Augment {
             translate: 1,
@@ -247,6 +247,14 @@ impl TrainConfig {
             (0.0..=1.0).contains(&self.augment.erase),
             "erase probability must be in [0, 1]"
         );
+        anyhow::ensure!(
+            (0.0..=180.0).contains(&self.augment.rotate),
+            "rotation must be in [0, 180] degrees"
+        );
+        anyhow::ensure!(
+            (0.0..0.9).contains(&self.augment.zoom),
+            "zoom must be in [0, 0.9): a factor 1 - F must stay positive"
+        );
         Ok(())
     }
 }
@@ -312,6 +320,12 @@ pub struct Overrides {
     /// Augmentation: probability of random erasing (0 turns it off).
     #[arg(long, value_name = "PROB")]
     pub erase: Option<f64>,
+    /// Augmentation: random rotation by up to DEG degrees either way (0 turns it off).
+    #[arg(long, value_name = "DEG")]
+    pub rotate: Option<f32>,
+    /// Augmentation: random zoom by a factor in [1 - F, 1 + F] (0 turns it off).
+    #[arg(long, value_name = "F")]
+    pub zoom: Option<f32>,
     /// Score with test-time augmentation: each image and its mirror image (true/false).
     #[arg(long, value_name = "BOOL")]
     pub mirror_tta: Option<bool>,
@@ -378,6 +392,12 @@ impl Overrides {
         }
         if let Some(e) = self.erase {
             c.augment.erase = e as f32;
+        }
+        if let Some(d) = self.rotate {
+            c.augment.rotate = d;
+        }
+        if let Some(f) = self.zoom {
+            c.augment.zoom = f;
         }
     }
 }
@@ -505,13 +525,19 @@ mod tests {
     #[test]
     fn overrides_apply_over_the_preset() {
         let mut c = TrainConfig::preset(ModelKind::Lstm, Preset::Study);
-        let o: Overrides =
-            serde_json::from_str(r#"{"epochs": 3, "lr": 0.01, "translate": 2}"#).unwrap();
+        let o: Overrides = serde_json::from_str(
+            r#"{"epochs": 3, "lr": 0.01, "translate": 2, "rotate": 10, "zoom": 0.1}"#,
+        )
+        .unwrap();
         o.apply(&mut c);
         assert_eq!(
             (c.epochs, c.lr, c.augment.translate, c.batch_size),
             (3, 0.01, 2, 256)
         );
+        assert_eq!((c.augment.rotate, c.augment.zoom), (10.0, 0.1));
+        c.validate().unwrap();
+        c.augment.zoom = 0.95;
+        assert!(c.validate().unwrap_err().to_string().contains("zoom"));
     }
 
     #[test]

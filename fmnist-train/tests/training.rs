@@ -154,7 +154,10 @@ fn synthetic_bands_are_learned() {
 fn resume_after_an_interrupt_equals_the_uninterrupted_run() {
     let data = synthetic();
     let (whole, split) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let c = small(ModelKind::CnnDeep, 3); // BatchNorm statistics, dropout, augmentation, AdamW, one-cycle
+    // BatchNorm statistics, dropout, augmentation (rotation and zoom too), AdamW, one-cycle.
+    let mut c = small(ModelKind::CnnDeep, 3);
+    c.augment.rotate = 10.0;
+    c.augment.zoom = 0.1;
     let full = fmnist_train::train(&c, &data, whole.path(), &Device::Cpu, &quiet())
         .unwrap()
         .unwrap();
