@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use candle::Device;
 use fmnist_data::FashionMnist;
 use fmnist_models::scoring::{score, softmax_rows};
-use fmnist_models::Classifier;
+use fmnist_models::{Classifier, Score};
 use fmnist_train::{RunConfig, RunDir};
 use serde::{Deserialize, Serialize};
 
@@ -56,49 +56,124 @@ fn split_key(c: &RunConfig) -> (u64, u64, Option<usize>) {
     (c.train.seed, c.train.val_frac.to_bits(), c.train.subset)
 }
 
-/// Loads each run and its probabilities on the train, validation and test images. The runs
-/// must hold out the same validation images (same seed, fraction and subset): only then is
-/// a choice on validation free of images some member trained on.
-pub fn load_members(
-    runs: &[(String, PathBuf)],
-    data: &FashionMnist,
-    device: &Device,
-) -> anyhow::Result<Vec<Member>> {
-    let mut members: Vec<Member> = Vec::new();
-    for (name, dir) in runs {
-        eprintln!("scoring {name} ...");
-        let config = RunDir::new(dir).read_config()?;
-        check_classes(dir, config.class_names.len(), data)?;
-        if let Some(first) = members.first() {
-            if split_key(&first.config) != split_key(&config) {
-                bail!(
-                    "{} and {} hold out different validation images (seed {} vs {}, or another validation fraction or subset): an ensemble needs one validation set none of its members trained on",
-                    first.name,
-                    name,
-                    first.config.train.seed,
-                    config.train.seed
-                );
+/// The runs an ensemble is drawn from, scored on their shared split and the test set.
+pub struct Candidates {
+    pub members: Vec<Member>,
+    class_names: Vec<String>,
+    train_labels: Vec<u8>,
+    val_labels: Vec<u8>,
+    test_labels: Vec<u8>,
+}
+
+impl Candidates {
+    /// Loads each run and its probabilities on the train, validation and test images. The
+    /// runs must hold out the same validation images (same seed, fraction and subset): only
+    /// then is a choice on validation free of images some member trained on.
+    pub fn load(
+        runs: &[(String, PathBuf)],
+        data: &FashionMnist,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let mut members: Vec<Member> = Vec::new();
+        let mut split = None;
+        for (name, dir) in runs {
+            eprintln!("scoring {name} ...");
+            let config = RunDir::new(dir).read_config()?;
+            check_classes(dir, config.class_names.len(), data)?;
+            if let Some(first) = members.first() {
+                if split_key(&first.config) != split_key(&config) {
+                    bail!(
+                        "{} and {} hold out different validation images (seed {} vs {}, or another validation fraction or subset): an ensemble needs one validation set none of its members trained on",
+                        first.name,
+                        name,
+                        first.config.train.seed,
+                        config.train.seed
+                    );
+                }
             }
+            let classifier = Classifier::load(dir, device)?;
+            let prepared = fmnist_train::prepare(&config.train, data)
+                .with_context(|| format!("{}: rebuilding the split", dir.display()))?;
+            let k = config.class_names.len();
+            let probs =
+                |set| -> anyhow::Result<Vec<f32>> { Ok(softmax_rows(&classifier.logits(set)?, k)) };
+            members.push(Member {
+                name: name.clone(),
+                dir: dir.clone(),
+                train_probs: probs(&prepared.train)?,
+                val_probs: probs(&prepared.val)?,
+                test_probs: probs(&data.test)?,
+                config,
+            });
+            split.get_or_insert(prepared);
         }
-        let classifier = Classifier::load(dir, device)?;
-        let prepared = fmnist_train::prepare(&config.train, data)
-            .with_context(|| format!("{}: rebuilding the split", dir.display()))?;
-        let k = config.class_names.len();
-        let probs =
-            |set| -> anyhow::Result<Vec<f32>> { Ok(softmax_rows(&classifier.logits(set)?, k)) };
-        members.push(Member {
-            name: name.clone(),
-            dir: dir.clone(),
-            train_probs: probs(&prepared.train)?,
-            val_probs: probs(&prepared.val)?,
-            test_probs: probs(&data.test)?,
-            config,
-        });
+        let (Some(split), true) = (split, members.len() >= 2) else {
+            bail!("an ensemble needs at least two runs");
+        };
+        Ok(Candidates {
+            class_names: members[0].config.class_names.clone(),
+            members,
+            train_labels: split.train.labels,
+            val_labels: split.val.labels,
+            test_labels: data.test.labels.clone(),
+        })
     }
-    if members.len() < 2 {
-        bail!("an ensemble needs at least two runs");
+
+    /// The members greedy forward selection on validation accuracy picks, in the order picked.
+    pub fn choose_on_validation(&self) -> Vec<usize> {
+        let val: Vec<&[f32]> = self
+            .members
+            .iter()
+            .map(|m| m.val_probs.as_slice())
+            .collect();
+        choose_on_validation(&val, &self.val_labels)
     }
-    Ok(members)
+
+    /// The record of member `i`, scored alone.
+    fn record(&self, i: usize) -> MemberRecord {
+        let m = &self.members[i];
+        MemberRecord {
+            run: m.name.clone(),
+            model: m.config.train.model.kind.to_string(),
+            val_acc: score(&log_probs(&m.val_probs), &self.val_labels).accuracy,
+            test_acc: score(&log_probs(&m.test_probs), &self.test_labels).accuracy,
+        }
+    }
+
+    /// The ensemble `name` of the members `chosen` (indices; `chosen_by` says how they were
+    /// picked): its record and its scores.
+    pub fn ensemble(
+        &self,
+        name: &str,
+        chosen: &[usize],
+        chosen_by: &str,
+    ) -> (EnsembleRecord, Scores) {
+        let part = |pick: fn(&Member) -> &[f32]| {
+            let probs: Vec<&[f32]> = chosen.iter().map(|&i| pick(&self.members[i])).collect();
+            log_probs(&mean(&probs))
+        };
+        let scores = Scores::new(
+            self.class_names.clone(),
+            score(&part(|m| &m.train_probs), &self.train_labels),
+            score(&part(|m| &m.val_probs), &self.val_labels),
+            &part(|m| &m.test_probs),
+            &self.test_labels,
+        );
+        let record = EnsembleRecord {
+            name: name.to_string(),
+            members: chosen.iter().map(|&i| self.record(i)).collect(),
+            candidates: (0..self.members.len()).map(|i| self.record(i)).collect(),
+            chosen_by: chosen_by.to_string(),
+            val_acc: scores.gap.val.accuracy,
+            test_acc: scores.gap.test.accuracy,
+            test_loss: scores.gap.test.loss,
+            macro_f1: scores.confusion.macro_average().f1,
+            ece: scores.calibration.ece,
+            group_acc: scores.groups.accuracy,
+            errors_within_group: scores.groups.errors_within_group,
+        };
+        (record, scores)
+    }
 }
 
 /// The element-wise mean of `probs`.
@@ -123,13 +198,13 @@ pub fn choose_on_validation(val_probs: &[&[f32]], val_labels: &[u8]) -> Vec<usiz
         let probs: Vec<&[f32]> = chosen.iter().map(|&i| val_probs[i]).collect();
         score(&log_probs(&mean(&probs)), val_labels)
     };
-    let better = |a: &fmnist_models::Score, b: &fmnist_models::Score| {
+    let better = |a: &Score, b: &Score| {
         a.accuracy > b.accuracy || (a.accuracy == b.accuracy && a.loss < b.loss)
     };
     let mut chosen: Vec<usize> = Vec::new();
-    let mut best: Option<fmnist_models::Score> = None;
+    let mut best: Option<Score> = None;
     loop {
-        let mut step: Option<(usize, fmnist_models::Score)> = None;
+        let mut step: Option<(usize, Score)> = None;
         for i in (0..val_probs.len()).filter(|i| !chosen.contains(i)) {
             let mut trial = chosen.clone();
             trial.push(i);
@@ -146,34 +221,6 @@ pub fn choose_on_validation(val_probs: &[&[f32]], val_labels: &[u8]) -> Vec<usiz
             _ => return chosen,
         }
     }
-}
-
-/// The scores of the mean of `members`' probabilities on the shared split and the test set.
-pub fn ensemble_scores(members: &[&Member], data: &FashionMnist) -> anyhow::Result<Scores> {
-    let first = members.first().context("an ensemble needs members")?;
-    let prepared = fmnist_train::prepare(&first.config.train, data)?;
-    let part = |pick: fn(&Member) -> &[f32]| {
-        let probs: Vec<&[f32]> = members.iter().map(|m| pick(m)).collect();
-        log_probs(&mean(&probs))
-    };
-    Ok(Scores::new(
-        first.config.class_names.clone(),
-        score(&part(|m| &m.train_probs), &prepared.train.labels),
-        score(&part(|m| &m.val_probs), &prepared.val.labels),
-        &part(|m| &m.test_probs),
-        &data.test.labels,
-    ))
-}
-
-/// The record of one member, scored alone.
-pub fn member_record(m: &Member, data: &FashionMnist) -> anyhow::Result<MemberRecord> {
-    let prepared = fmnist_train::prepare(&m.config.train, data)?;
-    Ok(MemberRecord {
-        run: m.name.clone(),
-        model: m.config.train.model.kind.to_string(),
-        val_acc: score(&log_probs(&m.val_probs), &prepared.val.labels).accuracy,
-        test_acc: score(&log_probs(&m.test_probs), &data.test.labels).accuracy,
-    })
 }
 
 /// Reads every `ensemble.json` in the folders directly under `results`, sorted by name.

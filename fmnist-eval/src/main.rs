@@ -254,38 +254,13 @@ fn ensemble(
             (name, d.clone())
         })
         .collect();
-    let members = ensemble::load_members(&runs, data, device)?;
-    let candidates = members
-        .iter()
-        .map(|m| ensemble::member_record(m, data))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let chosen: Vec<usize> = if args.choose_on_val {
-        let split = fmnist_train::prepare(&members[0].config.train, data)?;
-        let val: Vec<&[f32]> = members.iter().map(|m| m.val_probs.as_slice()).collect();
-        ensemble::choose_on_validation(&val, &split.val.labels)
+    let candidates = ensemble::Candidates::load(&runs, data, device)?;
+    let (chosen, chosen_by) = if args.choose_on_val {
+        (candidates.choose_on_validation(), "validation")
     } else {
-        (0..members.len()).collect()
+        ((0..candidates.members.len()).collect(), "given")
     };
-    let picked: Vec<&ensemble::Member> = chosen.iter().map(|&i| &members[i]).collect();
-    let scores = ensemble::ensemble_scores(&picked, data)?;
-    let record = ensemble::EnsembleRecord {
-        name: args.name.clone(),
-        members: chosen.iter().map(|&i| candidates[i].clone()).collect(),
-        candidates,
-        chosen_by: if args.choose_on_val {
-            "validation"
-        } else {
-            "given"
-        }
-        .into(),
-        val_acc: scores.gap.val.accuracy,
-        test_acc: scores.gap.test.accuracy,
-        test_loss: scores.gap.test.loss,
-        macro_f1: scores.confusion.macro_average().f1,
-        ece: scores.calibration.ece,
-        group_acc: scores.groups.accuracy,
-        errors_within_group: scores.groups.errors_within_group,
-    };
+    let (record, scores) = candidates.ensemble(&args.name, &chosen, chosen_by);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     outputs::write_ensemble(&dir, &record, &scores, data, !args.no_plots)?;
     println!("{}", report::ensemble_text(&record, &scores));
