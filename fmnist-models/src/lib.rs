@@ -5,7 +5,8 @@
 //!   mirror TTA, CPU kernels) and [`ModelConfig::build`] makes a [`Model`] on a device from a
 //!   seed: the same seed gives the same bits on every machine.
 //! - [`Checkpoint`] is a model on disk: `config.json` + `model.safetensors`.
-//! - [`Classifier`] loads a run folder and returns the ten probabilities for 28x28 images.
+//! - [`Classifier`] loads a run folder and returns the ten probabilities for 28x28 images,
+//!   and, for CNNs, Grad-CAM maps of where the evidence for a class lies ([`explain`]).
 //!
 //! Every model maps images `[B, 1, 28, 28]` to logits `[B, 10]` through
 //! [`Model::forward_t`], whose `train` flag switches dropout and BatchNorm.
