@@ -16,7 +16,6 @@ use crate::evaluate::{check_classes, Scores};
 /// One candidate run: its probabilities on each part of the shared split.
 pub struct Member {
     pub name: String,
-    pub dir: PathBuf,
     pub config: RunConfig,
     pub train_probs: Vec<f32>,
     pub val_probs: Vec<f32>,
@@ -99,7 +98,6 @@ impl Candidates {
                 |set| -> anyhow::Result<Vec<f32>> { Ok(softmax_rows(&classifier.logits(set)?, k)) };
             members.push(Member {
                 name: name.clone(),
-                dir: dir.clone(),
                 train_probs: probs(&prepared.train)?,
                 val_probs: probs(&prepared.val)?,
                 test_probs: probs(&data.test)?,

@@ -410,11 +410,15 @@ fn write_grad_cam(dir: &Path, e: &Evaluation, data: &FashionMnist) -> anyhow::Re
     let names = &s.class_names;
     let k = names.len();
     let wrong = most_confident_mistakes(s, 16);
-    let n = data.test.image_len();
     let images: Vec<&[u8]> = wrong
         .iter()
-        .map(|&i| &data.test.pixels[i * n..(i + 1) * n])
-        .collect();
+        .map(|&i| {
+            data.test
+                .get(i)
+                .map(|(pixels, _)| pixels)
+                .with_context(|| format!("test image {i} is out of range"))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let predicted: Vec<usize> = wrong.iter().map(|&i| s.test_predictions[i]).collect();
     let truth: Vec<usize> = wrong.iter().map(|&i| s.test_labels[i]).collect();
     let classifier = &e.classifier;
