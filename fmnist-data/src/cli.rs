@@ -26,6 +26,12 @@ pub struct DataArgs {
     /// Comma-separated class names in label order, for another IDX dataset.
     #[arg(long, value_delimiter = ',', value_name = "NAMES", global = true)]
     pub class_names: Option<Vec<String>>,
+    /// Fetch Fashion-MNIST from the Hugging Face Hub (zalando-datasets/fashion_mnist, through
+    /// candle-datasets; HF_ENDPOINT and HF_HOME are honoured) and write it as IDX files into the
+    /// data folder (--data-dir, else $FMNIST_DATA_DIR, else data/fashion-mnist/) before loading.
+    #[cfg(feature = "hub")]
+    #[arg(long, global = true)]
+    pub from_hub: bool,
 }
 
 impl DataArgs {
@@ -48,6 +54,18 @@ impl DataArgs {
     pub fn load(&self) -> Result<FashionMnist> {
         let mut locator = Locator::from_env(self.data_dir.clone());
         locator.download = !self.no_download;
+        #[cfg(feature = "hub")]
+        if self.from_hub {
+            let dir = (locator.flag_dir.clone())
+                .or_else(|| locator.env_dir.clone())
+                .unwrap_or_else(|| locator.workspace_dir.clone());
+            eprintln!(
+                "fetching {} from the Hugging Face Hub into {}",
+                crate::hub::HUB_DATASET,
+                dir.display()
+            );
+            crate::hub::fetch_from_hub(&dir)?;
+        }
         let source = locator.locate()?;
         FashionMnist::load(source, &self.options())
     }

@@ -70,6 +70,15 @@ pub enum DataError {
         download_dir: PathBuf,
         reason: String,
     },
+    #[cfg(feature = "hub")]
+    #[error(
+        "fetching {dataset} from the Hugging Face Hub at {endpoint} (candle-datasets): {reason}"
+    )]
+    Hub {
+        dataset: &'static str,
+        endpoint: String,
+        reason: String,
+    },
     #[error("invalid split: {0}")]
     Split(String),
     #[error(transparent)]

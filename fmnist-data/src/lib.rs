@@ -17,6 +17,8 @@ pub mod cli;
 pub mod dataset;
 pub mod error;
 pub mod fs;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod idx;
 pub mod loader;
 pub mod source;

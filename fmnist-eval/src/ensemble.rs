@@ -50,9 +50,13 @@ pub struct EnsembleRecord {
     pub errors_within_group: f64,
 }
 
-/// The split that fixes a run's validation images: seed, validation fraction and subset.
+/// The split that fixes a run's validation images: split seed, validation fraction and subset.
 fn split_key(c: &RunConfig) -> (u64, u64, Option<usize>) {
-    (c.train.seed, c.train.val_frac.to_bits(), c.train.subset)
+    (
+        c.train.split_seed(),
+        c.train.val_frac.to_bits(),
+        c.train.subset,
+    )
 }
 
 /// The runs an ensemble is drawn from, scored on their shared split and the test set.
@@ -66,7 +70,7 @@ pub struct Candidates {
 
 impl Candidates {
     /// Loads each run and its probabilities on the train, validation and test images. The
-    /// runs must hold out the same validation images (same seed, fraction and subset): only
+    /// runs must hold out the same validation images (same split seed, fraction and subset): only
     /// then is a choice on validation free of images some member trained on.
     pub fn load(
         runs: &[(String, PathBuf)],
@@ -82,11 +86,11 @@ impl Candidates {
             if let Some(first) = members.first() {
                 if split_key(&first.config) != split_key(&config) {
                     bail!(
-                        "{} and {} hold out different validation images (seed {} vs {}, or another validation fraction or subset): an ensemble needs one validation set none of its members trained on",
+                        "{} and {} hold out different validation images (split seed {} vs {}, or another validation fraction or subset): an ensemble needs one validation set none of its members trained on; train them with one --split-seed",
                         first.name,
                         name,
-                        first.config.train.seed,
-                        config.train.seed
+                        first.config.train.split_seed(),
+                        config.train.split_seed()
                     );
                 }
             }

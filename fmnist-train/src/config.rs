@@ -86,6 +86,10 @@ pub struct TrainConfig {
     pub patience: Option<usize>,
     pub label_smoothing: f64,
     pub seed: u64,
+    /// Seed of the train/validation split (and of the subset), when it is not `seed`: runs of
+    /// several seeds that share one validation set can be ensembled and chosen among on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_seed: Option<u64>,
     pub val_frac: f64,
     pub augment: Augment,
     /// Train and validate on a class-balanced subset of this many of the 60,000 images.
@@ -93,6 +97,11 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// The seed that draws the train/validation split and the subset.
+    pub fn split_seed(&self) -> u64 {
+        self.split_seed.unwrap_or(self.seed)
+    }
+
     /// The preset's configuration for `model`.
     pub fn preset(model: ModelKind, preset: Preset) -> Self {
         // The studies' frameworks' initializations, and inputs in [0, 1] as they scaled them;
@@ -126,6 +135,7 @@ impl TrainConfig {
             patience: None,
             label_smoothing: 0.0,
             seed: 42,
+            split_seed: None,
             val_frac: 0.2,
             augment: Augment::default(),
             subset: None,
@@ -302,6 +312,11 @@ pub struct Overrides {
     /// Seed of the weights, the split, the shuffles, the augmentations and the dropout masks.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Seed of the train/validation split alone (default: --seed). Runs of several seeds with
+    /// one --split-seed hold out the same validation images, which `fmnist-eval ensemble
+    /// --choose-on-val` needs.
+    #[arg(long)]
+    pub split_seed: Option<u64>,
     /// Initial weights: PyTorch's default schemes or Keras' (Glorot, orthogonal recurrent weights).
     #[arg(long, value_enum)]
     pub init: Option<Init>,
@@ -384,6 +399,9 @@ impl Overrides {
         if self.subset.is_some() {
             c.subset = self.subset;
         }
+        if self.split_seed.is_some() {
+            c.split_seed = self.split_seed;
+        }
         if let Some(t) = self.translate {
             c.augment.translate = t;
         }
@@ -405,6 +423,26 @@ impl Overrides {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_seed_defaults_to_the_seed_and_is_kept_in_config_json() {
+        let mut c = TrainConfig::preset(ModelKind::Cnn, Preset::Study);
+        assert_eq!(c.split_seed(), 42);
+        let json = serde_json::to_value(&c).unwrap();
+        assert!(
+            json.get("split_seed").is_none(),
+            "absent unless set: the configs of earlier runs read the same"
+        );
+        Overrides {
+            seed: Some(43),
+            split_seed: Some(7),
+            ..Overrides::default()
+        }
+        .apply(&mut c);
+        assert_eq!((c.seed, c.split_seed()), (43, 7));
+        let back: TrainConfig = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
 
     #[test]
     fn study_preset_is_the_studies_setup() {

@@ -82,12 +82,15 @@ pub fn derive_seed(seed: u64, stream: u64) -> u64 {
 pub fn prepare(config: &TrainConfig, data: &FashionMnist) -> anyhow::Result<Prepared> {
     let k = data.num_classes();
     let pool = match config.subset {
-        Some(n) => data
-            .train
-            .select(&stratified_subset(&data.train.labels, k, n, config.seed)),
+        Some(n) => data.train.select(&stratified_subset(
+            &data.train.labels,
+            k,
+            n,
+            config.split_seed(),
+        )),
         None => data.train.clone(),
     };
-    let split = stratified_split(&pool.labels, k, config.val_frac, config.seed)?;
+    let split = stratified_split(&pool.labels, k, config.val_frac, config.split_seed())?;
     let train = pool.select(&split.train);
     let val = pool.select(&split.val);
     anyhow::ensure!(
