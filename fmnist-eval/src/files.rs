@@ -65,11 +65,28 @@ pub const COMPARISON: Plot = Plot {
     stem: "comparison",
     caption: "test accuracy per run",
 };
+pub const ACCURACY_VS_PARAMETERS: Plot = Plot {
+    stem: "accuracy_vs_parameters",
+    caption: "test accuracy against parameters",
+};
+pub const VALIDATION_STUDY: Plot = Plot {
+    stem: "validation_study",
+    caption: "validation accuracy per epoch, study recipe",
+};
+pub const VALIDATION_BEST: Plot = Plot {
+    stem: "validation_best",
+    caption: "validation accuracy per epoch, best recipe",
+};
+pub const CNN_VS_LSTM: Plot = Plot {
+    stem: "cnn_vs_lstm",
+    caption: "the CNN and the LSTM on the same test images",
+};
 pub const SAMPLES: Plot = Plot {
     stem: "samples",
     caption: "test images per class",
 };
 pub const SUMMARY_CSV: &str = "summary.csv";
+/// The report of all runs in the results folder, and each run's own page in its folder.
 pub const REPORT: &str = "REPORT.md";
 /// What an ensemble folder is made of and how it scores.
 pub const ENSEMBLE: &str = "ensemble.json";

@@ -3,6 +3,7 @@
 pub mod ensemble;
 pub mod evaluate;
 pub mod files;
+pub mod findings;
 pub mod metrics;
 pub mod outputs;
 pub mod plots;

@@ -8,9 +8,9 @@ use fmnist_data::write_atomic;
 use fmnist_data::DataArgs;
 use fmnist_eval::predict::{self, predict_files, Invert, PredictOptions};
 use fmnist_eval::report::{self, Provenance};
-use fmnist_eval::{ensemble, evaluate_run, files, outputs, plots, Evaluation};
-use fmnist_models::{mean_std, Checkpoint, Classifier};
-use fmnist_train::{find_runs, seed_group, select_device, DeviceChoice, RunDir};
+use fmnist_eval::{ensemble, evaluate_run, files, findings, outputs, plots, Evaluation};
+use fmnist_models::{Checkpoint, Classifier};
+use fmnist_train::{find_runs, select_device, DeviceChoice, RunDir};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -59,7 +59,7 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct EnsembleArgs {
     /// Run folders to average (at least two). They must hold out the same validation images
-    /// (same seed, validation fraction and subset).
+    /// (same split seed, validation fraction and subset: train them with one --split-seed).
     #[arg(required = true, num_args = 2.., value_name = "RUN")]
     runs: Vec<PathBuf>,
     /// Name of the ensemble: its folder under --results.
@@ -161,12 +161,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         outputs::write_run_outputs(e, &data, &device, !cli.no_plots)?;
         println!("{}", report::run_text(e, cli.normalize));
     }
-    println!("== comparison ==");
-    println!("{}", report::comparison_table(&evals).render());
-    if let Some(t) = report::seeds_table(&evals) {
-        println!("== over seeds (mean ± sample std) ==");
-        println!("{}", t.render());
-    }
+    let groups = findings::recipe_groups(&evals);
+    println!("== every recipe (mean ± sample std over seeds) ==");
+    println!("{}", report::results_table(&groups, false).render());
     if cli.run.is_empty() && cli.checkpoint.is_none() {
         let root = &cli.results;
         write_atomic(
@@ -174,8 +171,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             &report::summary_csv(&evals)?,
         )?;
         if !cli.no_plots {
-            let rows: Vec<(String, f64, f64)> = comparison_rows(&evals);
-            plots::comparison(&root.join(files::COMPARISON.stem), &rows)?;
+            plots::comparison(
+                &root.join(files::COMPARISON.stem),
+                &comparison_rows(&groups),
+            )?;
+            outputs::write_cross_run_plots(root, &groups, &data)?;
             outputs::write_samples(root, &data)?;
         }
         let command = std::env::var("FMNIST_REPORT_COMMAND")
@@ -285,25 +285,22 @@ fn best_run(results: &std::path::Path) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("no finished run under {} to classify with: train one (`cargo xtask train-all`) or pass --run DIR", results.display()))
 }
 
-/// One bar per run, or per seed group (mean ± std), for the comparison plot.
-fn comparison_rows(evals: &[Evaluation]) -> Vec<(String, f64, f64)> {
-    let groups = report::seed_groups(evals);
-    let mut rows: Vec<(String, f64, f64)> = Vec::new();
-    for e in evals {
-        match seed_group(&e.name) {
-            Some((group, _)) => {
-                if rows.iter().any(|r| r.0 == format!("{group} (seeds)")) {
-                    continue;
-                }
-                let accs: Vec<f64> = groups[group]
-                    .iter()
-                    .map(|g| g.scores.gap.test.accuracy)
-                    .collect();
-                let (m, s) = mean_std(&accs);
-                rows.push((format!("{group} (seeds)"), m, s));
-            }
-            None => rows.push((e.name.clone(), e.scores.gap.test.accuracy, 0.0)),
-        }
-    }
-    rows
+/// One bar per recipe (mean ± std over its seeds), for the comparison plot.
+fn comparison_rows(groups: &[findings::RecipeRuns]) -> Vec<(String, f64, f64)> {
+    groups
+        .iter()
+        .map(|g| {
+            let acc = g.test_accuracy();
+            let seeds = if acc.n > 1 {
+                format!(", {} seeds", acc.n)
+            } else {
+                String::new()
+            };
+            (
+                format!("{} ({}{seeds})", g.model, g.preset),
+                acc.mean,
+                acc.std,
+            )
+        })
+        .collect()
 }

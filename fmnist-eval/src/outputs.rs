@@ -6,11 +6,13 @@ use anyhow::Context;
 use candle::{Device, Tensor};
 use fmnist_data::{write_atomic, FashionMnist, Normalizer};
 use fmnist_train::run::write_json;
+use fmnist_train::Preset;
 use serde::Serialize;
 
 use crate::ensemble::EnsembleRecord;
 use crate::evaluate::{Evaluation, Gap, Scores};
 use crate::files;
+use crate::findings::{self, RecipeRuns};
 use crate::metrics::{Averages, ClassMetrics, Confusion, GroupMetrics};
 use crate::plots::{self, Tile};
 
@@ -161,6 +163,12 @@ pub fn write_run_outputs(
                 write_grad_cam(dir, e, data)?;
             }
         }
+        // Without new plots, the page links those of an earlier evaluation.
+        let plots_in = if plots_on { dir } else { e.dir.as_path() };
+        write_atomic(
+            &dir.join(files::REPORT),
+            crate::report::run_markdown(e, plots_in).as_bytes(),
+        )?;
         Ok(())
     })
 }
@@ -322,17 +330,13 @@ pub fn write_score_plots(
         &title("calibration"),
         &s.calibration,
     )?;
-    // Probability bars: the first test image of every other class, then two mistakes.
-    let mut picks: Vec<usize> = (0..k)
-        .step_by(2)
+    // Probability bars: the first test image of six classes, the same images for every run
+    // (so that two models can be set side by side), the hard tops among them.
+    let picks: Vec<usize> = [0, 2, 4, 6, 7, 9]
+        .into_iter()
+        .filter(|&c| c < k)
         .filter_map(|c| s.test_labels.iter().position(|&l| l == c))
-        .take(4)
         .collect();
-    picks.extend(
-        (0..s.test_labels.len())
-            .filter(|&i| s.test_predictions[i] != s.test_labels[i])
-            .take(2),
-    );
     let images: Vec<Vec<f32>> = picks.iter().map(|&i| test_image(data, i)).collect();
     let items: Vec<(Tile, Vec<f32>, usize)> = picks
         .iter()
@@ -600,4 +604,127 @@ pub fn write_samples(dir: &Path, data: &FashionMnist) -> anyhow::Result<PathBuf>
         1,
     )?;
     Ok(path)
+}
+
+/// The plots across runs in the results folder: accuracy against parameters, validation
+/// accuracy per epoch overlaid per recipe, and the CNN and the LSTM on the same test images.
+pub fn write_cross_run_plots(
+    root: &Path,
+    groups: &[RecipeRuns],
+    data: &FashionMnist,
+) -> anyhow::Result<()> {
+    let presets = [Preset::Study, Preset::Best];
+    let points: Vec<plots::ModelPoint> = groups
+        .iter()
+        .filter_map(|g| {
+            let series = presets.iter().position(|&p| p == g.preset)?;
+            Some(plots::ModelPoint {
+                label: g.model.clone(),
+                params: g.runs[0].config.param_count as f64,
+                accuracy: 100.0 * g.test_accuracy().mean,
+                series,
+            })
+        })
+        .collect();
+    if !points.is_empty() {
+        plots::accuracy_vs_parameters(
+            &root.join(files::ACCURACY_VS_PARAMETERS.stem),
+            &["study recipe", "best recipe"],
+            &points,
+        )?;
+    }
+    for (preset, plot) in presets
+        .into_iter()
+        .zip([files::VALIDATION_STUDY, files::VALIDATION_BEST])
+    {
+        // The first seed of each recipe: one line per model.
+        let lines: Vec<plots::Line> = groups
+            .iter()
+            .filter(|g| g.preset == preset && !g.runs[0].history.is_empty())
+            .map(|g| plots::Line {
+                label: g.model.clone(),
+                points: (g.runs[0].history.iter())
+                    .map(|r| (r.epoch as f64, 100.0 * r.val_acc))
+                    .collect(),
+            })
+            .collect();
+        if !lines.is_empty() {
+            plots::overlaid_curves(
+                &root.join(plot.stem),
+                &format!("Validation accuracy per epoch, {preset} recipe (first seed of each)"),
+                &lines,
+            )?;
+        }
+    }
+    let first = |model: &str| findings::find(groups, model, Preset::Study).map(|g| g.runs[0]);
+    if let (Some(cnn), Some(lstm)) = (first("cnn"), first("lstm")) {
+        write_side_by_side(&root.join(files::CNN_VS_LSTM.png()), cnn, lstm, data)?;
+    }
+    Ok(())
+}
+
+/// Two runs on the same test images: eight that both get wrong (the most confidently), eight
+/// that only `b` gets wrong and eight that only `a` does, each captioned with both answers.
+fn write_side_by_side(
+    path: &Path,
+    a: &Evaluation,
+    b: &Evaluation,
+    data: &FashionMnist,
+) -> anyhow::Result<()> {
+    let (sa, sb) = (&a.scores, &b.scores);
+    let k = sa.class_names.len();
+    let wrong = |s: &Scores, i: usize| s.test_predictions[i] != s.test_labels[i];
+    let confidence = |s: &Scores, i: usize| s.test_probs[i * k + s.test_predictions[i]];
+    let pick = |keep: &dyn Fn(usize) -> bool| -> Vec<usize> {
+        let mut picks: Vec<usize> = (0..sa.test_labels.len()).filter(|&i| keep(i)).collect();
+        picks.sort_by(|&x, &y| {
+            let c = |i| confidence(sa, i) + confidence(sb, i);
+            c(y).total_cmp(&c(x))
+        });
+        picks.truncate(8);
+        picks
+    };
+    let mut picks = pick(&|i| wrong(sa, i) && wrong(sb, i));
+    picks.extend(pick(&|i| !wrong(sa, i) && wrong(sb, i)));
+    picks.extend(pick(&|i| wrong(sa, i) && !wrong(sb, i)));
+    let (ma, mb) = (
+        a.config.train.model.kind.to_string(),
+        b.config.train.model.kind.to_string(),
+    );
+    let answer = |s: &Scores, model: &str, i: usize| {
+        format!(
+            "{model}: {} {:.0}%",
+            s.class_names[s.test_predictions[i]],
+            100.0 * confidence(s, i)
+        )
+    };
+    let images: Vec<Vec<f32>> = picks.iter().map(|&i| test_image(data, i)).collect();
+    let tiles: Vec<Tile> = picks
+        .iter()
+        .zip(&images)
+        .map(|(&i, img)| Tile {
+            pixels: img,
+            rows: data.test.rows,
+            cols: data.test.cols,
+            caption: format!(
+                "#{i} {}\n{}\n{}",
+                sa.class_names[sa.test_labels[i]],
+                answer(sa, &ma, i),
+                answer(sb, &mb, i)
+            ),
+            alert: wrong(sa, i) && wrong(sb, i),
+            heat: None,
+        })
+        .collect();
+    plots::image_grid(
+        path,
+        &format!(
+            "{} and {}: both wrong (red), only {mb} wrong, only {ma} wrong",
+            a.name, b.name
+        ),
+        &tiles,
+        8,
+        120,
+        3,
+    )
 }

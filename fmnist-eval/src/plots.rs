@@ -569,3 +569,182 @@ where
     }
     Ok(())
 }
+
+/// Colours of the lines and points of several models (matplotlib's tab10).
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// One line of an overlay: its label and the (epoch, value) points.
+pub struct Line {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Several models' validation accuracy per epoch on one chart.
+pub fn overlaid_curves(stem: &Path, title: &str, lines: &[Line]) -> anyhow::Result<()> {
+    png_and_svg!(stem, (1000, 560), |root: &Area<_>| draw_overlaid(
+        root, title, lines
+    ))
+}
+
+fn draw_overlaid<DB: DrawingBackend>(
+    root: &Area<DB>,
+    title: &str,
+    lines: &[Line],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let root = root.titled(title, (FONT, 20))?;
+    let all = lines.iter().flat_map(|l| l.points.iter());
+    let epochs = all.clone().map(|p| p.0).fold(1.0f64, f64::max);
+    // The last 60% of each line decides the range, so the first epochs do not flatten the rest.
+    let tail: Vec<f64> = lines
+        .iter()
+        .flat_map(|l| l.points.iter().skip(l.points.len() * 2 / 5).map(|p| p.1))
+        .collect();
+    let lo = tail.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = all.map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = if lo.is_finite() && hi > lo {
+        ((lo - 1.0).floor(), (hi + 0.5).ceil())
+    } else {
+        (0.0, 100.0)
+    };
+    let mut chart = ChartBuilder::on(&root)
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.5..epochs + 0.5, lo..hi)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("validation accuracy (%)")
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(WHITE.mix(0.0))
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
+    for (i, line) in lines.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let points: Vec<(f64, f64)> = line.points.iter().copied().filter(|p| p.1 >= lo).collect();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(line.label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .label_font((FONT, 14))
+        .draw()?;
+    Ok(())
+}
+
+/// A point of the accuracy-against-parameters chart.
+pub struct ModelPoint {
+    pub label: String,
+    pub params: f64,
+    pub accuracy: f64,
+    /// Index of its series (one per recipe) in `series`.
+    pub series: usize,
+}
+
+/// Test accuracy against parameter count (log scale), one series per recipe.
+pub fn accuracy_vs_parameters(
+    stem: &Path,
+    series: &[&str],
+    points: &[ModelPoint],
+) -> anyhow::Result<()> {
+    png_and_svg!(stem, (1000, 560), |root: &Area<_>| {
+        draw_accuracy_vs_parameters(root, series, points)
+    })
+}
+
+fn draw_accuracy_vs_parameters<DB: DrawingBackend>(
+    root: &Area<DB>,
+    series: &[&str],
+    points: &[ModelPoint],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let root = root.titled("Test accuracy against parameters", (FONT, 20))?;
+    let pmin = points
+        .iter()
+        .map(|p| p.params)
+        .fold(f64::INFINITY, f64::min);
+    let pmax = points.iter().map(|p| p.params).fold(1.0f64, f64::max);
+    let amin = points.iter().map(|p| p.accuracy).fold(100.0f64, f64::min);
+    let amax = points.iter().map(|p| p.accuracy).fold(0.0f64, f64::max);
+    let (pmin, pmax) = if pmin.is_finite() {
+        (pmin / 1.6, pmax * 1.6)
+    } else {
+        (1e4, 1e7)
+    };
+    let mut chart = ChartBuilder::on(&root)
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            (pmin..pmax).log_scale(),
+            (amin - 0.8).floor()..(amax + 0.8).ceil(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("parameters (log scale)")
+        .y_desc("test accuracy (%)")
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(WHITE.mix(0.0))
+        .x_labels(6)
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .x_label_formatter(&|v| {
+            if *v >= 1e6 {
+                format!("{:.1}M", v / 1e6)
+            } else {
+                format!("{:.0}k", v / 1e3)
+            }
+        })
+        .draw()?;
+    for (s, name) in series.iter().enumerate() {
+        let color = PALETTE[s % PALETTE.len()];
+        let mine: Vec<&ModelPoint> = points.iter().filter(|p| p.series == s).collect();
+        chart
+            .draw_series(
+                mine.iter()
+                    .map(|p| Circle::new((p.params, p.accuracy), 6, color.filled())),
+            )?
+            .label(name.to_string())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 6, color.filled()));
+        chart.draw_series(mine.iter().map(|p| {
+            Text::new(
+                p.label.clone(),
+                (p.params * 1.08, p.accuracy + 0.12),
+                (FONT, 13).into_font().color(&color.mix(0.9)),
+            )
+        }))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .label_font((FONT, 14))
+        .draw()?;
+    Ok(())
+}

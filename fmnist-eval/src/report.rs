@@ -1,6 +1,5 @@
-//! The views of evaluations: per-run tables for the terminal, the comparison across runs with
-//! the winner of each row, multi-seed mean ± std, `summary.csv` and `REPORT.md`.
-use std::collections::BTreeMap;
+//! The views of evaluations: per-run tables for the terminal, the table of every recipe (seeds
+//! folded into mean ± std), `summary.csv`, `REPORT.md` and each run's own `REPORT.md`.
 use std::path::Path;
 
 use serde::Serialize;
@@ -8,19 +7,24 @@ use serde::Serialize;
 use crate::ensemble::EnsembleRecord;
 use crate::evaluate::{Evaluation, Scores};
 use crate::table::{pct, thousands, Table};
-use fmnist_models::mean_std;
+use fmnist_train::Preset;
 
-use crate::files::{Plot, COMPARISON, CURVES, RUN_PLOTS_AFTER_TABLES, SAMPLES};
+use crate::files::{
+    self, ACCURACY_VS_PARAMETERS, CNN_VS_LSTM, COMPARISON, CURVES, RUN_PLOTS_AFTER_TABLES, SAMPLES,
+    VALIDATION_BEST, VALIDATION_STUDY,
+};
+use crate::findings::{self, RecipeRuns};
 
-/// The gap table of one run: loss and accuracy per split, and the differences to train.
+/// The gap table of one run: loss and accuracy per split, and train accuracy minus each
+/// split's in points (positive: the model does better on the images it trained on).
 pub fn gap_table(s: &Scores) -> Table {
-    let mut t = Table::new(["split", "loss", "accuracy", "gap to train (acc)"]);
+    let mut t = Table::new(["split", "loss", "accuracy", "train − split (pts)"]);
     let g = s.gap;
     for (name, part) in [("train", g.train), ("validation", g.val), ("test", g.test)] {
         let gap = if name == "train" {
             "-".to_string()
         } else {
-            format!("{:+.2} pts", 100.0 * (part.accuracy - g.train.accuracy))
+            format!("{:.2}", 100.0 * (g.train.accuracy - part.accuracy))
         };
         t.push([
             name.to_string(),
@@ -232,177 +236,80 @@ pub fn ensembles_markdown(ensembles: &[EnsembleRecord]) -> String {
     t.markdown()
 }
 
-/// One metric row of the comparison: its values per run and which way is better.
-struct Metric {
-    name: &'static str,
-    /// Which way is better; `None` for a row without a winner.
-    higher_is_better: Option<bool>,
-    values: Vec<f64>,
-    format: fn(f64) -> String,
-}
-
-/// The run with the best value of `m`, "tie" when several share it, "-" without a ranking.
-fn winner(m: &Metric, evals: &[Evaluation]) -> String {
-    let Some(higher) = m.higher_is_better else {
-        return "-".into();
-    };
-    let finite = m.values.iter().copied().filter(|v| v.is_finite());
-    let best = if higher {
-        finite.fold(f64::NEG_INFINITY, f64::max)
-    } else {
-        finite.fold(f64::INFINITY, f64::min)
-    };
-    let at_best: Vec<usize> = (0..m.values.len())
-        .filter(|&i| m.values[i] == best)
-        .collect();
-    match at_best.as_slice() {
-        [] => "-".into(),
-        [i] => evals[*i].name.clone(),
-        _ => "tie".into(),
-    }
-}
-
-/// The studies' "CNN vs RNN" table: a row per metric, a column per run, and the winner.
-pub fn comparison_table(evals: &[Evaluation]) -> Table {
-    let train_secs = |e: &Evaluation| e.summary.as_ref().map_or(f64::NAN, |s| s.train_seconds);
-    let metrics = [
-        Metric {
-            name: "test accuracy",
-            higher_is_better: Some(true),
-            values: evals.iter().map(|e| e.scores.gap.test.accuracy).collect(),
-            format: pct,
-        },
-        Metric {
-            name: "test loss",
-            higher_is_better: Some(false),
-            values: evals.iter().map(|e| e.scores.gap.test.loss).collect(),
-            format: |v| format!("{v:.4}"),
-        },
-        Metric {
-            name: "macro F1",
-            higher_is_better: Some(true),
-            values: evals
-                .iter()
-                .map(|e| e.scores.confusion.macro_average().f1)
-                .collect(),
-            format: pct,
-        },
-        Metric {
-            name: "validation accuracy",
-            higher_is_better: Some(true),
-            values: evals.iter().map(|e| e.scores.gap.val.accuracy).collect(),
-            format: pct,
-        },
-        Metric {
-            name: "train - test gap (pts)",
-            higher_is_better: Some(false),
-            values: evals
-                .iter()
-                .map(|e| 100.0 * (e.scores.gap.train.accuracy - e.scores.gap.test.accuracy))
-                .collect(),
-            format: |v| format!("{v:.2}"),
-        },
-        Metric {
-            name: "calibration error (ECE)",
-            higher_is_better: Some(false),
-            values: evals.iter().map(|e| e.scores.calibration.ece).collect(),
-            format: pct,
-        },
-        Metric {
-            name: "parameters",
-            higher_is_better: Some(false),
-            values: evals.iter().map(|e| e.config.param_count as f64).collect(),
-            format: thousands,
-        },
-        Metric {
-            name: "epochs",
-            higher_is_better: None,
-            values: evals.iter().map(|e| e.history.len() as f64).collect(),
-            format: |v| format!("{v:.0}"),
-        },
-        Metric {
-            name: "training time (s)",
-            higher_is_better: Some(false),
-            values: evals.iter().map(train_secs).collect(),
-            format: thousands,
-        },
-        Metric {
-            name: "inference (img/s)",
-            higher_is_better: Some(true),
-            values: evals
-                .iter()
-                .map(|e| e.inference_images_per_second)
-                .collect(),
-            format: thousands,
-        },
-    ];
-    let mut header = vec!["metric".to_string()];
-    header.extend(evals.iter().map(|e| e.name.clone()));
-    header.push("winner".into());
-    let mut t = Table::new(header);
-    for m in metrics {
-        let mut row = vec![m.name.to_string()];
-        row.extend(m.values.iter().map(|&v| {
-            if v.is_finite() {
-                (m.format)(v)
-            } else {
-                "-".into()
-            }
-        }));
-        row.push(winner(&m, evals));
-        t.push(row);
+/// The runs as rows, grouped by recipe (study first, then best) with their seeds folded into
+/// mean ± std; in Markdown, each seed links to its run's page.
+pub fn results_table(groups: &[RecipeRuns], links: bool) -> Table {
+    let mut t = Table::new([
+        "recipe",
+        "model",
+        "seeds",
+        "parameters",
+        "test accuracy",
+        "macro F1",
+        "validation accuracy",
+        "train − test (pts)",
+        "ECE",
+        "epochs",
+        "training time (s)",
+        "inference (img/s)",
+    ]);
+    let mut order: Vec<&RecipeRuns> = groups.iter().collect();
+    order.sort_by(|a, b| {
+        (a.preset != Preset::Study, a.preset.to_string())
+            .cmp(&(b.preset != Preset::Study, b.preset.to_string()))
+            .then(b.test_accuracy().mean.total_cmp(&a.test_accuracy().mean))
+    });
+    for g in order {
+        let seeds: Vec<String> = g
+            .runs
+            .iter()
+            .map(|e| {
+                let seed = e.config.train.seed;
+                if links {
+                    format!("[{seed}]({}/{})", e.name, files::REPORT)
+                } else {
+                    seed.to_string()
+                }
+            })
+            .collect();
+        let first = g.runs[0];
+        let epochs = g.spread(|e| e.history.len() as f64);
+        t.push([
+            g.preset.to_string(),
+            g.model.clone(),
+            seeds.join(", "),
+            thousands(first.config.param_count as f64),
+            g.test_accuracy().pct(),
+            g.spread(|e| e.scores.confusion.macro_average().f1).pct(),
+            g.spread(|e| e.scores.gap.val.accuracy).pct(),
+            g.spread(|e| e.scores.gap.train.accuracy - e.scores.gap.test.accuracy)
+                .points(),
+            format!(
+                "{:.1}%",
+                100.0 * g.spread(|e| e.scores.calibration.ece).mean
+            ),
+            format!("{:.0}", epochs.mean),
+            thousands(
+                g.spread(|e| e.summary.as_ref().map_or(f64::NAN, |s| s.train_seconds))
+                    .mean,
+            ),
+            thousands(g.spread(|e| e.inference_images_per_second).mean),
+        ]);
     }
     t
 }
 
-/// Runs named `GROUP/seed-N` grouped by `GROUP`.
-pub fn seed_groups(evals: &[Evaluation]) -> BTreeMap<String, Vec<&Evaluation>> {
-    let mut groups: BTreeMap<String, Vec<&Evaluation>> = BTreeMap::new();
-    for e in evals {
-        if let Some((group, _)) = fmnist_train::seed_group(&e.name) {
-            groups.entry(group.to_string()).or_default().push(e);
-        }
-    }
-    groups
-}
-
-/// Mean ± sample std of each metric over the seeds of each group.
-pub fn seeds_table(evals: &[Evaluation]) -> Option<Table> {
-    let groups = seed_groups(evals);
-    if groups.is_empty() {
-        return None;
-    }
-    let mut t = Table::new([
-        "runs",
-        "seeds",
-        "test accuracy",
-        "test loss",
-        "validation accuracy",
-        "macro F1",
-        "training time (s)",
-    ]);
-    for (group, runs) in groups {
-        let stat = |f: &dyn Fn(&Evaluation) -> f64, scale: f64, digits: usize| {
-            let (m, s) = mean_std(&runs.iter().map(|e| f(e) * scale).collect::<Vec<_>>());
-            format!("{m:.digits$} ± {s:.digits$}")
-        };
-        let seeds: Vec<String> = runs
-            .iter()
-            .map(|e| e.config.train.seed.to_string())
-            .collect();
-        t.push([
-            group,
-            seeds.join(","),
-            stat(&|e| e.scores.gap.test.accuracy, 100.0, 2) + "%",
-            stat(&|e| e.scores.gap.test.loss, 1.0, 4),
-            stat(&|e| e.scores.gap.val.accuracy, 100.0, 2) + "%",
-            stat(&|e| e.scores.confusion.macro_average().f1, 100.0, 2) + "%",
-            stat(
-                &|e| e.summary.as_ref().map_or(f64::NAN, |s| s.train_seconds),
-                1.0,
-                0,
-            ),
-        ]);
+/// Per-class test accuracy, mean ± std over the seeds of each recipe that has several.
+pub fn class_accuracy_over_seeds(groups: &[RecipeRuns]) -> Option<Table> {
+    let seeded: Vec<&RecipeRuns> = groups.iter().filter(|g| g.runs.len() > 1).collect();
+    let names = &seeded.first()?.runs[0].scores.class_names;
+    let mut header = vec!["class".to_string()];
+    header.extend(seeded.iter().map(|g| format!("{} ({})", g.model, g.preset)));
+    let mut t = Table::new(header);
+    for (c, name) in names.iter().enumerate() {
+        let mut row = vec![name.clone()];
+        row.extend(seeded.iter().map(|g| g.class_accuracy(c).points()));
+        t.push(row);
     }
     Some(t)
 }
@@ -480,80 +387,111 @@ fn image(md: &mut String, alt: &str, path: &str, root: &Path) {
     }
 }
 
-/// `REPORT.md`: provenance, comparison, seeds, then a section per run with its images.
+/// The runs' page, `REPORT.md`: what the runs show, one table of every recipe, the analyses
+/// across runs, and a link to each run's own page.
 pub fn markdown(
     evals: &[Evaluation],
     ensembles: &[EnsembleRecord],
     root: &Path,
     prov: &Provenance,
 ) -> String {
+    let groups = findings::recipe_groups(evals);
     let mut md = String::from("# fmnist evaluation report\n\n");
-    md.push_str(&format!(
-        "Made by `{}` at commit `{}` on {}. Training times are those of the runs themselves (see each run's `config.json` for its device and threads); inference is measured here on the test set.\n\n",
-        prov.command, prov.commit, prov.machine
-    ));
-    md.push_str("## Comparison\n\n");
-    image(&mut md, COMPARISON.caption, &COMPARISON.png(), root);
-    md.push('\n');
-    md.push_str(&comparison_table(evals).markdown());
-    if let Some(t) = seeds_table(evals) {
-        md.push_str("\n## Over seeds (mean ± sample std)\n\n");
-        md.push_str(&t.markdown());
+    md.push_str(
+        "What the runs in this folder show, computed from them. A **study** run trains with the recipe of the study its model comes from; a **best** run with fmnist's own (docs/training.md). Test accuracy is that of the epoch best on validation; where a recipe was trained with several seeds, figures are mean ± sample standard deviation over them.\n\n",
+    );
+    md.push_str("## Findings\n\n");
+    let mut found = findings::comparisons(&groups);
+    found.extend(findings::hardest_classes(&groups));
+    found.extend(findings::shared_confusions(evals));
+    found.extend(findings::calibration(evals));
+    for f in found {
+        md.push_str(&format!("- {f}\n"));
     }
+    md.push_str("\n## Results\n\n");
+    md.push_str("Each row is a model and recipe; the seeds link to each run's page (per-class scores, confusion matrix, calibration, curves, mistakes, Grad-CAM, filters). \"train − test\" is train accuracy minus test accuracy in points: positive means the model does better on the images it trained on. Training times are those of the runs themselves, on the machines their `config.json` names; inference is measured by this evaluation.\n\n");
+    md.push_str(&results_table(&groups, true).markdown());
+    md.push('\n');
+    image(
+        &mut md,
+        ACCURACY_VS_PARAMETERS.caption,
+        &ACCURACY_VS_PARAMETERS.png(),
+        root,
+    );
+    image(&mut md, COMPARISON.caption, &COMPARISON.png(), root);
     if !ensembles.is_empty() {
         md.push_str("\n## Ensembles (mean of the members' probabilities)\n\n");
         md.push_str(&ensembles_markdown(ensembles));
     }
-    md.push('\n');
+    md.push_str("\n## Validation accuracy per epoch\n\n");
+    for p in [VALIDATION_STUDY, VALIDATION_BEST] {
+        image(&mut md, p.caption, &p.png(), root);
+    }
+    if let Some(t) = class_accuracy_over_seeds(&groups) {
+        md.push_str("\n## Per-class test accuracy over seeds (%, mean ± std)\n\n");
+        md.push_str(&t.markdown());
+    }
+    if root.join(CNN_VS_LSTM.png()).exists() {
+        md.push_str("\n## The CNN and the LSTM on the same test images\n\n");
+        md.push_str("The first seed of each model's study runs on the same test images: the first row where both are wrong (the most confident such mistakes), the second where only the LSTM is, the third where only the CNN is; each image with its true class, then each model's answer and confidence. The probability bars of every run (`probabilities.png` on its page) show the same six test images too.\n\n");
+        image(&mut md, CNN_VS_LSTM.caption, &CNN_VS_LSTM.png(), root);
+    }
+    md.push_str("\n## Test images\n\n");
     image(&mut md, SAMPLES.caption, &SAMPLES.png(), root);
-    for e in evals {
-        let c = &e.config.train;
-        md.push_str(&format!("\n## {}\n\n", e.name));
-        md.push_str(&format!(
-            "Model `{}` ({} parameters, {} init), preset `{}`, seed {}: {} epochs (best on validation: {}), {} lr {:.0e}, batch {}, schedule {}, weight decay {}, label smoothing {}, augmentation: {}{}{}.\n\n",
-            c.model.kind,
-            thousands(e.config.param_count as f64),
-            c.model.init,
-            c.preset,
-            c.seed,
-            e.history.len(),
-            e.summary.as_ref().map_or("?".into(), |s| s.best_epoch.to_string()),
-            c.optimizer,
-            c.lr,
-            c.batch_size,
-            c.schedule,
-            c.weight_decay,
-            c.label_smoothing,
-            c.augment,
-            if c.model.mirror_tta {
-                ", scored as the mean of each image and its mirror image"
-            } else {
-                ""
-            },
-            c.subset.map_or(String::new(), |n| format!(", on a subset of {n} images")),
-        ));
-        md.push_str(&format!(
-            "Test accuracy **{}** (loss {:.4}), macro F1 {}, ECE {:.2}%. Most confused: {}.\n\n",
-            pct(e.scores.gap.test.accuracy),
-            e.scores.gap.test.loss,
-            pct(e.scores.confusion.macro_average().f1),
-            100.0 * e.scores.calibration.ece,
-            confused_pairs(&e.scores, 3).join("; ")
-        ));
-        let plot = |md: &mut String, p: Plot| {
-            image(md, p.caption, &format!("{}/{}", e.name, p.png()), root)
-        };
-        plot(&mut md, CURVES);
-        md.push('\n');
-        md.push_str(&gap_table(&e.scores).markdown());
-        md.push('\n');
-        md.push_str(&per_class_table(&e.scores).markdown());
-        md.push_str(&format!("\n{}.\n\n", capitalized(&groups_line(&e.scores))));
-        md.push_str(&groups_table(&e.scores).markdown());
-        md.push('\n');
-        for p in RUN_PLOTS_AFTER_TABLES {
-            plot(&mut md, p);
-        }
+    md.push_str(&format!(
+        "\n---\nMade by `{}` at commit `{}` on {}.\n",
+        prov.command, prov.commit, prov.machine
+    ));
+    md
+}
+
+/// A run's own page (`RUN/REPORT.md`): its recipe, scores, tables and plots; `root` is the
+/// folder its plots are in.
+pub fn run_markdown(e: &Evaluation, root: &Path) -> String {
+    let c = &e.config.train;
+    let mut md = format!("# {}\n\n", e.name);
+    md.push_str(&format!(
+        "Model `{}` ({} parameters, {} init), preset `{}`, seed {}{}: {} epochs (best on validation: {}), {} lr {:.0e}, batch {}, schedule {}, weight decay {}, label smoothing {}, augmentation: {}{}{}.\n\n",
+        c.model.kind,
+        thousands(e.config.param_count as f64),
+        c.model.init,
+        c.preset,
+        c.seed,
+        c.split_seed.map_or(String::new(), |s| format!(" (split seed {s})")),
+        e.history.len(),
+        e.summary.as_ref().map_or("?".into(), |s| s.best_epoch.to_string()),
+        c.optimizer,
+        c.lr,
+        c.batch_size,
+        c.schedule,
+        c.weight_decay,
+        c.label_smoothing,
+        c.augment,
+        if c.model.mirror_tta {
+            ", scored as the mean of each image and its mirror image"
+        } else {
+            ""
+        },
+        c.subset.map_or(String::new(), |n| format!(", on a subset of {n} images")),
+    ));
+    md.push_str(&format!(
+        "Test accuracy **{}** (loss {:.4}), macro F1 {}, ECE {:.2}%. Most confused: {}.\n\n",
+        pct(e.scores.gap.test.accuracy),
+        e.scores.gap.test.loss,
+        pct(e.scores.confusion.macro_average().f1),
+        100.0 * e.scores.calibration.ece,
+        confused_pairs(&e.scores, 3).join("; ")
+    ));
+    image(&mut md, CURVES.caption, &CURVES.png(), root);
+    md.push('\n');
+    md.push_str(&gap_table(&e.scores).markdown());
+    md.push('\n');
+    md.push_str(&per_class_table(&e.scores).markdown());
+    md.push_str(&format!("\n{}.\n\n", capitalized(&groups_line(&e.scores))));
+    md.push_str(&groups_table(&e.scores).markdown());
+    md.push('\n');
+    for p in RUN_PLOTS_AFTER_TABLES {
+        image(&mut md, p.caption, &p.png(), root);
     }
     md
 }

@@ -192,13 +192,15 @@ fn an_ensemble_averages_its_members_and_joins_the_report() {
 }
 
 #[test]
-fn an_ensemble_of_runs_with_different_validation_images_is_refused() {
+fn ensembles_need_one_validation_set_which_a_split_seed_shares() {
     let (data, data_dir) = synthetic_data();
     let results = tempfile::tempdir().unwrap();
-    for seed in [1, 2] {
+    // Seed 3 holds out seed 1's validation images (--split-seed 1); seed 2 its own.
+    for (seed, split_seed) in [(1, None), (2, None), (3, Some(1))] {
         let mut c = TrainConfig::preset(ModelKind::Mlp, Preset::Study);
         c.epochs = 1;
         c.seed = seed;
+        c.split_seed = split_seed;
         let run = results.path().join(format!("seed-{seed}"));
         fmnist_train::train(&c, &data, &run, &Device::Cpu, &RunOptions::default()).unwrap();
     }
@@ -215,6 +217,18 @@ fn an_ensemble_of_runs_with_different_validation_images_is_refused() {
         "{err}"
     );
     assert!(!results.path().join("mixed").exists());
+
+    let mut shared: Vec<String> = ["--results", &root, "ensemble"].map(String::from).to_vec();
+    shared.extend([format!("{root}/seed-1"), format!("{root}/seed-3")]);
+    shared.extend(["--name", "shared", "--choose-on-val", "--no-plots"].map(String::from));
+    shared.extend(data_flags(data_dir.path()));
+    let out = eval(&shared.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(results.path().join("shared/ensemble.json").is_file());
 }
 
 #[test]
@@ -282,9 +296,97 @@ fn printed_numbers_json_and_csv_agree() {
     let col = |name: &str| row[headers.iter().position(|h| h == name).unwrap()].to_string();
     assert_eq!(col("run"), "mlp");
     assert_eq!(col("test_acc").parse::<f64>().unwrap(), acc);
-    let report = std::fs::read_to_string(results.path().join("REPORT.md")).unwrap();
+    let page = std::fs::read_to_string(run.join("REPORT.md")).unwrap();
     assert!(
-        report.contains(&format!("Test accuracy **{:.2}%**", 100.0 * acc)),
+        page.contains(&format!("Test accuracy **{:.2}%**", 100.0 * acc)),
+        "{page}"
+    );
+    let report = std::fs::read_to_string(results.path().join("REPORT.md")).unwrap();
+    assert!(report.contains("[42](mlp/REPORT.md)"), "{report}");
+}
+
+/// Test accuracy of a run, from its metrics.json.
+fn test_accuracy(run: &Path) -> f64 {
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    metrics["gap"]["test"]["accuracy"].as_f64().unwrap()
+}
+
+#[test]
+fn the_report_leads_with_findings_computed_from_the_runs() {
+    let (data, data_dir) = synthetic_data();
+    let results = tempfile::tempdir().unwrap();
+    let runs = [
+        (ModelKind::Cnn, 1, "cnn/seed-1"),
+        (ModelKind::Cnn, 2, "cnn/seed-2"),
+        (ModelKind::Lstm, 1, "lstm/seed-1"),
+        (ModelKind::Lstm, 2, "lstm/seed-2"),
+    ];
+    for (model, seed, name) in runs {
+        let mut c = TrainConfig::preset(model, Preset::Study);
+        c.epochs = 2;
+        c.batch_size = 32;
+        c.seed = seed;
+        let run = results.path().join(name);
+        fmnist_train::train(&c, &data, &run, &Device::Cpu, &RunOptions::default()).unwrap();
+    }
+    let mut args: Vec<String> = ["--results", results.path().to_str().unwrap()]
+        .map(String::from)
+        .to_vec();
+    args.extend(data_flags(data_dir.path()));
+    let out = eval(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = std::fs::read_to_string(results.path().join("REPORT.md")).unwrap();
+    let findings = &report[report.find("## Findings").expect("a findings section")..];
+    let stat = |model: &str| {
+        let accs: Vec<f64> = [1, 2]
+            .map(|seed| test_accuracy(&results.path().join(format!("{model}/seed-{seed}"))))
+            .to_vec();
+        let (m, s) = fmnist_models::mean_std(&accs);
+        (
+            m,
+            format!(
+                "`{model}` {:.2}% ± {:.2} (seeds 1, 2)",
+                100.0 * m,
+                100.0 * s
+            ),
+        )
+    };
+    let (cnn, lstm) = (stat("cnn"), stat("lstm"));
+    let (first, second) = if cnn.0 >= lstm.0 {
+        (&cnn, &lstm)
+    } else {
+        (&lstm, &cnn)
+    };
+    let ranking = format!("**CNN vs LSTM**, study recipe: {} > {}.", first.1, second.1);
+    assert!(findings.contains(&ranking), "{ranking}\n{report}");
+    assert!(findings.contains("**Hardest classes**"), "{report}");
+    assert!(
+        findings.contains("**Confusions every model makes**"),
         "{report}"
     );
+    // One row per recipe, the seeds linking each run's own page.
+    assert!(
+        report.contains("[1](cnn/seed-1/REPORT.md), [2](cnn/seed-2/REPORT.md)"),
+        "{report}"
+    );
+    for name in runs.map(|r| r.2) {
+        assert!(results.path().join(name).join("REPORT.md").is_file());
+    }
+    for plot in [
+        "accuracy_vs_parameters.png",
+        "validation_study.png",
+        "cnn_vs_lstm.png",
+    ] {
+        assert!(results.path().join(plot).is_file(), "{plot}");
+        assert!(
+            report.contains(&format!("]({plot})")),
+            "{plot} not in the report"
+        );
+    }
+    assert!(!report.contains("winner"), "{report}");
 }
