@@ -3,6 +3,8 @@
 //! the server with `HF_ENDPOINT`, and runs `fmnist-data --from-hub`: Fashion-MNIST itself must
 //! come back with its own SHA-256 sums; a Hub without the files and a file that holds no image
 //! are refused with a message that names the Hub.
+mod fixtures;
+
 use std::io::{BufRead, BufReader, Cursor, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -10,7 +12,7 @@ use std::process::Output;
 use std::sync::{Arc, Mutex};
 
 use fmnist_data::hub::HUB_DATASET;
-use fmnist_data::{DataArgs, ImageSet};
+use fmnist_data::ImageSet;
 use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
@@ -167,17 +169,8 @@ fn fetch(hub: &StandInHub, home: &Path, data_dir: &Path, verify: &str) -> Output
 
 #[test]
 fn fashion_mnist_from_the_hub_has_its_own_checksums() {
-    let local = DataArgs {
-        no_download: true,
-        ..DataArgs::default()
-    };
-    let data = match local.load() {
-        Ok(data) => data,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipped: Fashion-MNIST not installed ({e})");
-            return;
-        }
-        Err(e) => panic!("CI is set but Fashion-MNIST is missing or broken: {e}"),
+    let Some(data) = fixtures::installed_fashion_mnist() else {
+        return;
     };
     let files = [(FILES[0].1, &data.train), (FILES[1].1, &data.test)]
         .into_iter()

@@ -139,6 +139,49 @@ fn test_image(data: &FashionMnist, i: usize) -> Vec<f32> {
         .collect()
 }
 
+/// How a grid of test images is laid out: columns, tile width and caption lines.
+struct GridLayout {
+    columns: usize,
+    tile_px: u32,
+    caption_lines: u32,
+}
+
+/// Draws test images `picks` as a grid into `path`, each captioned by `caption` (its text, and
+/// whether it is drawn in red).
+fn test_image_grid(
+    path: &Path,
+    title: &str,
+    data: &FashionMnist,
+    picks: &[usize],
+    caption: impl Fn(usize) -> (String, bool),
+    layout: GridLayout,
+) -> anyhow::Result<()> {
+    let images: Vec<Vec<f32>> = picks.iter().map(|&i| test_image(data, i)).collect();
+    let tiles: Vec<Tile> = picks
+        .iter()
+        .zip(&images)
+        .map(|(&i, img)| {
+            let (caption, alert) = caption(i);
+            Tile {
+                pixels: img,
+                rows: data.test.rows,
+                cols: data.test.cols,
+                caption,
+                alert,
+                heat: None,
+            }
+        })
+        .collect();
+    plots::image_grid(
+        path,
+        title,
+        &tiles,
+        layout.columns,
+        layout.tile_px,
+        layout.caption_lines,
+    )
+}
+
 /// Writes every per-run file of `e` into its run directory.
 pub fn write_run_outputs(
     e: &Evaluation,
@@ -363,32 +406,25 @@ pub fn write_score_plots(
         &items,
         names,
     )?;
-    let wrong = most_confident_mistakes(s, 40);
-    let images: Vec<Vec<f32>> = wrong.iter().map(|&i| test_image(data, i)).collect();
-    let tiles: Vec<Tile> = wrong
-        .iter()
-        .zip(&images)
-        .map(|(&i, img)| Tile {
-            pixels: img,
-            rows: data.test.rows,
-            cols: data.test.cols,
-            caption: format!(
+    test_image_grid(
+        &dir.join(files::MISCLASSIFIED.png()),
+        &title("most confident mistakes (true → predicted, confidence)"),
+        data,
+        &most_confident_mistakes(s, 40),
+        |i| {
+            let text = format!(
                 "{}\n→ {} {:.0}%",
                 names[s.test_labels[i]],
                 names[s.test_predictions[i]],
                 100.0 * s.test_probs[i * k + s.test_predictions[i]]
-            ),
-            alert: true,
-            heat: None,
-        })
-        .collect();
-    plots::image_grid(
-        &dir.join(files::MISCLASSIFIED.png()),
-        &title("most confident mistakes (true → predicted, confidence)"),
-        &tiles,
-        8,
-        90,
-        2,
+            );
+            (text, true)
+        },
+        GridLayout {
+            columns: 8,
+            tile_px: 90,
+            caption_lines: 2,
+        },
     )?;
     Ok(())
 }
@@ -581,27 +617,23 @@ pub fn write_samples(dir: &Path, data: &FashionMnist) -> anyhow::Result<PathBuf>
                 .take(8),
         );
     }
-    let images: Vec<Vec<f32>> = picks.iter().map(|&i| test_image(data, i)).collect();
-    let tiles: Vec<Tile> = picks
-        .iter()
-        .zip(&images)
-        .map(|(&i, img)| Tile {
-            pixels: img,
-            rows: data.test.rows,
-            cols: data.test.cols,
-            caption: data.class_names[data.test.labels[i] as usize].clone(),
-            alert: false,
-            heat: None,
-        })
-        .collect();
     let path = dir.join(files::SAMPLES.png());
-    plots::image_grid(
+    test_image_grid(
         &path,
         "Fashion-MNIST test images, eight per class",
-        &tiles,
-        8,
-        80,
-        1,
+        data,
+        &picks,
+        |i| {
+            (
+                data.class_names[data.test.labels[i] as usize].clone(),
+                false,
+            )
+        },
+        GridLayout {
+            columns: 8,
+            tile_px: 80,
+            caption_lines: 1,
+        },
     )?;
     Ok(path)
 }
@@ -698,33 +730,27 @@ fn write_side_by_side(
             100.0 * confidence(s, i)
         )
     };
-    let images: Vec<Vec<f32>> = picks.iter().map(|&i| test_image(data, i)).collect();
-    let tiles: Vec<Tile> = picks
-        .iter()
-        .zip(&images)
-        .map(|(&i, img)| Tile {
-            pixels: img,
-            rows: data.test.rows,
-            cols: data.test.cols,
-            caption: format!(
-                "#{i} {}\n{}\n{}",
-                sa.class_names[sa.test_labels[i]],
-                answer(sa, &ma, i),
-                answer(sb, &mb, i)
-            ),
-            alert: wrong(sa, i) && wrong(sb, i),
-            heat: None,
-        })
-        .collect();
-    plots::image_grid(
+    test_image_grid(
         path,
         &format!(
             "{} and {}: both wrong (red), only {mb} wrong, only {ma} wrong",
             a.name, b.name
         ),
-        &tiles,
-        8,
-        120,
-        3,
+        data,
+        &picks,
+        |i| {
+            let text = format!(
+                "#{i} {}\n{}\n{}",
+                sa.class_names[sa.test_labels[i]],
+                answer(sa, &ma, i),
+                answer(sb, &mb, i)
+            );
+            (text, wrong(sa, i) && wrong(sb, i))
+        },
+        GridLayout {
+            columns: 8,
+            tile_px: 120,
+            caption_lines: 3,
+        },
     )
 }

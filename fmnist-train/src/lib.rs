@@ -11,7 +11,5 @@ pub mod trainer;
 
 pub use config::{OptimizerKind, Overrides, Preset, ScheduleKind, TrainConfig};
 pub use device::{select_device, DeviceChoice};
-pub use run::{
-    find_runs, seed_group, EpochRecord, RunConfig, RunDir, RunState, RunStatus, RunSummary,
-};
+pub use run::{find_runs, EpochRecord, RunConfig, RunDir, RunState, RunStatus, RunSummary};
 pub use trainer::{prepare, resume, train, train_step, RunOptions, Step};

@@ -212,13 +212,6 @@ pub fn find_runs(root: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     Ok(runs)
 }
 
-/// The group of a run named by [`find_runs`] when it is one seed of a multi-seed run:
-/// `cnn/seed-43` is seed 43 of `cnn`.
-pub fn seed_group(name: &str) -> Option<(&str, u64)> {
-    let (group, last) = name.rsplit_once('/')?;
-    Some((group, RunDir::seed_of(last)?))
-}
-
 /// Writes `value` as pretty JSON, atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;
