@@ -309,7 +309,8 @@ pub struct Overrides {
     /// Label smoothing of the cross-entropy loss, in [0, 1).
     #[arg(long)]
     pub label_smoothing: Option<f64>,
-    /// Seed of the weights, the split, the shuffles, the augmentations and the dropout masks.
+    /// Seed of the weights, the split (unless --split-seed), the shuffles, the augmentations and
+    /// the dropout masks.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Seed of the train/validation split alone (default: --seed). Runs of several seeds with
