@@ -181,7 +181,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let command = std::env::var("FMNIST_REPORT_COMMAND")
             .unwrap_or_else(|_| "cargo run -p fmnist-eval".into());
         let ensembles = ensemble::find_ensembles(root)?;
-        let md = report::markdown(&evals, &ensembles, root, &Provenance::detect(command));
+        let md = report::markdown(
+            &evals,
+            &groups,
+            &ensembles,
+            root,
+            &Provenance::detect(command),
+        );
         write_atomic(&root.join(files::REPORT), md.as_bytes())?;
         println!(
             "wrote {} and {}",

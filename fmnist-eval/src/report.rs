@@ -391,18 +391,18 @@ fn image(md: &mut String, alt: &str, path: &str, root: &Path) {
 /// across runs, and a link to each run's own page.
 pub fn markdown(
     evals: &[Evaluation],
+    groups: &[RecipeRuns],
     ensembles: &[EnsembleRecord],
     root: &Path,
     prov: &Provenance,
 ) -> String {
-    let groups = findings::recipe_groups(evals);
     let mut md = String::from("# fmnist evaluation report\n\n");
     md.push_str(
         "What the runs in this folder show, computed from them. A **study** run trains with the recipe of the study its model comes from; a **best** run with fmnist's own (docs/training.md). Test accuracy is that of the epoch best on validation; where a recipe was trained with several seeds, figures are mean ± sample standard deviation over them.\n\n",
     );
     md.push_str("## Findings\n\n");
-    let mut found = findings::comparisons(&groups);
-    found.extend(findings::hardest_classes(&groups));
+    let mut found = findings::comparisons(groups);
+    found.extend(findings::hardest_classes(groups));
     found.extend(findings::shared_confusions(evals));
     found.extend(findings::calibration(evals));
     for f in found {
@@ -410,7 +410,7 @@ pub fn markdown(
     }
     md.push_str("\n## Results\n\n");
     md.push_str("Each row is a model and recipe; the seeds link to each run's page (per-class scores, confusion matrix, calibration, curves, mistakes, Grad-CAM, filters). \"train − test\" is train accuracy minus test accuracy in points: positive means the model does better on the images it trained on. Training times are those of the runs themselves, on the machines their `config.json` names; inference is measured by this evaluation.\n\n");
-    md.push_str(&results_table(&groups, true).markdown());
+    md.push_str(&results_table(groups, true).markdown());
     md.push('\n');
     image(
         &mut md,
@@ -427,7 +427,7 @@ pub fn markdown(
     for p in [VALIDATION_STUDY, VALIDATION_BEST] {
         image(&mut md, p.caption, &p.png(), root);
     }
-    if let Some(t) = class_accuracy_over_seeds(&groups) {
+    if let Some(t) = class_accuracy_over_seeds(groups) {
         md.push_str("\n## Per-class test accuracy over seeds (%, mean ± std)\n\n");
         md.push_str(&t.markdown());
     }
