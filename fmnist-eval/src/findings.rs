@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use fmnist_models::mean_std;
-use fmnist_train::{Preset, TrainConfig};
+use fmnist_train::{ConfigChange, Preset, TrainConfig};
 
 use crate::evaluate::Evaluation;
 
@@ -64,6 +64,16 @@ impl<'a> RecipeRuns<'a> {
 
     pub fn seeds(&self) -> Vec<u64> {
         self.runs.iter().map(|e| e.config.train.seed).collect()
+    }
+
+    /// What this recipe changes in its preset, by flag (`lr 0.001 → 0.002`): empty for a
+    /// preset as it is. The seeds are not part of a recipe.
+    pub fn settings(&self) -> Vec<ConfigChange> {
+        let own = &self.runs[0].config.train;
+        own.differences(&TrainConfig::preset(own.model.kind, own.preset))
+            .into_iter()
+            .filter(|c| c.flag != "seed" && c.flag != "split-seed")
+            .collect()
     }
 
     /// Accuracy of class `c` over the runs.

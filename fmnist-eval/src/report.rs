@@ -239,9 +239,24 @@ pub fn ensembles_markdown(ensembles: &[EnsembleRecord]) -> String {
 /// The runs as rows, grouped by recipe (study first, then best) with their seeds folded into
 /// mean ± std; in Markdown, each seed links to its run's page.
 pub fn results_table(groups: &[RecipeRuns], links: bool) -> Table {
-    let mut t = Table::new([
-        "recipe",
-        "model",
+    // A column of what each recipe changes in its preset, where any does (a sweep's runs).
+    let settings: Vec<String> = groups
+        .iter()
+        .map(|g| {
+            let changes: Vec<String> = g
+                .settings()
+                .iter()
+                .map(|c| format!("{}={}", c.flag, c.to))
+                .collect();
+            changes.join(" ")
+        })
+        .collect();
+    let with_settings = settings.iter().any(|s| !s.is_empty());
+    let mut header = vec!["recipe", "model"];
+    if with_settings {
+        header.push("settings");
+    }
+    header.extend([
         "seeds",
         "parameters",
         "test accuracy",
@@ -253,13 +268,14 @@ pub fn results_table(groups: &[RecipeRuns], links: bool) -> Table {
         "training time (s)",
         "inference (img/s)",
     ]);
-    let mut order: Vec<&RecipeRuns> = groups.iter().collect();
-    order.sort_by(|a, b| {
+    let mut t = Table::new(header);
+    let mut order: Vec<(&RecipeRuns, &String)> = groups.iter().zip(&settings).collect();
+    order.sort_by(|(a, _), (b, _)| {
         (a.preset != Preset::Study, a.preset.to_string())
             .cmp(&(b.preset != Preset::Study, b.preset.to_string()))
             .then(b.test_accuracy().mean.total_cmp(&a.test_accuracy().mean))
     });
-    for g in order {
+    for (g, setting) in order {
         let seeds: Vec<String> = g
             .runs
             .iter()
@@ -274,9 +290,11 @@ pub fn results_table(groups: &[RecipeRuns], links: bool) -> Table {
             .collect();
         let first = g.runs[0];
         let epochs = g.spread(|e| e.history.len() as f64);
-        t.push([
-            g.preset.to_string(),
-            g.model.clone(),
+        let mut row = vec![g.preset.to_string(), g.model.clone()];
+        if with_settings {
+            row.push(setting.clone());
+        }
+        row.extend([
             seeds.join(", "),
             thousands(first.config.param_count as f64),
             g.test_accuracy().pct(),
@@ -295,6 +313,7 @@ pub fn results_table(groups: &[RecipeRuns], links: bool) -> Table {
             ),
             thousands(g.spread(|e| e.inference_images_per_second).mean),
         ]);
+        t.push(row);
     }
     t
 }

@@ -65,6 +65,22 @@ macro_rules! display_as_flag {
 }
 display_as_flag!(Preset, OptimizerKind, ScheduleKind);
 
+/// One knob that differs between two configurations ([`TrainConfig::differences`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigChange {
+    /// The flag that sets it (`lr`, `batch-size`).
+    pub flag: String,
+    pub from: String,
+    pub to: String,
+}
+
+impl std::fmt::Display for ConfigChange {
+    /// `lr 0.001 → 0.002`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} → {}", self.flag, self.from, self.to)
+    }
+}
+
 /// The resolved configuration of one training run (the `train` section of its `config.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -226,6 +242,44 @@ impl TrainConfig {
             augment,
             ..study
         }
+    }
+
+    /// The knobs in which `self` differs from `base`, by flag name (`lr`, `batch-size`,
+    /// `translate`), sorted by it: what the flags would have to change to turn `base` into
+    /// `self`.
+    pub fn differences(&self, base: &TrainConfig) -> Vec<ConfigChange> {
+        fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    for (k, v) in map {
+                        leaves(k, v, out);
+                    }
+                }
+                serde_json::Value::String(s) => out.push((prefix.replace('_', "-"), s.clone())),
+                serde_json::Value::Null => out.push((prefix.replace('_', "-"), "none".into())),
+                other => out.push((prefix.replace('_', "-"), other.to_string())),
+            }
+        }
+        let flat = |c: &TrainConfig| {
+            let mut out = Vec::new();
+            leaves("", &serde_json::to_value(c).unwrap_or_default(), &mut out);
+            out.into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let (mine, theirs) = (flat(self), flat(base));
+        let mut keys: Vec<&String> = mine.keys().chain(theirs.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter_map(|k| {
+                let (from, to) = (theirs.get(k), mine.get(k));
+                (from != to).then(|| ConfigChange {
+                    flag: k.clone(),
+                    from: from.cloned().unwrap_or_else(|| "none".into()),
+                    to: to.cloned().unwrap_or_else(|| "none".into()),
+                })
+            })
+            .collect()
     }
 
     /// Checks values that would otherwise fail deep inside training.
@@ -616,6 +670,36 @@ mod tests {
         saved.as_object_mut().unwrap().remove("init");
         let old: TrainConfig = serde_json::from_value(saved).unwrap();
         assert_eq!(old.model.init, Init::Pytorch);
+    }
+
+    #[test]
+    fn differences_name_the_flags_that_change_a_config() {
+        let base = TrainConfig::preset(ModelKind::Cnn, Preset::Study);
+        assert!(base.differences(&base).is_empty());
+        let mut changed = base.clone();
+        changed.lr = 0.002;
+        changed.batch_size = 64;
+        changed.augment.translate = 2;
+        changed.patience = Some(3);
+        let shown: Vec<String> = changed
+            .differences(&base)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "batch-size 256 → 64",
+                "lr 0.001 → 0.002",
+                "patience none → 3",
+                "translate 0 → 2"
+            ]
+        );
+        let other_model = TrainConfig::preset(ModelKind::Lstm, Preset::Study);
+        assert_eq!(
+            other_model.differences(&base)[0].to_string(),
+            "model cnn → lstm"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub mod run;
 pub mod schedule;
 pub mod trainer;
 
-pub use config::{OptimizerKind, Overrides, Preset, ScheduleKind, TrainConfig};
+pub use config::{ConfigChange, OptimizerKind, Overrides, Preset, ScheduleKind, TrainConfig};
 pub use device::{select_device, DeviceChoice};
 pub use run::{find_runs, EpochRecord, RunConfig, RunDir, RunState, RunStatus, RunSummary};
-pub use trainer::{prepare, resume, train, train_step, RunOptions, Step};
+pub use trainer::{continue_run, prepare, resume, train, train_step, RunOptions, Step};

@@ -44,8 +44,14 @@ struct Cli {
     /// Replace a run directory that already holds a run.
     #[arg(long)]
     force: bool,
+    /// Bring the planned runs to their end whatever their folders hold: a finished run is
+    /// kept, an interrupted one resumed from its last completed epoch, a new one trained. A
+    /// folder holding a run of another configuration is refused. Running the same command
+    /// again (a requeued batch job, a repeated sweep) loses no finished epoch.
+    #[arg(long = "continue", conflicts_with = "force")]
+    continue_runs: bool,
     /// Continue the interrupted run in DIR from its last completed epoch (its config is used).
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["model", "seeds", "config"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["model", "seeds", "config", "continue_runs"])]
     resume: Option<PathBuf>,
     /// Device to train on.
     #[arg(long, value_enum, default_value_t)]
@@ -112,8 +118,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runs = planned_runs(&cli)?;
     let mut accuracies = Vec::new();
     for (config, dir) in &runs {
-        let summary =
-            fmnist_train::train(config, &data, dir, &device, &options)?.context("interrupted")?;
+        let summary = if cli.continue_runs {
+            fmnist_train::continue_run(config, &data, dir, &device, &options)?
+        } else {
+            fmnist_train::train(config, &data, dir, &device, &options)?
+        }
+        .context("interrupted")?;
         report(&summary, dir);
         accuracies.push(summary.test.accuracy);
     }

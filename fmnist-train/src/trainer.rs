@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 use candle::{DType, Device};
 use fmnist_data::{
     stratified_split, stratified_subset, Batch, FashionMnist, ImageSet, Loader, Normalizer,
@@ -14,7 +14,7 @@ use fmnist_models::{Model, Score};
 use crate::config::TrainConfig;
 use crate::loss::smoothed_cross_entropy;
 use crate::optim::{Optimizer, OptimizerConfig};
-use crate::run::{write_json, EpochRecord, RunConfig, RunDir, RunState, RunSummary};
+use crate::run::{write_json, EpochRecord, RunConfig, RunDir, RunState, RunStatus, RunSummary};
 use crate::schedule::{Plateau, Schedule};
 
 /// How a call to [`train`] or [`resume`] behaves (not part of the run's configuration).
@@ -195,6 +195,66 @@ pub fn train(
         device,
     }
     .run(options)
+}
+
+/// Brings the run of `config` in `dir` to its end, keeping what the folder already holds of
+/// it: a finished run is returned as it is, an interrupted one resumed from its last completed
+/// epoch, a new one trained (also over the `config.json` of a run stopped in its first epoch).
+/// A folder holding a run of another configuration is refused.
+pub fn continue_run(
+    config: &TrainConfig,
+    data: &FashionMnist,
+    dir: &Path,
+    device: &Device,
+    options: &RunOptions,
+) -> anyhow::Result<Option<RunSummary>> {
+    let run = RunDir::new(dir);
+    let status = run.status();
+    if status != RunStatus::New {
+        let held = run.read_config()?.train;
+        let changes: Vec<String> = config
+            .differences(&held)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        ensure!(
+            changes.is_empty(),
+            "{} holds a run of another configuration ({}): choose another --out, or --force to \
+             replace it",
+            dir.display(),
+            changes.join(", ")
+        );
+    }
+    match status {
+        RunStatus::Finished => {
+            if options.verbose {
+                println!("{}: finished already; kept", dir.display());
+            }
+            Ok(Some(run.read_summary()?))
+        }
+        RunStatus::Resumable => {
+            if options.verbose {
+                let state: RunState = crate::run::read_json(&run.state())?;
+                println!(
+                    "{}: resuming after epoch {} of {}",
+                    dir.display(),
+                    state.epochs_done,
+                    config.epochs
+                );
+            }
+            resume(dir, data, device, options)
+        }
+        RunStatus::New => train(
+            config,
+            data,
+            dir,
+            device,
+            &RunOptions {
+                force: run.config().exists(),
+                ..options.clone()
+            },
+        ),
+    }
 }
 
 /// Continues the run in `dir` from its last completed epoch, exactly as if it had not stopped.

@@ -190,6 +190,80 @@ fn resume_after_an_interrupt_equals_the_uninterrupted_run() {
 }
 
 #[test]
+fn continue_resumes_an_interrupted_run_keeps_a_finished_one_and_refuses_another_config() {
+    let data = synthetic();
+    let (whole, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = small(ModelKind::Mlp, 2);
+    let full = fmnist_train::train(&c, &data, whole.path(), &Device::Cpu, &quiet())
+        .unwrap()
+        .unwrap();
+    // A run stopped in its first epoch left only its config.json: it starts over.
+    fmnist_train::train(&c, &data, dir.path(), &Device::Cpu, &quiet()).unwrap();
+    for file in [
+        "state.json",
+        "summary.json",
+        "history.csv",
+        "last.safetensors",
+    ] {
+        std::fs::remove_file(dir.path().join(file)).unwrap();
+    }
+    let interrupted = RunOptions {
+        interrupt_after: Some(1),
+        ..quiet()
+    };
+    assert!(
+        fmnist_train::continue_run(&c, &data, dir.path(), &Device::Cpu, &interrupted)
+            .unwrap()
+            .is_none()
+    );
+    let first_epoch = std::fs::read_to_string(dir.path().join("history.csv")).unwrap();
+    assert_eq!(history(dir.path()).len(), 1);
+    // The second call resumes after epoch 1: the same history as the uninterrupted run,
+    // and epoch 1's record (its wall time too) as the first call wrote it.
+    let resumed = fmnist_train::continue_run(&c, &data, dir.path(), &Device::Cpu, &quiet())
+        .unwrap()
+        .unwrap();
+    assert_eq!(resumed.test, full.test);
+    let strip_seconds = |h: Vec<EpochRecord>| {
+        h.into_iter()
+            .map(|r| EpochRecord { seconds: 0.0, ..r })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        strip_seconds(history(dir.path())),
+        strip_seconds(history(whole.path()))
+    );
+    let after = std::fs::read_to_string(dir.path().join("history.csv")).unwrap();
+    assert_eq!(after.lines().nth(1), first_epoch.lines().nth(1));
+    let model = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    // A third call keeps the finished run as it is.
+    let kept = fmnist_train::continue_run(&c, &data, dir.path(), &Device::Cpu, &quiet())
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept, resumed);
+    assert_eq!(
+        std::fs::read(dir.path().join("model.safetensors")).unwrap(),
+        model
+    );
+    // Another configuration is refused, naming what differs.
+    let other = TrainConfig {
+        lr: 0.5,
+        ..c.clone()
+    };
+    let msg = fmnist_train::continue_run(&other, &data, dir.path(), &Device::Cpu, &quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.ends_with(&format!(
+            "holds a run of another configuration (lr {} → 0.5): choose another --out, or \
+             --force to replace it",
+            c.lr
+        )),
+        "{msg}"
+    );
+}
+
+#[test]
 fn a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint() {
     let data = synthetic();
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,7 @@
 //! could type.
 mod bench;
 mod cuda_check;
+mod sweep;
 mod train_all;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,8 @@ enum Task {
     Data(Passthrough),
     /// Training and inference images/s, peak memory, data-load time; `--peer pytorch` beside.
     Bench(bench::Bench),
+    /// Train models × settings × seeds here or as a Slurm job array, then evaluate the sweep.
+    Sweep(sweep::Sweep),
     /// Build the binaries with `--features cuda` here, with a CUDA 13.0 toolchain from PyPI.
     CudaCheck(cuda_check::CudaCheck),
 }
@@ -143,6 +146,7 @@ fn main() -> ExitCode {
         Task::Data(p) => passthrough(&p, "fmnist-data"),
         Task::Bench(b) => b.run(),
         Task::CudaCheck(c) => c.run(),
+        Task::Sweep(s) => s.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -77,40 +77,8 @@ impl TrainAll {
             if let Some(t) = self.threads {
                 cmd.args(["--threads", &t.to_string()]);
             }
-            // The binary says which folders these runs go to and where each stands.
-            let status = output_lines(
-                Command::new(&train_bin)
-                    .args(cmd.get_args())
-                    .arg("--status"),
-            )?;
-            let runs: Vec<(&str, &str)> = status
-                .iter()
-                .filter_map(|line| line.split_once('\t'))
-                .collect();
-            if !self.force && runs.iter().all(|(state, _)| *state == "finished") {
-                println!("xtask: {dir_name} is already trained in {}: reusing it (--force trains it again)", results.display());
-                continue;
-            }
-            if let [("resumable", dir)] = runs.as_slice() {
-                if !self.force {
-                    println!("xtask: resuming the interrupted run {dir}");
-                    let mut resume = Command::new(&train_bin);
-                    resume.current_dir(project_root()).args([
-                        "--resume",
-                        dir,
-                        "--device",
-                        &self.device,
-                    ]);
-                    if let Err(e) = run(&mut resume) {
-                        eprintln!("xtask: {dir_name} failed: {e:#}");
-                        failed.push((dir_name, format!("{e:#}")));
-                    }
-                    continue;
-                }
-            }
-            if self.force {
-                cmd.arg("--force");
-            }
+            // Finished runs are kept and interrupted ones resumed unless --force.
+            cmd.arg(if self.force { "--force" } else { "--continue" });
             println!("xtask: training {dir_name}");
             if let Err(e) = run(&mut cmd) {
                 eprintln!("xtask: {dir_name} failed: {e:#}");
@@ -163,7 +131,7 @@ impl TrainAll {
 }
 
 /// The lines `cmd` prints on stdout, failing with its stderr when it fails.
-fn output_lines(cmd: &mut Command) -> anyhow::Result<Vec<String>> {
+pub fn output_lines(cmd: &mut Command) -> anyhow::Result<Vec<String>> {
     let out = cmd
         .current_dir(project_root())
         .output()
