@@ -9,6 +9,8 @@ pub mod outputs;
 pub mod plots;
 pub mod predict;
 pub mod report;
+pub mod serve;
+pub mod similar;
 pub mod table;
 
 pub use evaluate::{evaluate_run, Evaluation, Gap, Scores};

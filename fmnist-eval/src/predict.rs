@@ -27,42 +27,59 @@ pub enum Invert {
     No,
 }
 
-/// Decodes `path` with bounds on its size: at most [`MAX_SIDE`] pixels a side, 256 MiB decoded.
-pub fn decode(path: &Path) -> anyhow::Result<image::DynamicImage> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    if meta.len() == 0 {
-        bail!("{}: empty file", path.display());
+/// Why bytes are not an image the model can read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    Empty,
+    /// Not one of the formats `image` decodes (the format comes from the content).
+    UnknownFormat,
+    /// Wider or taller than [`MAX_SIDE`], or over 256 MiB decoded.
+    TooLarge,
+    /// A known format whose content does not decode (truncated, corrupt).
+    Corrupt(String),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Empty => f.write_str("empty file"),
+            DecodeError::UnknownFormat => {
+                f.write_str("not an image in a known format (PNG, JPEG, BMP, WebP, GIF, TIFF)")
+            }
+            DecodeError::TooLarge => write!(
+                f,
+                "image too large (the limit is {MAX_SIDE}x{MAX_SIDE} pixels)"
+            ),
+            DecodeError::Corrupt(why) => write!(f, "cannot decode: {why}"),
+        }
     }
-    // The format comes from the content, never from the file's ending.
-    let mut head = [0u8; 64];
-    let n = std::io::Read::read(
-        &mut std::fs::File::open(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?,
-        &mut head,
-    )
-    .with_context(|| format!("{}: cannot read", path.display()))?;
-    let Ok(format) = image::guess_format(&head[..n]) else {
-        bail!(
-            "{}: not an image in a known format (PNG, JPEG, BMP, WebP, GIF, TIFF)",
-            path.display()
-        );
-    };
-    let mut reader = image::io::Reader::open(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    reader.set_format(format);
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Decodes `bytes` with bounds on the image: at most [`MAX_SIDE`] pixels a side, 256 MiB
+/// decoded, the format taken from the content, never from a name.
+pub fn decode_bytes(bytes: &[u8]) -> Result<image::DynamicImage, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let format = image::guess_format(bytes).map_err(|_| DecodeError::UnknownFormat)?;
+    let mut reader = image::io::Reader::with_format(std::io::Cursor::new(bytes), format);
     let mut limits = image::io::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(256 * 1024 * 1024);
     reader.limits(limits);
     reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => anyhow::anyhow!(
-            "{}: image too large (the limit is {MAX_SIDE}x{MAX_SIDE} pixels)",
-            path.display()
-        ),
-        other => anyhow::anyhow!("{}: cannot decode: {other}", path.display()),
+        image::ImageError::Limits(_) => DecodeError::TooLarge,
+        other => DecodeError::Corrupt(other.to_string()),
     })
+}
+
+/// Decodes the file `path` as [`decode_bytes`] does, naming the file in errors.
+pub fn decode(path: &Path) -> anyhow::Result<image::DynamicImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    decode_bytes(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Grayscale with transparency composited onto white (the usual background of product shots).
@@ -226,7 +243,50 @@ pub struct Prediction {
     pub top: Vec<Ranked>,
     /// The top probability is below the threshold: a person should look.
     pub needs_review: bool,
+    /// The second class where it and the first are both at least [`BOTH_LIKELY`]: the image
+    /// could be either (a tagging tool would offer both).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub second_suggestion: Option<Ranked>,
     pub inverted: bool,
+}
+
+/// Two classes both at least this probable are both suggested.
+pub const BOTH_LIKELY: f32 = 0.4;
+
+impl Prediction {
+    /// The outcome for `file` of probabilities `probs`.
+    pub fn new(
+        file: String,
+        probs: &[f32],
+        names: &[String],
+        top: usize,
+        threshold: f32,
+        inverted: bool,
+    ) -> Self {
+        let ranked = top_k(probs, names, top.max(2));
+        let needs_review = ranked[0].probability < threshold;
+        let second_suggestion = (ranked[1].probability >= BOTH_LIKELY).then(|| ranked[1].clone());
+        Prediction {
+            file,
+            error: None,
+            top: ranked.into_iter().take(top.max(1)).collect(),
+            needs_review,
+            second_suggestion,
+            inverted,
+        }
+    }
+
+    /// The outcome for `file` that could not be classified.
+    pub fn failed(file: String, error: String) -> Self {
+        Prediction {
+            file,
+            error: Some(error),
+            top: Vec::new(),
+            needs_review: false,
+            second_suggestion: None,
+            inverted: false,
+        }
+    }
 }
 
 /// How [`predict_files`] works.
@@ -265,24 +325,19 @@ pub fn predict_files(
         let path = match item {
             Ok(p) => p,
             Err(error) => {
-                out.push(Prediction {
-                    file: error.split(':').next().unwrap_or_default().to_string(),
-                    error: Some(error),
-                    top: Vec::new(),
-                    needs_review: false,
-                    inverted: false,
-                });
+                let file = error.split(':').next().unwrap_or_default().to_string();
+                out.push(Prediction::failed(file, error));
                 continue;
             }
         };
         let file = path.display().to_string();
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into());
         let result = decode(&path).and_then(|img| {
             let (input, inverted) = preprocess(&img, options.invert);
             if let Some(dir) = &options.save_preprocessed {
-                let stem = path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "image".into());
                 let target = dir.join(format!("{stem}.28x28.png"));
                 input
                     .save(&target)
@@ -290,40 +345,21 @@ pub fn predict_files(
             }
             let probs = classifier.classify(input.as_raw())?;
             if let Some(dir) = &options.explain {
-                let stem = path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "image".into());
-                explain(
-                    classifier,
-                    input.as_raw(),
-                    &probs,
-                    &dir.join(format!("{stem}.gradcam.png")),
-                )?;
+                let target = dir.join(format!("{stem}.gradcam.png"));
+                explain(classifier, input.as_raw(), &probs, &target)?;
             }
             Ok((probs, inverted))
         });
         out.push(match result {
-            Ok((probs, inverted)) => {
-                let top = top_k(&probs, names, options.top.max(1));
-                let needs_review = top
-                    .first()
-                    .is_some_and(|t| t.probability < options.threshold);
-                Prediction {
-                    file,
-                    error: None,
-                    top,
-                    needs_review,
-                    inverted,
-                }
-            }
-            Err(e) => Prediction {
+            Ok((probs, inverted)) => Prediction::new(
                 file,
-                error: Some(format!("{e:#}")),
-                top: Vec::new(),
-                needs_review: false,
-                inverted: false,
-            },
+                &probs,
+                names,
+                options.top,
+                options.threshold,
+                inverted,
+            ),
+            Err(e) => Prediction::failed(file, format!("{e:#}")),
         });
     }
     Ok(out)
@@ -386,9 +422,12 @@ pub fn describe(p: &Prediction) -> String {
                 .map(|r| format!("{} {:.1}%", r.class, 100.0 * r.probability))
                 .collect();
             format!(
-                "{}: {}{}{}",
+                "{}: {}{}{}{}",
                 p.file,
                 ranked.join(", "),
+                p.second_suggestion
+                    .as_ref()
+                    .map_or(String::new(), |s| format!("  [could also be {}]", s.class)),
                 if p.inverted { " (inverted)" } else { "" },
                 if p.needs_review {
                     "  [needs review: below the threshold]"

@@ -116,6 +116,13 @@ impl Classifier {
             .collect())
     }
 
+    /// The model's embedding of each image ([`Model::embedding`]; the image as given, without
+    /// mirror TTA), in one batch.
+    pub fn embed_all(&self, images: &[&[u8]]) -> Result<Vec<Vec<f32>>> {
+        let x = self.batch(images)?;
+        Ok(self.model.embedding(&x)?.to_vec2::<f32>()?)
+    }
+
     /// Logits `[N x 10]`, row-major, of every image of `set` (in chunks).
     pub fn logits(&self, set: &ImageSet) -> Result<Vec<f32>> {
         crate::scoring::logits(&self.model, set, self.config.normalizer, &self.device)

@@ -77,6 +77,13 @@ impl Model {
         (logits + mirrored)? * 0.5
     }
 
+    /// The embedding `[B, D]` of normalized images in evaluation: what the last dense layer
+    /// reads (D = 100 for `cnn`, 128 for `lstm` and `resnet`, 256 for `cnn-3conv`...). Images
+    /// the model finds alike lie close; the logits are `output(embedding)`.
+    pub fn embedding(&self, x: &Tensor) -> candle::Result<Tensor> {
+        self.net.features_t(x, false)
+    }
+
     /// The ReLU activations of the first convolution (before pooling), for CNNs.
     pub fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
         self.net.first_feature_maps(x)

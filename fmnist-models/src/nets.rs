@@ -13,8 +13,17 @@ use crate::recurrent::Lstm as LstmLayer;
 
 /// A network of the registry.
 pub trait Net: Send + Sync {
+    /// What the last dense layer reads (`[B, D]`, after any dropout): the network's
+    /// embedding of each image; `train` switches dropout and BatchNorm.
+    fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor>;
+
+    /// The last dense layer: logits from [`Net::features_t`].
+    fn output_layer(&self) -> &Linear;
+
     /// Logits `[B, 10]` of images `[B, 1, 28, 28]`; `train` switches dropout and BatchNorm.
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor>;
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        self.output_layer().forward(&self.features_t(x, train)?)
+    }
 
     /// The activations of the first convolution (`[B, C, H, W]`, before pooling), for CNNs.
     fn first_feature_maps(&self, _x: &Tensor) -> candle::Result<Option<Tensor>> {
@@ -71,11 +80,14 @@ impl Cnn {
 }
 
 impl Net for Cnn {
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+    fn output_layer(&self) -> &Linear {
+        &self.fc2
+    }
+
+    fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         let x = self.conv1.forward_pool_relu_t(x, train)?; // 32x13x13
         let x = self.conv2.forward_pool_relu_t(&x, train)?; // 32x5x5
-        let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
-        self.fc2.forward(&x)
+        self.fc1.forward(&x.flatten_from(1)?)?.relu()
     }
 
     fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
@@ -109,9 +121,13 @@ impl Lstm {
 }
 
 impl Net for Lstm {
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+    fn output_layer(&self) -> &Linear {
+        &self.fc
+    }
+
+    fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         let rows = x.squeeze(1)?; // [B, 28 steps, 28 features]
-        self.fc.forward(&self.lstm.last_hidden_t(&rows, train)?)
+        self.lstm.last_hidden_t(&rows, train)
     }
 }
 
@@ -135,12 +151,15 @@ impl Mlp {
 }
 
 impl Net for Mlp {
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+    fn output_layer(&self) -> &Linear {
+        &self.fc3
+    }
+
+    fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
         let x = self.dropout.forward_t(&x, train)?;
         let x = self.fc2.forward(&x)?.relu()?;
-        let x = self.dropout.forward_t(&x, train)?;
-        self.fc3.forward(&x)
+        self.dropout.forward_t(&x, train)
     }
 }
 
@@ -166,11 +185,15 @@ impl CnnWide {
 }
 
 impl Net for CnnWide {
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+    fn output_layer(&self) -> &Linear {
+        &self.fc2
+    }
+
+    fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         let x = self.conv1.forward_pool_relu_t(x, train)?; // 32x14x14
         let x = self.conv2.forward_pool_relu_t(&x, train)?; // 64x7x7
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
-        self.fc2.forward(&self.dropout.forward_t(&x, train)?)
+        self.dropout.forward_t(&x, train)
     }
 
     fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
@@ -213,12 +236,16 @@ impl Cnn3Conv {
 }
 
 impl Net for Cnn3Conv {
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+    fn output_layer(&self) -> &Linear {
+        &self.fc2
+    }
+
+    fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         let x = self.conv1.forward_pool_relu_t(x, train)?; // 32x14x14
         let x = self.conv2.forward_pool_relu_t(&x, train)?; // 64x7x7
         let x = self.conv3.forward_t(&x, train)?.relu()?; // 128x7x7
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
-        self.fc2.forward(&self.dropout.forward_t(&x, train)?)
+        self.dropout.forward_t(&x, train)
     }
 
     fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
@@ -265,7 +292,11 @@ impl MlpBn {
 }
 
 impl Net for MlpBn {
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+    fn output_layer(&self) -> &Linear {
+        &self.out
+    }
+
+    fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         let mut x = x.flatten_from(1)?;
         for (fc, bn) in &self.hidden {
             // [B, F] as [B, F, 1, 1]: BatchNorm over features, as PyTorch's BatchNorm1d.
@@ -273,7 +304,7 @@ impl Net for MlpBn {
             let h = bn.forward_relu_t(&h, train)?.flatten_from(1)?;
             x = self.dropout.forward_t(&h, train)?;
         }
-        self.out.forward(&x)
+        Ok(x)
     }
 }
 
@@ -339,7 +370,11 @@ impl CnnDeep {
 }
 
 impl Net for CnnDeep {
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+    fn output_layer(&self) -> &Linear {
+        &self.fc2
+    }
+
+    fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         // ReLU rides in the normalization's pass, so it comes before the pooling here.
         let x = self.stage1.forward_relu_t(x, train)?.apply(&self.pool)?; // 32x14x14
         let x = self.drop_conv.forward_t(&x, train)?;
@@ -349,7 +384,7 @@ impl Net for CnnDeep {
         let x = self.stage3b.forward_relu_t(&x, train)?.apply(&self.pool)?; // 128x3x3
         let x = self.drop_conv.forward_t(&x, train)?;
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
-        self.fc2.forward(&self.drop_fc.forward_t(&x, train)?)
+        self.drop_fc.forward_t(&x, train)
     }
 
     fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
@@ -436,13 +471,16 @@ impl Resnet {
 }
 
 impl Net for Resnet {
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+    fn output_layer(&self) -> &Linear {
+        &self.fc
+    }
+
+    fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         let mut x = self.stem.forward_relu_t(x, train)?.apply(&self.pool)?; // 32x14x14
         for block in &self.blocks {
             x = block.forward_t(&x, train)?;
         }
-        let pooled = x.mean((2, 3))?; // [B, 128]
-        self.fc.forward(&pooled)
+        x.mean((2, 3)) // [B, 128]
     }
 
     fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {

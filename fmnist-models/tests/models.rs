@@ -34,6 +34,55 @@ fn outputs(m: &Model, x: &Tensor, train: bool) -> Vec<f32> {
 }
 
 #[test]
+fn the_embedding_is_what_the_last_layer_reads() {
+    let widths = [
+        (ModelKind::Cnn, 100),
+        (ModelKind::Lstm, 128),
+        (ModelKind::Mlp, 128),
+        (ModelKind::CnnWide, 128),
+        (ModelKind::CnnDeep, 256),
+        (ModelKind::Resnet, 128),
+        (ModelKind::Cnn3Conv, 256),
+        (ModelKind::MlpBn, 128),
+    ];
+    assert_eq!(widths.len(), ModelKind::ALL.len());
+    for (kind, width) in widths {
+        let m = build(kind, 1, Init::Pytorch).unwrap();
+        let x = batch(2);
+        let e = m.embedding(&x).unwrap();
+        assert_eq!(e.dims(), &[2, width], "{kind}");
+        // The logits are the last layer of the embedding (by hand: e · Wᵀ + b).
+        let vars: std::collections::HashMap<String, Tensor> = m
+            .named_vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect();
+        let last = ["fc2", "fc", "fc3", "fc4"]
+            .iter()
+            .find(|l| {
+                vars.get(&format!("{l}.weight"))
+                    .is_some_and(|w| w.dims() == [10, width])
+            })
+            .unwrap();
+        let w = &vars[&format!("{last}.weight")];
+        let b = &vars[&format!("{last}.bias")];
+        let by_hand = e
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(b)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let logits = outputs(&m, &x, false);
+        for (a, b) in by_hand.iter().zip(&logits) {
+            assert!((a - b).abs() < 1e-5, "{kind}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
 fn shapes_and_exact_parameter_counts() {
     let expected = [
         (ModelKind::Cnn, 90_678),
