@@ -167,6 +167,7 @@ async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         "status": "ok",
         "run": app.run,
         "model": app.classifier.model().kind().to_string(),
+        "parameters": app.classifier.model().param_count(),
         "classes": app.classifier.class_names(),
         "index_images": app.index.len(),
     }))

@@ -3,13 +3,13 @@
 //! optionally beside the PyTorch reference `bench/pytorch_ref.py`, repeated and interleaved,
 //! reported as medians with ratios in `results/bench.json` and `results/BENCH.md`.
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::{project_root, Build};
+use crate::{project_root, write_atomic, Build};
 
 /// Measure training and inference speed (images/s), peak memory and data-load time.
 #[derive(clap::Args, Debug)]
@@ -172,9 +172,23 @@ impl Bench {
         std::fs::create_dir_all(&results)?;
         write_atomic(
             &results.join("bench.json"),
-            &serde_json::to_string_pretty(&report)?,
+            serde_json::to_string_pretty(&report)?.as_bytes(),
         )?;
-        write_atomic(&results.join("BENCH.md"), &table)?;
+        // The serving section (`cargo xtask bench-serve`) stays as it was.
+        let bench_md = results.join("BENCH.md");
+        let serving = std::fs::read_to_string(&bench_md)
+            .ok()
+            .and_then(|old| {
+                old.find(crate::bench_serve::SECTION)
+                    .map(|i| old[i..].to_string())
+            })
+            .unwrap_or_default();
+        let text = if serving.is_empty() {
+            table
+        } else {
+            format!("{}\n\n{serving}", table.trim_end())
+        };
+        write_atomic(&bench_md, text.as_bytes())?;
         println!("xtask: wrote {}", results.join("BENCH.md").display());
         Ok(())
     }
@@ -311,13 +325,6 @@ fn markdown(r: &Report) -> String {
         );
     }
     s
-}
-
-fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! `--features cuda` and the like) and runs them, so every step is also a command a person
 //! could type.
 mod bench;
+mod bench_serve;
 mod cuda_check;
 mod sweep;
 mod train_all;
@@ -37,6 +38,8 @@ enum Task {
     Bench(bench::Bench),
     /// Train models × settings × seeds here or as a Slurm job array, then evaluate the sweep.
     Sweep(sweep::Sweep),
+    /// Load test of `fmnist-eval serve`: concurrent clients, requests/s and latency into BENCH.md.
+    BenchServe(bench_serve::BenchServe),
     /// Build the binaries with `--features cuda` here, with a CUDA 13.0 toolchain from PyPI.
     CudaCheck(cuda_check::CudaCheck),
 }
@@ -129,6 +132,19 @@ pub fn cargo() -> Command {
     cmd
 }
 
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
+/// reader never sees half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 /// Runs `cmd`, failing with the command line when it fails.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
@@ -147,6 +163,7 @@ fn main() -> ExitCode {
         Task::Bench(b) => b.run(),
         Task::CudaCheck(c) => c.run(),
         Task::Sweep(s) => s.run(),
+        Task::BenchServe(b) => b.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

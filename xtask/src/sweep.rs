@@ -6,7 +6,6 @@
 //! or preempted Slurm task, a sweep started again here) resumes its run instead of restarting
 //! it, and keeps the runs that have finished.
 use std::collections::VecDeque;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::{project_root, run, Build};
+use crate::{project_root, run, write_atomic, Build};
 
 /// Plan a sweep of models × settings × seeds, run it here (`--local J`) or as a Slurm job
 /// array (`--slurm`), and evaluate it. Without `--local` or `--slurm` it prints the plan.
@@ -205,18 +204,6 @@ fn shell_line(args: impl IntoIterator<Item = impl AsRef<str>>) -> String {
         .map(|a| shell_quote(a.as_ref()))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// reader never sees half a file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a file in {}", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 #[cfg(unix)]
