@@ -9,18 +9,14 @@ use std::io::{BufRead, BufReader};
 
 use base64::Engine;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+mod common;
+use common::{run_copy, workspace};
 
 /// Kills the child when dropped.
 struct Killed(Child);
@@ -69,14 +65,7 @@ fn the_page_classifies_an_uploaded_image_in_headless_chromium() {
         eprintln!("the page is not tested: Chromium, ChromeDriver or Fashion-MNIST is missing");
         return;
     }
-    let run = tempfile::tempdir().unwrap();
-    for file in ["config.json", "model.safetensors"] {
-        std::fs::copy(
-            workspace().join("results/cnn/seed-42").join(file),
-            run.path().join(file),
-        )
-        .unwrap();
-    }
+    let run = run_copy();
     let mut server = Command::new(env!("CARGO_BIN_EXE_fmnist-eval"))
         .current_dir(workspace())
         .args(["serve", "--addr", "127.0.0.1:0", "--no-download", "--run"])

@@ -6,18 +6,14 @@
 //! skips, when `CI` is set and the data is missing.
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+mod common;
+use common::{run_copy, workspace};
 
 fn data_installed() -> bool {
     let dir = Path::new("/usr/share/datasets/fashion-mnist");
@@ -32,19 +28,6 @@ fn data_installed() -> bool {
         eprintln!("serve not tested: Fashion-MNIST is not installed");
     }
     found
-}
-
-/// A copy of the committed `cnn` run (its checkpoint), so the index cache is written there.
-fn run_copy() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for file in ["config.json", "model.safetensors"] {
-        std::fs::copy(
-            workspace().join("results/cnn/seed-42").join(file),
-            dir.path().join(file),
-        )
-        .unwrap();
-    }
-    dir
 }
 
 /// A server on a free port, killed when dropped.
@@ -145,6 +128,18 @@ fn form(files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
     }
     body.extend(format!("--{boundary}--\r\n").as_bytes());
     (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// A connection that announces a 5,000-byte image and sends only `part` of it.
+fn partial_upload(addr: &str, part: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n"
+    )
+    .unwrap();
+    stream.write_all(part).unwrap();
+    stream
 }
 
 /// `predict --json` on the example images, by file name.
@@ -252,13 +247,7 @@ fn serve_answers_as_predict_does_and_survives_bad_input() {
     assert_eq!((status, got["error"].is_string()), (415, true), "{got}");
 
     // A body that stops arriving gets 408 after the read timeout; one cut off is dropped.
-    let mut slow = TcpStream::connect(server.addr()).unwrap();
-    write!(
-        slow,
-        "POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n"
-    )
-    .unwrap();
-    slow.write_all(&bag[..100]).unwrap();
+    let mut slow = partial_upload(&server.addr(), &bag[..100]);
     slow.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut answer = Vec::new();
@@ -266,14 +255,7 @@ fn serve_answers_as_predict_does_and_survives_bad_input() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("did not arrive within 1 s"), "{answer}");
-    let mut cut = TcpStream::connect(server.addr()).unwrap();
-    write!(
-        cut,
-        "POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n"
-    )
-    .unwrap();
-    cut.write_all(&bag[..100]).unwrap();
-    drop(cut);
+    drop(partial_upload(&server.addr(), &bag[..100]));
 
     // Still serving: eight clients at once, the same answers as predict.
     let threads: Vec<_> = (0..8)

@@ -280,7 +280,7 @@ impl Cluster {
             "ClusterName=fmnisttest\n\
              SlurmctldHost={host}(127.0.0.1)\n\
              SlurmctldPort={}\nSlurmdPort={}\n\
-             SlurmUser=root\nSlurmdUser=root\nAuthType=auth/munge\n\
+             SlurmUser=root\nSlurmdUser=root\nAuthType=auth/munge\nAuthInfo=cred_expire=5\n\
              StateSaveLocation={d}/state\nSlurmdSpoolDir={d}/spool\n\
              SlurmctldPidFile={d}/slurmctld.pid\nSlurmdPidFile={d}/slurmd.pid\n\
              SlurmctldLogFile={d}/slurmctld.log\nSlurmdLogFile={d}/slurmd.log\n\
@@ -373,9 +373,9 @@ fn a_slurm_sweep_runs_as_an_array_resumes_a_requeued_task_and_ends_in_the_report
     .collect();
 
     // Task 0, once its first epoch is done and before its last: requeue it (what preemption
-    // does). Slurm starts it again after its requeue delay (about two minutes); starting it
-    // at once (`scontrol update StartTime=now`) races slurmd, which may refuse to launch a
-    // job it has just killed, and then the task fails.
+    // does). Slurm starts it again once the killed attempt's credential has expired
+    // (`cred_expire`: 5 s here, 120 s by default); starting it sooner (`scontrol update
+    // StartTime=now`) races slurmd, which refuses to launch a job it has just killed.
     let run0 = out.path().join("cnn-lr-0.001/seed-42");
     let limit = Duration::from_secs(900);
     wait_until(limit, "task 0's first epoch", || {
