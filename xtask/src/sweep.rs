@@ -601,15 +601,18 @@ impl Sweep {
                 .filter(|r| out.join(&r.name).join("summary.json").is_file())
                 .count();
             bar.set_position(finished as u64);
-            let queued = crate::train_all::output_lines(Command::new("squeue").args([
-                "-h",
-                "-o",
-                "%i",
-                "-j",
-                &format!("{train},{evaluate}"),
-            ]))
-            .unwrap_or_default();
-            if queued.is_empty() {
+            // Empty: both jobs have ended. "Invalid job id": they have ended and been purged.
+            // Any other failure (slurmctld busy) is asked again.
+            let squeue = Command::new("squeue")
+                .args(["-h", "-o", "%i", "-j", &format!("{train},{evaluate}")])
+                .output()
+                .context("running squeue")?;
+            let ended = if squeue.status.success() {
+                squeue.stdout.trim_ascii().is_empty()
+            } else {
+                String::from_utf8_lossy(&squeue.stderr).contains("Invalid job id")
+            };
+            if ended {
                 break;
             }
             std::thread::sleep(Duration::from_secs(2));
