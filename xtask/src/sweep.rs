@@ -276,6 +276,12 @@ impl Sweep {
             states.push(state);
         }
         self.print_plan(&runs, &states, &models, &axes, &out);
+        if self.local.is_none() && !self.slurm {
+            println!(
+                "xtask: nothing run: pass --local J to train here, or --slurm to submit to Slurm"
+            );
+            return Ok(());
+        }
         std::fs::create_dir_all(out.join("logs"))
             .with_context(|| format!("creating {}", out.display()))?;
         self.write_plan_file(&runs, &out)?;
@@ -296,13 +302,9 @@ impl Sweep {
                 "some runs failed (their logs are in {}; the sweep started again resumes them)",
                 out.join("logs").display()
             );
-        } else if self.slurm {
+        } else {
             let submit = self.write_slurm(&runs, &bin, &out)?;
             self.submit(&submit, &runs, &out)?;
-        } else {
-            println!(
-                "xtask: nothing run: pass --local J to train here, or --slurm to submit to Slurm"
-            );
         }
         Ok(())
     }

@@ -104,7 +104,7 @@ fn dry_run_writes_a_requeueable_array_and_an_evaluation_that_waits_for_it() {
 }
 
 #[test]
-fn a_flag_fmnist_train_does_not_know_is_refused_before_anything_is_written() {
+fn a_flag_fmnist_train_does_not_know_is_refused_and_a_plan_alone_writes_nothing() {
     let out = tempfile::tempdir().unwrap();
     let run = xtask()
         .args(["sweep", "--models", "cnn", "--set", "learning-rate=0.1"])
@@ -118,6 +118,34 @@ fn a_flag_fmnist_train_does_not_know_is_refused_before_anything_is_written() {
         err.contains("run cnn/seed-42: fmnist-train refuses its flags")
             && err.contains("unexpected argument '--learning-rate'"),
         "{err}"
+    );
+    assert!(!out.path().join("sweep").exists());
+
+    // Without --local or --slurm the plan is printed and nothing is written.
+    let plan = xtask()
+        .args([
+            "sweep",
+            "--models",
+            "cnn",
+            "--set",
+            "lr=1e-3,2e-3",
+            "--profile",
+            "dev",
+        ])
+        .arg("--out")
+        .arg(out.path().join("sweep"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    assert!(stdout.contains("cnn-lr-2e-3/seed-42  new"), "{stdout}");
+    assert!(
+        stdout.contains("xtask: nothing run: pass --local J"),
+        "{stdout}"
     );
     assert!(!out.path().join("sweep").exists());
 }
