@@ -9,7 +9,8 @@
 //! - `GET /`: a page to upload, drop or draw an image; `GET /health`; `GET /metrics`.
 //!
 //! Bad input answers a 4xx with `{"error": "..."}` and never stops the server: bodies over
-//! the size limit (refused while reading, before decoding), slow bodies (a read timeout),
+//! the size limit (refused on their Content-Length before any is read, or while reading),
+//! slow bodies (a read timeout),
 //! wrong content types, empty, truncated or non-image files, too many pixels.
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -233,6 +234,15 @@ async fn read_images(
             format!("the body is over the limit of {limit} bytes"),
         )
     };
+    // A body announced as too large is refused before any of it is read.
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
     let timeout = app.options.read_timeout;
     let slow = || {
         ApiError(
