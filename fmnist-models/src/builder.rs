@@ -225,8 +225,7 @@ impl Builder {
         let vb = self.vb(name);
         let [w_ih, w_hh, b_ih, b_hh] =
             shapes.map(|(tensor, shape)| vb.get(shape.as_slice(), tensor));
-        let inner = candle_nn::lstm(input, hidden, candle_nn::LSTMConfig::default(), vb)?;
-        Ok(Lstm::new(inner, w_ih?, w_hh?, b_ih?, b_hh?, self.kernels))
+        Ok(Lstm::new(w_ih?, w_hh?, b_ih?, b_hh?, self.kernels))
     }
 
     /// Inverted dropout with probability `p`, its masks drawn from the model's noise generator.

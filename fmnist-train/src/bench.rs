@@ -1,14 +1,17 @@
 //! Throughput measurement of one model: a fixed number of training steps after a warm-up,
-//! then inference over the test set, with the process's peak memory.
+//! then inference over the test set, with the process's peak memory and the number of tensor
+//! operations one training step runs (its launch budget on a GPU).
+use std::collections::HashSet;
 use std::time::Instant;
 
 use candle::Device;
-use fmnist_data::{FashionMnist, Loader};
+use fmnist_data::{Batch, FashionMnist, Loader};
 use fmnist_models::scoring::{logits, score};
-use fmnist_models::{Kernels, ModelKind};
+use fmnist_models::{Kernels, Model, ModelKind};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Preset, TrainConfig};
+use crate::loss::smoothed_cross_entropy;
 use crate::optim::Optimizer;
 use crate::trainer::{optimizer_config, prepare, train_step};
 
@@ -48,6 +51,86 @@ pub struct BenchResult {
     /// Where and from which commit it was measured.
     pub machine: String,
     pub commit: String,
+    /// Tensor operations of one training step.
+    pub step_ops: StepOps,
+}
+
+/// The tensor operations of one training step. On a GPU each is at least one kernel launch
+/// (views such as a reshape or a narrow are counted too, and launch nothing), so this is the
+/// step's launch budget, a figure that moves without a GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepOps {
+    /// The forward graph up to the loss: the nodes of candle's `sorted_nodes` on the loss
+    /// that are not parameters.
+    pub forward: usize,
+    /// What candle's backward pass runs: the nodes of the gradients' graphs that are not in
+    /// the forward graph (counted with the gradients kept attached to their graph), plus the
+    /// zero-filled buffer backward starts for each tensor that receives a gradient.
+    pub backward: usize,
+    /// The optimizer's update ([`Optimizer::ops_per_step`]).
+    pub optimizer: usize,
+}
+
+impl StepOps {
+    pub fn total(&self) -> usize {
+        self.forward + self.backward + self.optimizer
+    }
+}
+
+/// The environment variable with which candle's backward pass keeps each gradient attached
+/// to the graph that computed it; it is read once per thread, at the thread's first backward.
+const KEEP_GRADIENT_GRAPHS: &str = "CANDLE_GRAD_DO_NOT_DETACH";
+
+/// Counts the tensor operations of one training step of `model` on `batch` (see [`StepOps`]).
+/// The backward pass runs on a thread of its own, started with [`KEEP_GRADIENT_GRAPHS`] set
+/// so that the gradients' graphs can be walked; no other thread's backward is affected, and
+/// the model is not updated.
+pub fn count_step_ops(
+    model: &Model,
+    optimizer: &Optimizer,
+    batch: &Batch,
+    label_smoothing: f64,
+) -> anyhow::Result<StepOps> {
+    let vars = model.trainable_vars();
+    let (images, labels) = (batch.images.clone(), batch.labels.clone());
+    std::env::set_var(KEEP_GRADIENT_GRAPHS, "1");
+    let counted = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<(usize, usize)> {
+                let out = model.forward_t(&images, true)?;
+                let loss = smoothed_cross_entropy(&out, &labels, label_smoothing)?;
+                let nodes = loss.sorted_nodes();
+                let forward: HashSet<_> = nodes
+                    .iter()
+                    .filter(|n| !n.is_variable())
+                    .map(|n| n.id())
+                    .collect();
+                // One zero-filled gradient buffer for each node on a path to a parameter.
+                let filled = nodes.len();
+                let grads = loss.backward()?;
+                let mut backward = HashSet::new();
+                for (_, var) in &vars {
+                    let Some(g) = grads.get(var.as_tensor()) else {
+                        continue;
+                    };
+                    for node in g.sorted_nodes() {
+                        if !node.is_variable() && !forward.contains(&node.id()) {
+                            backward.insert(node.id());
+                        }
+                    }
+                }
+                Ok((forward.len(), backward.len() + filled))
+            })
+            .join()
+    });
+    std::env::remove_var(KEEP_GRADIENT_GRAPHS);
+    let (forward, backward) =
+        counted.map_err(|_| anyhow::anyhow!("the operation count panicked"))??;
+    Ok(StepOps {
+        forward,
+        backward,
+        optimizer: optimizer.ops_per_step()?,
+    })
 }
 
 /// Trains `config.model` (study recipe: Adam 1e-3) for `warmup + batches` steps, timing the last
@@ -72,8 +155,13 @@ pub fn bench(
     );
     let needed = config.warmup + config.batches;
     let mut batches = (0u64..).flat_map(|epoch| loader.epoch(epoch)).take(needed);
+    let mut step_ops = None;
     for batch in batches.by_ref().take(config.warmup) {
-        train_step(&model, &mut optimizer, &batch?, 0.0)?;
+        let batch = batch?;
+        if step_ops.is_none() {
+            step_ops = Some(count_step_ops(&model, &optimizer, &batch, 0.0)?);
+        }
+        train_step(&model, &mut optimizer, &batch, 0.0)?;
     }
     let (mut images, mut timed) = (0usize, 0f64);
     for batch in batches {
@@ -104,6 +192,12 @@ pub fn bench(
         data_dir: data.source.dir.display().to_string(),
         machine: crate::device::machine_description(),
         commit: crate::device::git_commit(),
+        step_ops: match step_ops {
+            Some(ops) => ops,
+            None => anyhow::bail!(
+                "--warmup must be at least 1 (the operations are counted on a warm-up step)"
+            ),
+        },
     })
 }
 
@@ -130,4 +224,77 @@ pub fn peak_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OptimizerKind;
+    use crate::optim::OptimizerConfig;
+    use fmnist_models::ModelConfig;
+
+    fn lstm(kernels: Kernels) -> (Model, Optimizer) {
+        let mut config = ModelConfig::new(ModelKind::Lstm);
+        config.kernels = kernels;
+        let model = config.build(7, &Device::Cpu).unwrap();
+        let optimizer = Optimizer::new(
+            OptimizerConfig {
+                kind: OptimizerKind::Adam,
+                lr: 1e-3,
+                weight_decay: 0.0,
+                momentum: 0.9,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            model.trainable_vars(),
+        )
+        .unwrap();
+        (model, optimizer)
+    }
+
+    fn batch() -> Batch {
+        let dev = Device::Cpu;
+        Batch {
+            images: candle::Tensor::rand(0f32, 1.0, (4, 1, 28, 28), &dev).unwrap(),
+            labels: candle::Tensor::new(&[0u32, 3, 9, 3], &dev).unwrap(),
+            indices: vec![0, 1, 2, 3],
+        }
+    }
+
+    fn weights(model: &Model) -> Vec<Vec<f32>> {
+        model
+            .trainable_vars()
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_lstm_steps_launch_budget_is_counted_without_training_the_model() {
+        let (model, optimizer) = lstm(Kernels::Generic);
+        let before = weights(&model);
+        let ops = count_step_ops(&model, &optimizer, &batch(), 0.0).unwrap();
+        // The launch budget of the generic LSTM step: the recurrence over 28 steps is 6 + 9 +
+        // 27 x 14 operations (`recurrent`'s tests), the dense head and the loss 18 more.
+        // Change these figures only with a change of the graph that is meant.
+        assert_eq!(
+            ops,
+            StepOps {
+                forward: 6 + 9 + 27 * 14 + 18,
+                backward: 1676,
+                optimizer: 36,
+            }
+        );
+        assert_eq!(
+            ops,
+            count_step_ops(&model, &optimizer, &batch(), 0.0).unwrap()
+        );
+        assert_eq!(weights(&model), before);
+        assert!(std::env::var_os(KEEP_GRADIENT_GRAPHS).is_none());
+        // The fused recurrence is one operation in the graph whatever the sequence length.
+        let (fused, optimizer) = lstm(Kernels::Fused);
+        let ops = count_step_ops(&fused, &optimizer, &batch(), 0.0).unwrap();
+        assert!(ops.forward < 30 && ops.backward < 60, "{ops:?}");
+    }
 }

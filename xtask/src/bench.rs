@@ -79,6 +79,18 @@ struct Measurement {
     machine: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     commit: Option<String>,
+    /// Tensor operations of one training step (fmnist-bench counts them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    step_ops: Option<StepOps>,
+}
+
+/// The tensor operations of one training step, as fmnist-bench counts them: the step's launch
+/// budget on a GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct StepOps {
+    forward: usize,
+    backward: usize,
+    optimizer: usize,
 }
 
 /// The medians of one (implementation, model) over the repeats.
@@ -94,6 +106,9 @@ struct Row {
     data_load_seconds: f64,
     /// Each repeat's training images/s, to show the spread.
     train_images_per_s_all: Vec<f64>,
+    /// Tensor operations per training step (the same in every repeat).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step_ops: Option<StepOps>,
 }
 
 #[derive(Debug, Serialize)]
@@ -275,6 +290,7 @@ fn medians(ms: &[Measurement]) -> Vec<Row> {
                 peak_rss_mb: (!rss.is_empty()).then(|| median(rss)),
                 data_load_seconds: pick(|m| m.data_load_seconds),
                 train_images_per_s_all: of.iter().map(|m| m.train_images_per_s).collect(),
+                step_ops: of.iter().find_map(|m| m.step_ops),
                 implementation,
                 model,
             }
@@ -324,6 +340,29 @@ fn markdown(r: &Report) -> String {
             row.data_load_seconds,
         );
     }
+    let counted: Vec<(&Row, StepOps)> = r
+        .rows
+        .iter()
+        .filter_map(|row| row.step_ops.map(|ops| (row, ops)))
+        .collect();
+    if !counted.is_empty() {
+        s.push_str("\n## Tensor operations per training step\n\n");
+        s.push_str("Counted on candle's graph of one step (`fmnist-bench`, field `step_ops`): on a GPU each operation is at least one kernel launch, so this is a step's launch budget. Backward counts the gradient operations and the zero-filled buffer candle starts for each tensor that receives a gradient; the optimizer counts its update's operations, one gather per group and one copy into each parameter.\n\n");
+        s.push_str("| model | implementation | forward | backward | optimizer | total |\n");
+        s.push_str("|---|---|---:|---:|---:|---:|\n");
+        for (row, ops) in counted {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                row.model,
+                row.implementation,
+                ops.forward,
+                ops.backward,
+                ops.optimizer,
+                ops.forward + ops.backward + ops.optimizer
+            );
+        }
+    }
     s
 }
 
@@ -347,6 +386,11 @@ mod tests {
             data_dir: None,
             machine: None,
             commit: None,
+            step_ops: (implementation != "pytorch-2").then_some(StepOps {
+                forward: 10,
+                backward: 25,
+                optimizer: 5,
+            }),
         }
     }
 
@@ -384,5 +428,11 @@ mod tests {
         assert!(
             table.contains("| cnn | pytorch-2 | 2000 | 24.0 | 2000 | 1000 | 0.30 | - | - | - |")
         );
+        // The peer counts no operations and has no row in the second table.
+        assert!(
+            table.contains("| cnn | candle-fused | 10 | 25 | 5 | 40 |"),
+            "{table}"
+        );
+        assert!(!table.contains("| cnn | pytorch-2 | 10 |"));
     }
 }
