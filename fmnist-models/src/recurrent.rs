@@ -73,32 +73,32 @@ impl Lstm {
     }
 }
 
-/// The generic path from candle operations. The inputs of all steps are projected at once,
-/// step-major (`[T·B, I]` against `W_ihᵀ`, both biases added once), so that a step's rows are
-/// one narrow; each step then adds `h·W_hhᵀ` to them, activates all four gates with one
-/// sigmoid (the cell gate's sigmoid is computed and not used: cheaper than a fifth operation
-/// in the graph), and the cell gate with one tanh.
+/// The generic path from candle operations, each step one GEMM of the rows `[x_t, 1, h]`
+/// against `[W_ih | b_ih + b_hh | W_hh]` (the biases ride in the GEMM against an input of 1),
+/// then one sigmoid over all four gates (the cell gate's sigmoid is computed and not used:
+/// cheaper than a fifth operation in the graph) and the cell gate's tanh. The input rows are
+/// data, so splitting them per step adds nothing to the backward pass; splitting a tracked
+/// projection of all steps would (the backward of each step's narrow is a concatenation the
+/// size of the whole projection).
 fn generic_recurrence(
     x: &Tensor,
     [w_ih, w_hh, b_ih, b_hh]: [&Tensor; 4],
 ) -> candle::Result<Tensor> {
     let (batch, steps, inputs) = x.dims3()?;
     let hidden = w_hh.dim(1)?;
-    let bias = (b_ih + b_hh)?;
-    let projected = x
-        .transpose(0, 1)?
-        .reshape((steps * batch, inputs))?
-        .matmul(&w_ih.t()?)?
-        .broadcast_add(&bias)?;
-    let w_hh_t = w_hh.t()?;
-    // The state (h, c) after the last step; none before the first (a zero state, whose terms
-    // are left out rather than computed as zeros).
+    let ones = Tensor::ones((batch, steps, 1), x.dtype(), x.device())?;
+    let rows = Tensor::cat(&[x, &ones], 2)?; // [B, T, I + 1]
+    let bias = (b_ih + b_hh)?.unsqueeze(1)?;
+    let weights = Tensor::cat(&[w_ih, &bias, w_hh], 1)?.t()?; // [I + 1 + H, 4H]
+                                                              // The first step starts from a zero state: its GEMM leaves out the recurrent rows.
+    let input_weights = weights.narrow(0, 0, inputs + 1)?;
+    // The state (h, c) after the last step; none before the first.
     let mut state: Option<(Tensor, Tensor)> = None;
     for step in 0..steps {
-        let projection = projected.narrow(0, step * batch, batch)?;
+        let rows_t = rows.narrow(1, step, 1)?.squeeze(1)?;
         let z = match &state {
-            None => projection,
-            Some((h, _)) => (projection + h.matmul(&w_hh_t)?)?,
+            None => rows_t.matmul(&input_weights)?,
+            Some((h, _)) => Tensor::cat(&[&rows_t, h], 1)?.matmul(&weights)?,
         };
         let gates = candle_nn::ops::sigmoid(&z)?;
         let cell_gate = z.narrow(1, 2 * hidden, hidden)?.tanh()?;
@@ -763,15 +763,15 @@ mod tests {
     }
 
     #[test]
-    fn the_generic_path_is_fourteen_operations_a_step_and_the_fused_one_a_constant() {
-        // Per step: the step's rows, h·W_hhᵀ, their sum, one sigmoid, the cell gate's narrow
-        // and tanh, three gate narrows, two products and a sum for c, tanh(c) and h. The first
-        // step starts from a zero state: no GEMM, no sum, no forget gate (9). Before the
-        // loop (6): the bias sum, W_ihᵀ, the projection GEMM, the broadcast bias and its sum,
-        // and W_hhᵀ.
-        assert_eq!(graph_ops(Kernels::Generic, 2), 6 + 9 + 14);
-        assert_eq!(graph_ops(Kernels::Generic, 5), 6 + 9 + 4 * 14);
-        assert_eq!(graph_ops(Kernels::Generic, 6), 6 + 9 + 5 * 14);
+    fn the_generic_path_is_thirteen_operations_a_step_and_the_fused_one_a_constant() {
+        // Per step: the rows [x_t, 1, h] (a concatenation), the GEMM, one sigmoid, the cell
+        // gate's narrow and tanh, three gate narrows, two products and a sum for c, tanh(c)
+        // and h. The first step starts from a zero state: no concatenation, no forget gate
+        // (9). Before the loop (5): the bias sum and its column, the weights' concatenation,
+        // its transpose and the input rows of it the first step uses.
+        assert_eq!(graph_ops(Kernels::Generic, 2), 5 + 9 + 13);
+        assert_eq!(graph_ops(Kernels::Generic, 5), 5 + 9 + 4 * 13);
+        assert_eq!(graph_ops(Kernels::Generic, 6), 5 + 9 + 5 * 13);
         assert_eq!(graph_ops(Kernels::Fused, 5), graph_ops(Kernels::Fused, 28));
     }
 

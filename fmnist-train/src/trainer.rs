@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
-use candle::{DType, Device};
+use candle::{DType, Device, Tensor};
 use fmnist_data::{
     stratified_split, stratified_subset, Batch, FashionMnist, ImageSet, Loader, Normalizer,
 };
@@ -37,15 +37,19 @@ pub struct Prepared {
     pub normalizer: Normalizer,
 }
 
-/// What one optimization step saw: the batch's mean loss and how many it classified right.
-#[derive(Debug, Clone, Copy)]
+/// What one optimization step saw, as f32 scalars on the training device: the batch's mean
+/// loss and how many images it classified right. Reading one waits for the step to finish;
+/// the trainer reads an epoch's at once, so that a GPU never waits for the host inside an
+/// epoch.
+#[derive(Debug, Clone)]
 pub struct Step {
-    pub loss: f64,
-    pub correct: usize,
+    pub loss: Tensor,
+    pub correct: Tensor,
 }
 
-/// One optimization step on `batch`. A non-finite loss is returned without stepping, so the
-/// parameters stay those of the last good step.
+/// One optimization step on `batch`. A non-finite loss still updates the parameters (to check
+/// it would wait for the step); the trainer finds it when it reads the epoch's losses and
+/// stops before anything is saved.
 pub fn train_step(
     model: &Model,
     optimizer: &mut Optimizer,
@@ -54,20 +58,81 @@ pub fn train_step(
 ) -> anyhow::Result<Step> {
     let out = model.forward_t(&batch.images, true)?;
     let loss = smoothed_cross_entropy(&out, &batch.labels, label_smoothing)?;
-    let loss_value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
-    if loss_value.is_finite() {
-        optimizer.step(&loss.backward()?)?;
-    }
+    optimizer.step(&loss.backward()?)?;
     let correct = out
         .argmax(1)?
         .eq(&batch.labels)?
         .to_dtype(DType::F32)?
-        .sum_all()?
-        .to_scalar::<f32>()? as usize;
+        .sum_all()?;
     Ok(Step {
-        loss: loss_value,
+        loss: loss.detach().to_dtype(DType::F32)?,
         correct,
     })
+}
+
+/// The steps of an epoch so far, their figures still on the training device.
+#[derive(Default)]
+struct EpochSteps {
+    losses: Vec<Tensor>,
+    correct: Vec<Tensor>,
+    sizes: Vec<usize>,
+}
+
+/// An epoch's step figures read to the host.
+struct ReadSteps {
+    losses: Vec<f32>,
+    correct: Vec<f32>,
+    sizes: Vec<usize>,
+}
+
+impl EpochSteps {
+    fn push(&mut self, step: Step, images: usize) {
+        self.losses.push(step.loss);
+        self.correct.push(step.correct);
+        self.sizes.push(images);
+    }
+
+    fn images(&self) -> usize {
+        self.sizes.iter().sum()
+    }
+
+    /// All the steps' figures, in two reads (one per figure).
+    fn read(&self) -> candle::Result<ReadSteps> {
+        let read = |v: &[Tensor]| -> candle::Result<Vec<f32>> {
+            if v.is_empty() {
+                return Ok(Vec::new());
+            }
+            Tensor::stack(v, 0)?.to_vec1()
+        };
+        Ok(ReadSteps {
+            losses: read(&self.losses)?,
+            correct: read(&self.correct)?,
+            sizes: self.sizes.clone(),
+        })
+    }
+}
+
+impl ReadSteps {
+    /// The mean loss over the images (each batch's mean loss weighted by its size) and the
+    /// share classified right.
+    fn means(&self) -> (f64, f64) {
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0.0f64, 0usize);
+        for ((loss, right), n) in self.losses.iter().zip(&self.correct).zip(&self.sizes) {
+            loss_sum += *loss as f64 * *n as f64;
+            correct += *right as f64;
+            seen += n;
+        }
+        (loss_sum / seen.max(1) as f64, correct / seen.max(1) as f64)
+    }
+
+    /// The first step (from 0) whose loss is not finite, and that loss.
+    fn first_non_finite(&self) -> Option<(usize, f32)> {
+        self.losses
+            .iter()
+            .enumerate()
+            .find(|(_, l)| !l.is_finite())
+            .map(|(i, l)| (i, *l))
+    }
 }
 
 /// SplitMix64: independent seeds for the different random streams of one run.
@@ -416,42 +481,40 @@ impl Session<'_> {
         );
         bar.set_prefix(format!("{} epoch {}/{}", c.model.kind, epoch + 1, c.epochs));
         let start = Instant::now();
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0.0f64, 0usize);
+        let mut steps = EpochSteps::default();
         let mut lr = self.optimizer.lr();
+        let mut shown = Instant::now();
         for (i, batch) in loader.epoch(epoch as u64).enumerate() {
             let batch = batch?;
             lr = schedule.lr(epoch, i, &self.state.plateau);
             self.optimizer.set_lr(lr);
             let step = train_step(&self.model, &mut self.optimizer, &batch, c.label_smoothing)?;
-            if !step.loss.is_finite() {
-                bar.abandon();
-                bail!(
-                    "the loss became {} at epoch {} batch {}: training stopped. The last good checkpoint is {} ({} epochs done); try a lower --lr (now {lr:.2e})",
-                    step.loss,
-                    epoch + 1,
-                    i + 1,
-                    self.run.last_model().display(),
-                    self.state.epochs_done
-                );
-            }
-            let n = batch.len();
-            loss_sum += step.loss * n as f64;
-            correct += step.correct as f64;
-            seen += n;
+            steps.push(step, batch.len());
             bar.inc(1);
-            bar.set_message(format!(
-                "loss {:.4} acc {:.2}% {:.0} img/s",
-                loss_sum / seen as f64,
-                100.0 * correct / seen as f64,
-                seen as f64 / start.elapsed().as_secs_f64()
-            ));
+            // The running loss and accuracy are read for a visible bar only, once a second.
+            if !bar.is_hidden() && shown.elapsed().as_secs_f64() >= 1.0 {
+                shown = Instant::now();
+                let (loss, acc) = steps.read()?.means();
+                bar.set_message(format!(
+                    "loss {loss:.4} acc {:.2}% {:.0} img/s",
+                    100.0 * acc,
+                    steps.images() as f64 / start.elapsed().as_secs_f64()
+                ));
+            }
         }
         bar.finish_and_clear();
-        Ok((
-            loss_sum / seen.max(1) as f64,
-            correct / seen.max(1) as f64,
-            lr,
-        ))
+        let read = steps.read()?;
+        if let Some((i, loss)) = read.first_non_finite() {
+            bail!(
+                "the loss became {loss} at epoch {} batch {}: training stopped. The last good checkpoint is {} ({} epochs done); try a lower --lr (now {lr:.2e})",
+                epoch + 1,
+                i + 1,
+                self.run.last_model().display(),
+                self.state.epochs_done
+            );
+        }
+        let (loss, acc) = read.means();
+        Ok((loss, acc, lr))
     }
 
     fn finish(mut self, stopped_early: bool) -> anyhow::Result<RunSummary> {

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: training and inference throughput of the models through
 //! `fmnist-bench` (one process per measurement, so each peak-memory figure is its own),
-//! optionally beside the PyTorch reference `bench/pytorch_ref.py`, repeated and interleaved,
-//! reported as medians with ratios in `results/bench.json` and `results/BENCH.md`.
+//! optionally beside the PyTorch reference `bench/pytorch_ref.py` and the Keras 3 on JAX one
+//! `bench/keras_ref.py`, repeated and interleaved, reported as medians with ratios in
+//! `results/bench.json` and `results/BENCH.md`.
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -20,11 +21,13 @@ pub struct Bench {
     /// candle kernel choices to measure, comma-separated: fused, generic.
     #[arg(long, value_delimiter = ',', default_value = "fused")]
     kernels: Vec<String>,
-    /// Also run this reference in the same invocation and print the ratios (`pytorch`).
-    #[arg(long, value_enum)]
-    peer: Option<Peer>,
-    /// Python interpreter with torch and numpy, for `--peer pytorch` (default: $FMNIST_PYTHON,
-    /// else python3).
+    /// Also run these references in the same invocation and print the ratios, comma-separated:
+    /// `pytorch` (eager, `bench/pytorch_ref.py`), `keras` (Keras 3 on JAX/XLA,
+    /// `bench/keras_ref.py`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    peer: Vec<Peer>,
+    /// Python interpreter with the peers' packages (torch and numpy; keras, jax and numpy), for
+    /// `--peer` (default: $FMNIST_PYTHON, else python3).
     #[arg(long, value_name = "PATH")]
     python: Option<PathBuf>,
     /// Times each measurement is repeated (interleaved); the median is reported.
@@ -55,6 +58,25 @@ pub struct Bench {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Peer {
     Pytorch,
+    Keras,
+}
+
+impl Peer {
+    /// The reference script, its name in the command line, and the packages it needs.
+    fn script(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Peer::Pytorch => ("bench/pytorch_ref.py", "pytorch", "torch and numpy"),
+            Peer::Keras => ("bench/keras_ref.py", "keras", "keras, jax and numpy"),
+        }
+    }
+
+    /// The start of the implementation name its script reports, and how the table names it.
+    fn label(self) -> (&'static str, &'static str) {
+        match self {
+            Peer::Pytorch => ("pytorch", "PyTorch"),
+            Peer::Keras => ("keras", "Keras/JAX"),
+        }
+    }
 }
 
 /// One measurement, as printed by `fmnist-bench` and `bench/pytorch_ref.py`.
@@ -145,7 +167,8 @@ impl Bench {
                     ]);
                     measurements.push(self.measure(cmd, repeat, model, kernels)?);
                 }
-                if self.peer == Some(Peer::Pytorch) {
+                for peer in &self.peer {
+                    let (script, name, packages) = peer.script();
                     // The same files fmnist-bench found.
                     let data_dir = measurements
                         .iter()
@@ -153,13 +176,13 @@ impl Bench {
                         .find_map(|m| m.data_dir.clone())
                         .context("no candle measurement to take the data folder from")?;
                     let mut cmd = Command::new(&python);
-                    cmd.arg(root.join("bench/pytorch_ref.py"))
+                    cmd.arg(root.join(script))
                         .args(["--model", model])
                         .arg("--data-dir")
                         .arg(&data_dir);
-                    let m = self.measure(cmd, repeat, model, "pytorch").with_context(|| {
+                    let m = self.measure(cmd, repeat, model, name).with_context(|| {
                         format!(
-                            "the PyTorch reference failed: is torch installed for {}? (README, Benchmarks)",
+                            "the {name} reference failed: are {packages} installed for {}? (docs/speed.md)",
                             python.display()
                         )
                     })?;
@@ -249,8 +272,9 @@ impl Bench {
             self.batches,
             self.threads
         );
-        if self.peer.is_some() {
-            s.push_str(" --peer pytorch");
+        if !self.peer.is_empty() {
+            let names: Vec<&str> = self.peer.iter().map(|p| p.script().1).collect();
+            let _ = write!(s, " --peer {}", names.join(","));
         }
         s
     }
@@ -298,7 +322,8 @@ fn medians(ms: &[Measurement]) -> Vec<Row> {
         .collect()
 }
 
-/// The table, with each candle row's ratios to the PyTorch row of the same model.
+/// The tables: each candle row with its ratios to each peer's row of the same model, then the
+/// tensor operations per training step.
 fn markdown(r: &Report) -> String {
     let mut s = String::from("# Benchmarks\n\n");
     let _ = writeln!(s, "- Machine: {}", r.machine);
@@ -309,28 +334,30 @@ fn markdown(r: &Report) -> String {
         "- Medians of {} interleaved repeats; training images/s over the timed steps (batch assembly included); inference over the 10,000 test images in chunks of 1,000; peak RSS of the whole process.\n",
         r.rows.first().map_or(0, |row| row.repeats)
     );
-    s.push_str("| model | implementation | train img/s | epoch (48k) s | test inference img/s | peak RSS MB | data load s | train vs PyTorch | inference vs PyTorch | RSS vs PyTorch |\n");
-    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    for row in &r.rows {
-        let peer = r
-            .rows
-            .iter()
-            .find(|p| p.model == row.model && p.implementation.starts_with("pytorch"));
-        let ratio = |a: f64, b: f64| format!("{:.2}x", a / b);
-        let (train, infer, rss) = match peer {
-            Some(p) if !row.implementation.starts_with("pytorch") => (
-                ratio(row.train_images_per_s, p.train_images_per_s),
-                ratio(row.infer_images_per_s, p.infer_images_per_s),
-                match (row.peak_rss_mb, p.peak_rss_mb) {
-                    (Some(a), Some(b)) => ratio(a, b),
-                    _ => "-".into(),
-                },
-            ),
-            _ => ("-".into(), "-".into(), "-".into()),
-        };
-        let _ = writeln!(
+    // Ratios to each peer that has rows: training, inference and peak memory.
+    let peers: Vec<(&str, &str)> = [Peer::Pytorch, Peer::Keras]
+        .map(Peer::label)
+        .into_iter()
+        .filter(|(prefix, _)| {
+            r.rows
+                .iter()
+                .any(|row| row.implementation.starts_with(prefix))
+        })
+        .collect();
+    s.push_str("| model | implementation | train img/s | epoch (48k) s | test inference img/s | peak RSS MB | data load s |");
+    for (_, name) in &peers {
+        let _ = write!(
             s,
-            "| {} | {} | {:.0} | {:.1} | {:.0} | {} | {:.2} | {train} | {infer} | {rss} |",
+            " train vs {name} | inference vs {name} | RSS vs {name} |"
+        );
+    }
+    s.push_str("\n|---|---|---:|---:|---:|---:|---:|");
+    s.push_str(&"---:|---:|---:|".repeat(peers.len()));
+    s.push('\n');
+    for row in &r.rows {
+        let _ = write!(
+            s,
+            "| {} | {} | {:.0} | {:.1} | {:.0} | {} | {:.2} |",
             row.model,
             row.implementation,
             row.train_images_per_s,
@@ -339,6 +366,27 @@ fn markdown(r: &Report) -> String {
             row.peak_rss_mb.map_or("-".into(), |v| format!("{v:.0}")),
             row.data_load_seconds,
         );
+        let is_peer = peers.iter().any(|(p, _)| row.implementation.starts_with(p));
+        for (prefix, _) in &peers {
+            let peer = r
+                .rows
+                .iter()
+                .find(|p| p.model == row.model && p.implementation.starts_with(prefix));
+            let ratio = |a: f64, b: f64| format!("{:.2}x", a / b);
+            let cells = match peer {
+                Some(p) if !is_peer => [
+                    ratio(row.train_images_per_s, p.train_images_per_s),
+                    ratio(row.infer_images_per_s, p.infer_images_per_s),
+                    match (row.peak_rss_mb, p.peak_rss_mb) {
+                        (Some(a), Some(b)) => ratio(a, b),
+                        _ => "-".into(),
+                    },
+                ],
+                _ => ["-".into(), "-".into(), "-".into()],
+            };
+            let _ = write!(s, " {} |", cells.join(" | "));
+        }
+        s.push('\n');
     }
     let counted: Vec<(&Row, StepOps)> = r
         .rows
@@ -386,7 +434,7 @@ mod tests {
             data_dir: None,
             machine: None,
             commit: None,
-            step_ops: (implementation != "pytorch-2").then_some(StepOps {
+            step_ops: implementation.starts_with("candle").then_some(StepOps {
                 forward: 10,
                 backward: 25,
                 optimizer: 5,
@@ -417,7 +465,7 @@ mod tests {
             commit: "abc".into(),
             command: "cargo xtask bench".into(),
             rows,
-            measurements: ms,
+            measurements: ms.clone(),
         });
         assert!(
             table.contains(
@@ -428,7 +476,28 @@ mod tests {
         assert!(
             table.contains("| cnn | pytorch-2 | 2000 | 24.0 | 2000 | 1000 | 0.30 | - | - | - |")
         );
-        // The peer counts no operations and has no row in the second table.
+        // A second peer adds its three columns to every row.
+        let mut two = ms.clone();
+        two.push(m("keras-3.12.0-jax-0.8.1", "cnn", 4000.0, 10000.0, 900.0));
+        let table = markdown(&Report {
+            machine: "test".into(),
+            commit: "abc".into(),
+            command: "cargo xtask bench".into(),
+            rows: medians(&two),
+            measurements: two,
+        });
+        assert!(
+            table.contains("| train vs PyTorch | inference vs PyTorch | RSS vs PyTorch | train vs Keras/JAX | inference vs Keras/JAX | RSS vs Keras/JAX |"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "| cnn | candle-fused | 2000 | 24.0 | 5000 | 450 | 0.30 | 1.00x | 2.50x | 0.45x | 0.50x | 0.50x | 0.50x |"
+            ),
+            "{table}"
+        );
+        assert!(table.contains("| cnn | keras-3.12.0-jax-0.8.1 | 4000 | 12.0 | 10000 | 900 | 0.30 | - | - | - | - | - | - |"));
+        // The peers count no operations and have no row in the second table.
         assert!(
             table.contains("| cnn | candle-fused | 10 | 25 | 5 | 40 |"),
             "{table}"

@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Keras 3 on JAX (XLA, CPU) reference for `cargo xtask bench --peer keras`.
+
+The same models as fmnist-models (cnn, lstm, mlp: same layers, same order, same parameter
+counts; images channels-last, as Keras wants them), the same study recipe (Adam 1e-3, batch
+256, pixels scaled to [0, 1]) and the same measurement as `fmnist-bench`: a few untimed
+warm-up steps (which also compile the XLA programs), a fixed number of timed training steps
+(batch assembly included), then inference over the 10,000 test images in chunks of 1,000,
+after one untimed chunk that compiles the inference program. Prints one JSON line with the
+fields of fmnist-bench.
+
+Needs keras, jax and numpy (`pip install keras "jax[cpu]" numpy`; see docs/speed.md).
+"""
+import argparse
+import gzip
+import json
+import os
+import resource
+import struct
+import sys
+import time
+
+
+def read_idx(path):
+    import numpy as np
+
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    ndim = raw[3]
+    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def find(data_dir, stem):
+    for name in (stem + ".gz", stem):
+        path = os.path.join(data_dir, name)
+        if os.path.exists(path):
+            return path
+    sys.exit(f"error: {stem}(.gz) not found in {data_dir}")
+
+
+def build(kind, keras):
+    L = keras.layers
+    if kind == "cnn":
+        layers = [
+            L.Conv2D(32, 3), L.MaxPooling2D(2), L.ReLU(),
+            L.Conv2D(32, 3), L.MaxPooling2D(2), L.ReLU(),
+            L.Flatten(), L.Dense(100, activation="relu"), L.Dense(10),
+        ]
+    elif kind == "mlp":
+        layers = [
+            L.Flatten(), L.Dense(256, activation="relu"), L.Dropout(0.2),
+            L.Dense(128, activation="relu"), L.Dropout(0.2), L.Dense(10),
+        ]
+    elif kind == "lstm":
+        # The 28 rows are the 28 steps of 28 features.
+        layers = [L.Reshape((28, 28)), L.LSTM(128), L.Dense(10)]
+    else:
+        sys.exit(f"error: no Keras reference for model {kind} (have cnn, lstm, mlp)")
+    return keras.Sequential([keras.Input((28, 28, 1))] + layers)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=42)
+    a = p.parse_args()
+    if a.warmup < 1:
+        sys.exit("error: --warmup must be at least 1 (the first step compiles)")
+
+    # XLA's CPU thread pool takes its size from here; it must be set before jax loads.
+    os.environ["KERAS_BACKEND"] = "jax"
+    os.environ.setdefault(
+        "XLA_FLAGS", f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={a.threads}"
+    )
+    import jax
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(a.seed)
+    start = time.perf_counter()
+    train_x = read_idx(find(a.data_dir, "train-images-idx3-ubyte"))
+    train_y = read_idx(find(a.data_dir, "train-labels-idx1-ubyte"))
+    test_x = read_idx(find(a.data_dir, "t10k-images-idx3-ubyte"))
+    test_y = read_idx(find(a.data_dir, "t10k-labels-idx1-ubyte"))
+    load = time.perf_counter() - start
+
+    model = build(a.model, keras)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    rng = np.random.default_rng(42)
+    order = rng.permutation(48_000)
+
+    def batch(i):
+        idx = order[(i * a.batch_size) % 48_000 :][: a.batch_size]
+        x = (train_x[idx].astype(np.float32) / 255.0)[..., None]
+        return x, train_y[idx].astype(np.int32)
+
+    def step(i):
+        x, y = batch(i)
+        # train_on_batch returns the loss as a host float: the step has finished.
+        return model.train_on_batch(x, y)
+
+    for i in range(a.warmup):
+        step(i)
+    timed = 0.0
+    images = 0
+    for i in range(a.warmup, a.warmup + a.batches):
+        t = time.perf_counter()
+        step(i)
+        timed += time.perf_counter() - t
+        images += a.batch_size
+
+    def chunk(i):
+        return (test_x[i : i + 1000].astype(np.float32) / 255.0)[..., None]
+
+    model.predict_on_batch(chunk(0))
+    start = time.perf_counter()
+    correct = 0
+    for i in range(0, len(test_x), 1000):
+        pred = np.asarray(model.predict_on_batch(chunk(i))).argmax(1)
+        correct += int((pred == test_y[i : i + 1000]).sum())
+    infer = time.perf_counter() - start
+
+    rate = images / timed
+    print(json.dumps({
+        "implementation": f"keras-{keras.__version__}-jax-{jax.__version__}",
+        "model": a.model,
+        "threads": a.threads,
+        "batch_size": a.batch_size,
+        "batches": a.batches,
+        "train_images_per_s": rate,
+        "epoch_seconds": 48_000 / rate,
+        "infer_images_per_s": len(test_x) / infer,
+        "test_accuracy": correct / len(test_x),
+        "data_load_seconds": load,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }))
+
+
+if __name__ == "__main__":
+    main()
