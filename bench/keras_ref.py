@@ -11,34 +11,11 @@ fields of fmnist-bench.
 
 Needs keras, jax and numpy (`pip install keras "jax[cpu]" numpy`; see docs/speed.md).
 """
-import argparse
-import gzip
-import json
 import os
-import resource
-import struct
 import sys
 import time
 
-
-def read_idx(path):
-    import numpy as np
-
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    ndim = raw[3]
-    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def find(data_dir, stem):
-    for name in (stem + ".gz", stem):
-        path = os.path.join(data_dir, name)
-        if os.path.exists(path):
-            return path
-    sys.exit(f"error: {stem}(.gz) not found in {data_dir}")
+from reference import arguments, load, print_result, time_steps
 
 
 def build(kind, keras):
@@ -63,14 +40,7 @@ def build(kind, keras):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--batches", type=int, default=40)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=42)
+    p = arguments(__doc__.splitlines()[0])
     a = p.parse_args()
     if a.warmup < 1:
         sys.exit("error: --warmup must be at least 1 (the first step compiles)")
@@ -85,12 +55,7 @@ def main():
     import numpy as np
 
     keras.utils.set_random_seed(a.seed)
-    start = time.perf_counter()
-    train_x = read_idx(find(a.data_dir, "train-images-idx3-ubyte"))
-    train_y = read_idx(find(a.data_dir, "train-labels-idx1-ubyte"))
-    test_x = read_idx(find(a.data_dir, "t10k-images-idx3-ubyte"))
-    test_y = read_idx(find(a.data_dir, "t10k-labels-idx1-ubyte"))
-    load = time.perf_counter() - start
+    (train_x, train_y, test_x, test_y), load_seconds = load(a.data_dir)
 
     model = build(a.model, keras)
     model.compile(
@@ -110,15 +75,7 @@ def main():
         # train_on_batch returns the loss as a host float: the step has finished.
         return model.train_on_batch(x, y)
 
-    for i in range(a.warmup):
-        step(i)
-    timed = 0.0
-    images = 0
-    for i in range(a.warmup, a.warmup + a.batches):
-        t = time.perf_counter()
-        step(i)
-        timed += time.perf_counter() - t
-        images += a.batch_size
+    rate = time_steps(step, a.warmup, a.batches, a.batch_size)
 
     def chunk(i):
         return (test_x[i : i + 1000].astype(np.float32) / 255.0)[..., None]
@@ -131,20 +88,9 @@ def main():
         correct += int((pred == test_y[i : i + 1000]).sum())
     infer = time.perf_counter() - start
 
-    rate = images / timed
-    print(json.dumps({
-        "implementation": f"keras-{keras.__version__}-jax-{jax.__version__}",
-        "model": a.model,
-        "threads": a.threads,
-        "batch_size": a.batch_size,
-        "batches": a.batches,
-        "train_images_per_s": rate,
-        "epoch_seconds": 48_000 / rate,
-        "infer_images_per_s": len(test_x) / infer,
-        "test_accuracy": correct / len(test_x),
-        "data_load_seconds": load,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-    }))
+    print_result(
+        a, f"keras-{keras.__version__}-jax-{jax.__version__}", a.threads, rate, len(test_x) / infer, correct / len(test_x), load_seconds
+    )
 
 
 if __name__ == "__main__":

@@ -14,34 +14,12 @@ to set beside `fmnist-train --preset study`.
 
 Needs torch and numpy (`pip install torch numpy`; see the README, "Benchmarks").
 """
-import argparse
-import gzip
 import json
 import os
-import resource
-import struct
 import sys
 import time
 
-
-def read_idx(path):
-    import numpy as np
-
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    ndim = raw[3]
-    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def find(data_dir, stem):
-    for name in (stem + ".gz", stem):
-        path = os.path.join(data_dir, name)
-        if os.path.exists(path):
-            return path
-    sys.exit(f"error: {stem}(.gz) not found in {data_dir}")
+from reference import arguments, load, print_result, time_steps
 
 
 def build(kind, nn):
@@ -100,15 +78,8 @@ def keras_init(model, nn):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--batches", type=int, default=40)
-    p.add_argument("--threads", type=int, default=2)
+    p = arguments(__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, help="train the study recipe for this many epochs")
-    p.add_argument("--seed", type=int, default=42)
     p.add_argument("--init", choices=["pytorch", "keras"], default="pytorch",
                    help="initial weights: PyTorch's defaults or Keras' (as fmnist-train --init)")
     a = p.parse_args()
@@ -119,12 +90,7 @@ def main():
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    start = time.perf_counter()
-    train_x = read_idx(find(a.data_dir, "train-images-idx3-ubyte"))
-    train_y = read_idx(find(a.data_dir, "train-labels-idx1-ubyte"))
-    test_x = read_idx(find(a.data_dir, "t10k-images-idx3-ubyte"))
-    test_y = read_idx(find(a.data_dir, "t10k-labels-idx1-ubyte"))
-    load = time.perf_counter() - start
+    (train_x, train_y, test_x, test_y), load_seconds = load(a.data_dir)
 
     model = build(a.model, nn)
     if a.init == "keras":
@@ -150,15 +116,7 @@ def main():
         return loss.item()
 
     model.train()
-    for i in range(a.warmup):
-        step(i)
-    timed = 0.0
-    images = 0
-    for i in range(a.warmup, a.warmup + a.batches):
-        t = time.perf_counter()
-        step(i)
-        timed += time.perf_counter() - t
-        images += a.batch_size
+    rate = time_steps(step, a.warmup, a.batches, a.batch_size)
 
     model.eval()
     start = time.perf_counter()
@@ -170,20 +128,9 @@ def main():
             correct += int((pred == test_y[i : i + 1000]).sum())
     infer = time.perf_counter() - start
 
-    rate = images / timed
-    print(json.dumps({
-        "implementation": f"pytorch-{torch.__version__}",
-        "model": a.model,
-        "threads": torch.get_num_threads(),
-        "batch_size": a.batch_size,
-        "batches": a.batches,
-        "train_images_per_s": rate,
-        "epoch_seconds": 48_000 / rate,
-        "infer_images_per_s": len(test_x) / infer,
-        "test_accuracy": correct / len(test_x),
-        "data_load_seconds": load,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-    }))
+    print_result(
+        a, f"pytorch-{torch.__version__}", torch.get_num_threads(), rate, len(test_x) / infer, correct / len(test_x), load_seconds
+    )
 
 
 def study(a, model, opt, loss_fn, data):
