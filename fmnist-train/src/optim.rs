@@ -188,7 +188,9 @@ impl Optimizer {
         self.step
     }
 
-    /// One update from `grads`.
+    /// One update from `grads`. A parameter the loss does not reach counts as having a zero
+    /// gradient: its moments (SGD: its velocity) decay and keep moving it, and with AdamW its
+    /// weight decay still applies.
     pub fn step(&mut self, grads: &GradStore) -> candle::Result<()> {
         self.step += 1;
         let t = self.step as i32;
@@ -214,10 +216,12 @@ impl Optimizer {
     pub fn ops_per_step(&self) -> candle::Result<usize> {
         let mut ops = 0;
         for group in &self.groups {
-            let inputs = [&group.m; 4].map(|t| Var::zeros(t.dims(), t.dtype(), t.device()));
-            let inputs = inputs.into_iter().collect::<candle::Result<Vec<_>>>()?;
-            let [a, b, c, d] = [0, 1, 2, 3].map(|i| inputs[i].as_tensor());
-            let outputs = update(&self.config, 1, group.decay, [a, b, c, d])?;
+            // Variables stand in for the parameters, gradient and moments, so that every
+            // operation of the update is a node of its graph.
+            let stand_in = || Var::zeros(group.m.dims(), group.m.dtype(), group.m.device());
+            let (theta, g, m, v) = (stand_in()?, stand_in()?, stand_in()?, stand_in()?);
+            let inputs = [&theta, &g, &m, &v].map(|var| var.as_tensor());
+            let outputs = update(&self.config, 1, group.decay, inputs)?;
             let mut seen = HashSet::new();
             for out in &outputs {
                 for node in out.sorted_nodes() {
