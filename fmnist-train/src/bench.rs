@@ -71,20 +71,15 @@ pub struct StepOps {
     pub optimizer: usize,
 }
 
-impl StepOps {
-    pub fn total(&self) -> usize {
-        self.forward + self.backward + self.optimizer
-    }
-}
-
 /// The environment variable with which candle's backward pass keeps each gradient attached
 /// to the graph that computed it; it is read once per thread, at the thread's first backward.
 const KEEP_GRADIENT_GRAPHS: &str = "CANDLE_GRAD_DO_NOT_DETACH";
 
 /// Counts the tensor operations of one training step of `model` on `batch` (see [`StepOps`]).
 /// The backward pass runs on a thread of its own, started with [`KEEP_GRADIENT_GRAPHS`] set
-/// so that the gradients' graphs can be walked; no other thread's backward is affected, and
-/// the model is not updated.
+/// so that the gradients' graphs can be walked; no other thread's backward is affected. The
+/// parameters are not updated, but the forward pass is a training one: it draws dropout masks
+/// and moves BatchNorm's running statistics, as a step would.
 pub fn count_step_ops(
     model: &Model,
     optimizer: &Optimizer,
