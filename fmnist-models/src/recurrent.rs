@@ -15,10 +15,10 @@
 //! the weights, nothing kept.
 //!
 //! The generic path (CUDA, Metal, `Kernels::Generic`) is built from candle operations in as
-//! few of them as candle allows: the input projection of all steps and both biases in one
-//! GEMM before the loop, then per step one GEMM, one sum, one sigmoid over all four gates, one
-//! tanh and the five products and sums of the state update (candle's own `LSTM` spends about
-//! twice as many, transposing and adding the biases at every step).
+//! few of them as candle allows: per step one GEMM of the rows `[x_t, 1, h]` against the same
+//! stacked weights as evaluation, one sigmoid over all four gates, one tanh and the products
+//! and sums of the state update (candle's own `LSTM` spends about twice as many, transposing
+//! the weights and adding the biases at every step).
 use std::sync::Mutex;
 
 use candle::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor};
@@ -62,35 +62,38 @@ impl Lstm {
     /// In evaluation (`train` false) the fused path records no graph and keeps no activations.
     pub fn last_hidden_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         if !self.kernels.fuse(x) {
-            return generic_recurrence(x, [&self.w_ih, &self.w_hh, &self.b_ih, &self.b_hh]);
+            return generic_recurrence(x, &self.stacked_weights()?);
         }
         if train {
             return recurrence(x, [&self.w_ih, &self.w_hh, &self.b_ih, &self.b_hh]);
         }
+        x.contiguous()?
+            .detach()
+            .apply_op2(&self.stacked_weights()?.detach(), Evaluation)
+    }
+
+    /// `[W_ih | b_ih + b_hh | W_hh]`, `[4H, I + 1 + H]`: all the weights against the rows
+    /// `[x_t, 1, h]` of a step, the biases against the input of 1.
+    fn stacked_weights(&self) -> candle::Result<Tensor> {
         let bias = (&self.b_ih + &self.b_hh)?.unsqueeze(1)?;
-        let weights = Tensor::cat(&[&self.w_ih, &bias, &self.w_hh], 1)?.detach();
-        x.contiguous()?.detach().apply_op2(&weights, Evaluation)
+        Tensor::cat(&[&self.w_ih, &bias, &self.w_hh], 1)
     }
 }
 
 /// The generic path from candle operations, each step one GEMM of the rows `[x_t, 1, h]`
-/// against `[W_ih | b_ih + b_hh | W_hh]` (the biases ride in the GEMM against an input of 1),
-/// then one sigmoid over all four gates (the cell gate's sigmoid is computed and not used:
+/// against the stacked weights `[W_ih | b_ih + b_hh | W_hh]` (`[4H, I + 1 + H]`), then one sigmoid over all four gates (the cell gate's sigmoid is computed and not used:
 /// cheaper than a fifth operation in the graph) and the cell gate's tanh. The input rows are
 /// data, so splitting them per step adds nothing to the backward pass; splitting a tracked
 /// projection of all steps would (the backward of each step's narrow is a concatenation the
 /// size of the whole projection).
-fn generic_recurrence(
-    x: &Tensor,
-    [w_ih, w_hh, b_ih, b_hh]: [&Tensor; 4],
-) -> candle::Result<Tensor> {
+fn generic_recurrence(x: &Tensor, stacked_weights: &Tensor) -> candle::Result<Tensor> {
     let (batch, steps, inputs) = x.dims3()?;
-    let hidden = w_hh.dim(1)?;
+    let hidden = stacked_weights.dim(0)? / 4;
+    // The inputs with their 1, [B, T, I + 1].
     let ones = Tensor::ones((batch, steps, 1), x.dtype(), x.device())?;
-    let rows = Tensor::cat(&[x, &ones], 2)?; // [B, T, I + 1]
-    let bias = (b_ih + b_hh)?.unsqueeze(1)?;
-    let weights = Tensor::cat(&[w_ih, &bias, w_hh], 1)?.t()?; // [I + 1 + H, 4H]
-                                                              // The first step starts from a zero state: its GEMM leaves out the recurrent rows.
+    let rows = Tensor::cat(&[x, &ones], 2)?;
+    let weights = stacked_weights.t()?;
+    // The first step starts from a zero state: its GEMM leaves out the recurrent rows.
     let input_weights = weights.narrow(0, 0, inputs + 1)?;
     // The state (h, c) after the last step; none before the first.
     let mut state: Option<(Tensor, Tensor)> = None;
