@@ -61,25 +61,35 @@ enum Peer {
     Keras,
 }
 
-impl Peer {
-    /// The reference script, its name in the command line, and the packages it needs.
-    fn script(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            Peer::Pytorch => ("bench/pytorch_ref.py", "pytorch", "torch and numpy"),
-            Peer::Keras => ("bench/keras_ref.py", "keras", "keras, jax and numpy"),
-        }
-    }
+/// A peer's reference script, the packages it needs, its name (in `--peer`, and the start of
+/// the implementation name the script reports) and how the table names it.
+struct PeerInfo {
+    script: &'static str,
+    packages: &'static str,
+    name: &'static str,
+    label: &'static str,
+}
 
-    /// The start of the implementation name its script reports, and how the table names it.
-    fn label(self) -> (&'static str, &'static str) {
+impl Peer {
+    fn info(self) -> PeerInfo {
         match self {
-            Peer::Pytorch => ("pytorch", "PyTorch"),
-            Peer::Keras => ("keras", "Keras/JAX"),
+            Peer::Pytorch => PeerInfo {
+                script: "bench/pytorch_ref.py",
+                packages: "torch and numpy",
+                name: "pytorch",
+                label: "PyTorch",
+            },
+            Peer::Keras => PeerInfo {
+                script: "bench/keras_ref.py",
+                packages: "keras, jax and numpy",
+                name: "keras",
+                label: "Keras/JAX",
+            },
         }
     }
 }
 
-/// One measurement, as printed by `fmnist-bench` and `bench/pytorch_ref.py`.
+/// One measurement, as printed by `fmnist-bench` and the peers' reference scripts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Measurement {
     implementation: String,
@@ -168,7 +178,12 @@ impl Bench {
                     measurements.push(self.measure(cmd, repeat, model, kernels)?);
                 }
                 for peer in &self.peer {
-                    let (script, name, packages) = peer.script();
+                    let PeerInfo {
+                        script,
+                        packages,
+                        name,
+                        ..
+                    } = peer.info();
                     // The same files fmnist-bench found.
                     let data_dir = measurements
                         .iter()
@@ -273,7 +288,7 @@ impl Bench {
             self.threads
         );
         if !self.peer.is_empty() {
-            let names: Vec<&str> = self.peer.iter().map(|p| p.script().1).collect();
+            let names: Vec<&str> = self.peer.iter().map(|p| p.info().name).collect();
             let _ = write!(s, " --peer {}", names.join(","));
         }
         s
@@ -336,7 +351,7 @@ fn markdown(r: &Report) -> String {
     );
     // Ratios to each peer that has rows: training, inference and peak memory.
     let peers: Vec<(&str, &str)> = [Peer::Pytorch, Peer::Keras]
-        .map(Peer::label)
+        .map(|p| (p.info().name, p.info().label))
         .into_iter()
         .filter(|(prefix, _)| {
             r.rows
