@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Keras 3 on JAX (XLA, CPU) reference for `cargo xtask bench --peer keras`.
 
-The same models as fmnist-models (cnn, lstm, mlp: same layers, same order, same parameter
-counts; images channels-last, as Keras wants them), the same study recipe (Adam 1e-3, batch
+The same models as fmnist-models (cnn, lstm, mlp, cnn-deep, resnet: same layers, same order,
+same parameter counts; images channels-last, as Keras wants them), the same study recipe (Adam 1e-3, batch
 256, pixels scaled to [0, 1]) and the same measurement as `fmnist-bench`: a few untimed
 warm-up steps (which also compile the XLA programs), a fixed number of timed training steps
 (batch assembly included), then inference over the 10,000 test images in chunks of 1,000,
@@ -34,9 +34,48 @@ def build(kind, keras):
     elif kind == "lstm":
         # The 28 rows are the 28 steps of 28 features.
         layers = [L.Reshape((28, 28)), L.LSTM(128), L.Dense(10)]
+    elif kind == "cnn-deep":
+        layers = [
+            *conv_bn_relu(L, 32), L.MaxPooling2D(2), L.Dropout(0.25),
+            *conv_bn_relu(L, 64), L.MaxPooling2D(2), L.Dropout(0.25),
+            *conv_bn_relu(L, 128), *conv_bn_relu(L, 128), L.MaxPooling2D(2), L.Dropout(0.25),
+            L.Flatten(), L.Dense(256, activation="relu"), L.Dropout(0.5), L.Dense(10),
+        ]
+    elif kind == "resnet":
+        x = inputs = keras.Input((28, 28, 1))
+        for layer in [*conv_bn_relu(L, 32), L.MaxPooling2D(2)]:
+            x = layer(x)
+        for width in (32, 64, 128):
+            x = residual_block(L, x, width)
+        x = L.Dense(10)(L.GlobalAveragePooling2D()(x))
+        return keras.Model(inputs, x)
     else:
-        sys.exit(f"error: no Keras reference for model {kind} (have cnn, lstm, mlp)")
+        sys.exit(
+            f"error: no Keras reference for model {kind} (have cnn, lstm, mlp, cnn-deep, resnet)"
+        )
     return keras.Sequential([keras.Input((28, 28, 1))] + layers)
+
+
+def batch_norm(L):
+    """BatchNorm with PyTorch's (and fmnist-models') momentum and epsilon."""
+    return L.BatchNormalization(momentum=0.9, epsilon=1e-5)
+
+
+def conv_bn_relu(L, width, strides=1):
+    """3x3 convolution ("same" padding, no bias), BatchNorm, ReLU: fmnist-models' ConvBn + ReLU."""
+    return [L.Conv2D(width, 3, strides, padding="same", use_bias=False), batch_norm(L), L.ReLU()]
+
+
+def residual_block(L, x, width):
+    """fmnist-models' residual block: conv-BN-ReLU, conv-BN, plus the input (or, when the
+    width changes, a strided 1x1 conv-BN of it), then ReLU."""
+    strides = 1 if x.shape[-1] == width else 2
+    y = x
+    for layer in conv_bn_relu(L, width, strides):
+        y = layer(y)
+    y = batch_norm(L)(L.Conv2D(width, 3, padding="same", use_bias=False)(y))
+    skip = x if strides == 1 else batch_norm(L)(L.Conv2D(width, 1, strides, use_bias=False)(x))
+    return L.ReLU()(L.Add()([y, skip]))
 
 
 def main():

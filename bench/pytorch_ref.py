@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch reference for `cargo xtask bench --peer pytorch`.
 
-The same models as fmnist-models (cnn, lstm, mlp: same layers, same order, same parameter
-counts), the same study recipe (Adam 1e-3, batch 256, pixels scaled to [0, 1]) and the same
+The same models as fmnist-models (cnn, lstm, mlp, cnn-wide, cnn-deep, resnet: same layers,
+same order, same parameter counts), the same study recipe (Adam 1e-3, batch 256, pixels scaled to [0, 1]) and the same
 measurement as `fmnist-bench`: a few untimed warm-up steps, a fixed number of timed training
 steps (batch assembly included), then inference over the 10,000 test images in chunks of
 1,000 under torch.no_grad(). Prints one JSON line with the fields of fmnist-bench.
@@ -53,7 +53,56 @@ def build(kind, nn):
             nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.5),
             nn.Linear(128, 10),
         )
-    sys.exit(f"error: no PyTorch reference for model {kind} (have cnn, lstm, mlp, cnn-wide)")
+    if kind == "cnn-deep":
+        return nn.Sequential(
+            *conv_bn_relu(nn, 1, 32), nn.MaxPool2d(2), nn.Dropout(0.25),
+            *conv_bn_relu(nn, 32, 64), nn.MaxPool2d(2), nn.Dropout(0.25),
+            *conv_bn_relu(nn, 64, 128), *conv_bn_relu(nn, 128, 128), nn.MaxPool2d(2),
+            nn.Dropout(0.25), nn.Flatten(), nn.Linear(128 * 3 * 3, 256), nn.ReLU(),
+            nn.Dropout(0.5), nn.Linear(256, 10),
+        )
+    if kind == "resnet":
+        return nn.Sequential(
+            *conv_bn_relu(nn, 1, 32), nn.MaxPool2d(2),
+            residual_block(nn, 32, 32), residual_block(nn, 32, 64), residual_block(nn, 64, 128),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10),
+        )
+    sys.exit(
+        f"error: no PyTorch reference for model {kind} "
+        "(have cnn, lstm, mlp, cnn-wide, cnn-deep, resnet)"
+    )
+
+
+def conv_bn_relu(nn, inputs, outputs):
+    """3x3 convolution (padding 1, no bias), BatchNorm, ReLU: fmnist-models' ConvBn + ReLU."""
+    return [nn.Conv2d(inputs, outputs, 3, padding=1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU()]
+
+
+def residual_block(nn, inputs, outputs):
+    """fmnist-models' residual block: conv-BN-ReLU, conv-BN, plus the input (or, when the
+    width changes, a strided 1x1 conv-BN of it), then ReLU. The first convolution has
+    stride 2 where the width changes."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            stride = 1 if inputs == outputs else 2
+            self.a = nn.Sequential(
+                nn.Conv2d(inputs, outputs, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(outputs), nn.ReLU(),
+            )
+            self.b = nn.Sequential(
+                nn.Conv2d(outputs, outputs, 3, padding=1, bias=False), nn.BatchNorm2d(outputs)
+            )
+            self.down = None if stride == 1 else nn.Sequential(
+                nn.Conv2d(inputs, outputs, 1, stride=2, bias=False), nn.BatchNorm2d(outputs)
+            )
+
+        def forward(self, x):
+            skip = x if self.down is None else self.down(x)
+            return (self.b(self.a(x)) + skip).relu()
+
+    return Block()
 
 
 def keras_init(model, nn):

@@ -158,6 +158,7 @@ struct PredictArgs {
 }
 
 fn main() -> ExitCode {
+    fmnist_train::memory::keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

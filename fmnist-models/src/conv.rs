@@ -216,6 +216,19 @@ fn unfold_row(g: Geometry, x: &[f32], b: usize, row: usize, dst: &mut [f32]) {
     let l_out = g.out_h * g.out_w;
     let (ch, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
     let (ys, xs) = (g.valid(ki, g.h, g.out_h), g.valid(kj, g.w, g.out_w));
+    if g.stride == 1 && g.out_w == g.w {
+        for img in 0..b {
+            let src = &x[(img * g.c + ch) * plane..][..plane];
+            unfold_same_width(
+                g,
+                src,
+                (ki, kj),
+                (&ys, &xs),
+                &mut dst[img * l_out..][..l_out],
+            );
+        }
+        return;
+    }
     for img in 0..b {
         let src = &x[(img * g.c + ch) * plane..][..plane];
         for (oy, dst) in dst[img * l_out..][..l_out]
@@ -238,6 +251,36 @@ fn unfold_row(g: Geometry, x: &[f32], b: usize, row: usize, dst: &mut [f32]) {
                 }
             }
         }
+    }
+}
+
+/// One image's part of [`unfold_row`] for stride 1 and an output as wide as the input (the
+/// padding of a "same" convolution): output `(oy, ox)` reads input `(oy + ki - pad, ox + kj -
+/// pad)`, so in row-major order the valid outputs read one contiguous stretch of the input,
+/// shifted. That stretch is copied at once, then the few outputs whose source wrapped to the
+/// next or previous input line (columns outside `xs`) are zeroed, as are the rows outside `ys`.
+fn unfold_same_width(
+    g: Geometry,
+    src: &[f32],
+    (ki, kj): (usize, usize),
+    (ys, xs): (&std::ops::Range<usize>, &std::ops::Range<usize>),
+    dst: &mut [f32],
+) {
+    let w = g.w;
+    if ys.is_empty() || xs.is_empty() {
+        dst.fill(0.0);
+        return;
+    }
+    let first = ys.start * w + xs.start;
+    let end = (ys.end - 1) * w + xs.end;
+    let from = g.source(ys.start, ki) * w + g.source(xs.start, kj);
+    dst[first..end].copy_from_slice(&src[from..from + (end - first)]);
+    dst[..ys.start * w + xs.start].fill(0.0);
+    dst[end..].fill(0.0);
+    for oy in ys.clone() {
+        let line = &mut dst[oy * w..][..w];
+        line[..xs.start].fill(0.0);
+        line[xs.end..].fill(0.0);
     }
 }
 
@@ -746,6 +789,57 @@ mod tests {
         let mut counts = vec![0f32; 9];
         fold_into(g, &[1f32; 5 * 4], 4, 1, &mut counts);
         assert_eq!(counts, vec![1., 2., 1., 2., 4., 2., 1., 2., 1.]);
+    }
+
+    #[test]
+    fn unfolding_matches_its_definition_for_every_geometry() {
+        // (c, h, w, k, stride, pad): "same" widths (the contiguous path), valid and strided
+        // convolutions, a kernel wider than the image, non-square images.
+        let geometries = [
+            (2, 5, 5, 3, 1, 1),
+            (1, 4, 6, 5, 1, 2),
+            (3, 3, 3, 1, 1, 0),
+            (1, 2, 2, 5, 1, 2),
+            (2, 6, 5, 3, 1, 0),
+            (2, 7, 7, 3, 2, 1),
+            (1, 5, 4, 3, 1, 1),
+        ];
+        for (c, h, w, k, stride, pad) in geometries {
+            let g = Geometry::new(c, h, w, k, stride, pad).unwrap();
+            let b = 2;
+            let x: Vec<f32> = (0..b * c * h * w).map(|v| v as f32 + 1.0).collect();
+            let l = g.out_h * g.out_w;
+            let mut cols = vec![f32::NAN; (g.rows() + 1) * b * l];
+            unfold_block(g, &x, b, &mut cols);
+            for row in 0..g.rows() {
+                let (ch, ki, kj) = (row / (k * k), (row / k) % k, row % k);
+                for img in 0..b {
+                    for oy in 0..g.out_h {
+                        for ox in 0..g.out_w {
+                            let (iy, ix) = (
+                                (oy * stride + ki) as isize - pad as isize,
+                                (ox * stride + kj) as isize - pad as isize,
+                            );
+                            let inside =
+                                (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix);
+                            let expect = if inside {
+                                x[((img * c + ch) * h + iy as usize) * w + ix as usize]
+                            } else {
+                                0.0
+                            };
+                            let got = cols[row * b * l + img * l + oy * g.out_w + ox];
+                            assert_eq!(
+                                got,
+                                expect,
+                                "{:?} row {row} image {img} ({oy}, {ox})",
+                                (c, h, w, k, stride, pad)
+                            );
+                        }
+                    }
+                }
+            }
+            assert!(cols[g.rows() * b * l..].iter().all(|&v| v == 1.0));
+        }
     }
 
     #[test]

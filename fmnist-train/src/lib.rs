@@ -4,6 +4,7 @@ pub mod bench;
 pub mod config;
 pub mod device;
 pub mod loss;
+pub mod memory;
 pub mod optim;
 pub mod run;
 pub mod schedule;

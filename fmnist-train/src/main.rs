@@ -74,6 +74,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    fmnist_train::memory::keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

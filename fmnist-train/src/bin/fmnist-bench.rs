@@ -43,6 +43,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    fmnist_train::memory::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
