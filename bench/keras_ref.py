@@ -2,10 +2,10 @@
 """Keras 3 on JAX (XLA, CPU) reference for `cargo xtask bench --peer keras`.
 
 The same models as fmnist-models (cnn, lstm, mlp, cnn-deep, resnet: same layers, same order,
-same parameter counts; images channels-last, as Keras wants them), the same study recipe (Adam 1e-3, batch
-256, pixels scaled to [0, 1]) and the same measurement as `fmnist-bench`: a few untimed
-warm-up steps (which also compile the XLA programs), a fixed number of timed training steps
-(batch assembly included), then inference over the 10,000 test images in chunks of 1,000,
+same parameter counts; images channels-last, as Keras wants them), the same study recipe (Adam
+1e-3, batch 256, pixels scaled to [0, 1]) and the same measurement as `fmnist-bench`: a few
+untimed warm-up steps (which also compile the XLA programs), a fixed number of timed training
+steps (batch assembly included), then inference over the 10,000 test images in chunks of 1,000,
 after one untimed chunk that compiles the inference program. Prints one JSON line with the
 fields of fmnist-bench.
 

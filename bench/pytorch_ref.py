@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """PyTorch reference for `cargo xtask bench --peer pytorch`.
 
-The same models as fmnist-models (cnn, lstm, mlp, cnn-wide, cnn-deep, resnet: same layers,
-same order, same parameter counts), the same study recipe (Adam 1e-3, batch 256, pixels scaled to [0, 1]) and the same
-measurement as `fmnist-bench`: a few untimed warm-up steps, a fixed number of timed training
-steps (batch assembly included), then inference over the 10,000 test images in chunks of
-1,000 under torch.no_grad(). Prints one JSON line with the fields of fmnist-bench.
+The same models as fmnist-models (cnn, lstm, mlp, cnn-wide, cnn-deep, resnet: same layers, same
+order, same parameter counts), the same study recipe (Adam 1e-3, batch 256, pixels scaled to
+[0, 1]) and the same measurement as `fmnist-bench`: a few untimed warm-up steps, a fixed number
+of timed training steps (batch assembly included), then inference over the 10,000 test images
+in chunks of 1,000 under torch.no_grad(). Prints one JSON line with the fields of fmnist-bench.
 
 With `--epochs N` it trains the study recipe instead (a seeded random 80/20 split, N epochs,
 reshuffled each epoch) and prints one JSON line with each epoch's validation accuracy and the
