@@ -13,7 +13,7 @@ use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
 use crate::conv::Conv2d;
-use crate::kernels::{Kernels, MaxPool2};
+use crate::kernels::{AddRelu, Kernels, MaxPool2};
 use crate::norm::BatchNorm2d;
 use crate::recurrent::Lstm;
 
@@ -181,6 +181,13 @@ impl Builder {
             self.vb(name),
         )
         .map(|inner| BatchNorm2d::new(inner, self.kernels))
+    }
+
+    /// `relu(a + b)` (a residual block's end) on the model's kernels.
+    pub fn add_relu(&self) -> AddRelu {
+        AddRelu {
+            kernels: self.kernels,
+        }
     }
 
     /// 2x2 max-pooling on the model's kernels.

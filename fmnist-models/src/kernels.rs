@@ -5,7 +5,7 @@
 //! comparison, an average pool, two more upsamples and two products over the largest
 //! activation of the network. The fused kernel finds each window's maximum once forward and
 //! routes the gradient to it in one pass backward.
-use candle::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+use candle::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Which implementation of the hand-fused operations runs. A model carries its choice (in its
@@ -71,6 +71,92 @@ impl candle::Module for MaxPool2 {
         let count = mask.sum_keepdim(5)?.sum_keepdim(3)?;
         let share = mask.broadcast_div(&count)?.detach();
         (x * share)?.sum(5)?.sum(3)
+    }
+}
+
+/// `relu(a + b)`, the end of a residual block. On the fused path it is one operation: one
+/// pass forward, and backward one pass that hands both inputs `grad · [a + b ≥ 0]`, the mask
+/// candle's own ReLU backward uses, so both paths give the same bits. candle's add and ReLU
+/// cost two passes forward and, backward, a zero-filled buffer, a comparison, a conversion,
+/// a product and an add for the ReLU alone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AddRelu {
+    /// The implementation that runs.
+    pub kernels: Kernels,
+}
+
+impl AddRelu {
+    pub fn forward(&self, a: &Tensor, b: &Tensor) -> candle::Result<Tensor> {
+        if !self.kernels.fuse(a) || !self.kernels.fuse(b) || a.shape() != b.shape() {
+            return (a + b)?.relu();
+        }
+        a.contiguous()?.apply_op2(&b.contiguous()?, FusedAddRelu)
+    }
+}
+
+/// The fused CPU kernel of [`AddRelu`].
+struct FusedAddRelu;
+
+impl CustomOp2 for FusedAddRelu {
+    fn name(&self) -> &'static str {
+        "fmnist-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let a = f32_slice(s1, l1, "add_relu")?;
+        let b = f32_slice(s2, l2, "add_relu")?;
+        let out: Vec<f32> = a.par_iter().zip(b).map(|(x, y)| (x + y).max(0.0)).collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = a.apply_op3_no_bwd(b, &grad_res.contiguous()?, &AddReluBackward)?;
+        Ok((Some(grad.clone()), Some(grad)))
+    }
+}
+
+/// The gradient of [`FusedAddRelu`] with respect to either input: `grad · [a + b ≥ 0]`.
+struct AddReluBackward;
+
+impl CustomOp3 for AddReluBackward {
+    fn name(&self) -> &'static str {
+        "fmnist-add-relu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let a = f32_slice(s1, l1, "add_relu backward")?;
+        let b = f32_slice(s2, l2, "add_relu backward")?;
+        let grad = f32_slice(s3, l3, "add_relu backward")?;
+        if grad.len() != a.len() {
+            candle::bail!("add_relu backward: gradient {:?}", l3.dims());
+        }
+        let out: Vec<f32> = a
+            .par_iter()
+            .zip(b)
+            .zip(grad)
+            .map(|((x, y), g)| g * if x + y >= 0.0 { 1.0 } else { 0.0 })
+            .collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
@@ -334,6 +420,49 @@ mod tests {
             .to_vec1()
             .unwrap();
         (y.flatten_all().unwrap().to_vec1().unwrap(), g)
+    }
+
+    #[test]
+    fn add_relu_gives_the_same_bits_on_both_paths() {
+        let dev = Device::Cpu;
+        let a = Tensor::randn(0f32, 1.0, (2, 3, 5, 5), &dev).unwrap();
+        // Some sums exactly zero (a + (-a)), where the ReLU's gradient mask is decided by `≥`.
+        let b = Tensor::randn(0f32, 1.0, (2, 3, 5, 5), &dev).unwrap();
+        let b = b
+            .slice_assign(
+                &[0..1, 0..3, 0..5, 0..5],
+                &a.narrow(0, 0, 1).unwrap().neg().unwrap(),
+            )
+            .unwrap();
+        let up = Tensor::randn(0f32, 1.0, (2, 3, 5, 5), &dev).unwrap();
+        let run = |k: Kernels| {
+            let (va, vb) = (Var::from_tensor(&a).unwrap(), Var::from_tensor(&b).unwrap());
+            let y = AddRelu { kernels: k }
+                .forward(va.as_tensor(), vb.as_tensor())
+                .unwrap();
+            let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let ga = flat(grads.get(va.as_tensor()).unwrap());
+            let gb = flat(grads.get(vb.as_tensor()).unwrap());
+            (flat(&y), ga, gb)
+        };
+        let (fused, generic) = (run(Kernels::Fused), run(Kernels::Generic));
+        assert_eq!(fused, generic);
+        let (y, ga, gb) = fused;
+        let up = up.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // The first image sums to zero everywhere: output 0, gradient passed through.
+        assert!(y[..75].iter().all(|&v| v == 0.0));
+        assert_eq!(&ga[..75], &up[..75]);
+        assert_eq!(ga, gb);
+        // Elsewhere the gradient is the upstream one where the sum is positive, else zero.
+        let (a, b) = (
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        for i in 75..150 {
+            let expect = if a[i] + b[i] >= 0.0 { up[i] } else { 0.0 };
+            assert_eq!(ga[i], expect, "element {i}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use candle_nn::{Conv2dConfig, Linear};
 
 use crate::builder::{Builder, Dropout};
 use crate::conv::Conv2d;
-use crate::kernels::MaxPool2;
+use crate::kernels::{AddRelu, MaxPool2};
 use crate::norm::BatchNorm2d;
 use crate::recurrent::Lstm as LstmLayer;
 
@@ -409,6 +409,7 @@ struct Block {
     a: ConvBn,
     b: ConvBn,
     shortcut: Option<(Conv2d, BatchNorm2d)>,
+    add_relu: AddRelu,
 }
 
 impl Block {
@@ -431,6 +432,7 @@ impl Block {
             a: ConvBn::new(b, &format!("{name}.a"), input, output, first)?,
             b: ConvBn::new(b, &format!("{name}.b"), output, output, PAD1)?,
             shortcut,
+            add_relu: b.add_relu(),
         })
     }
 
@@ -441,7 +443,7 @@ impl Block {
             Some((conv, bn)) => bn.forward_t(&conv.forward_t(x, train)?, train)?,
             None => x.clone(),
         };
-        (y + skip)?.relu()
+        self.add_relu.forward(&y, &skip)
     }
 }
 
