@@ -16,7 +16,9 @@ use std::sync::Mutex;
 use candle::{CpuStorage, CustomOp2, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::{blocks_of, f32_slice, gemm_into, sum_blocks, windows, Kernels, MaxPool2};
+use crate::kernels::{
+    blocks_of, f32_slice, gemm_into, pool_relu, sum_blocks, windows, Kernels, MaxPool2,
+};
 
 /// A convolution (groups 1, dilation 1) holding candle-nn's layer for its weights.
 #[derive(Debug, Clone)]
@@ -194,27 +196,62 @@ impl Geometry {
     fn rows(&self) -> usize {
         self.c * self.k * self.k
     }
+
+    /// Whether the unfolding runs over whole input lines: a stride-1 convolution without
+    /// padding and narrower than its input. Column `j` of an image then stands for output
+    /// `(j / w, j % w)` and reads input `j + ki·w + kj`, so each unfolding row of an image is
+    /// one contiguous copy of its input plane. The `k - 1` columns at the end of each line
+    /// (`j % w >= out_w`) are computed and never read: that costs `w / out_w` more GEMM work
+    /// and saves an unfolding made of one short copy per output line.
+    fn spans_lines(&self) -> bool {
+        self.stride == 1 && self.pad == 0 && self.out_w < self.w
+    }
+
+    /// Distance between two output lines in the GEMM's output columns of an image.
+    fn line(&self) -> usize {
+        if self.spans_lines() {
+            self.w
+        } else {
+            self.out_w
+        }
+    }
+
+    /// GEMM columns per image: its output positions, or with [`Self::spans_lines`] every
+    /// column up to its last output.
+    fn columns(&self) -> usize {
+        if self.spans_lines() {
+            (self.out_h - 1) * self.w + self.out_w
+        } else {
+            self.out_h * self.out_w
+        }
+    }
 }
 
 /// The unfolding `cols [C·k·k (+1), b·L]` of `x [b, C, H, W]`, row by row ([`unfold_row`]).
 fn unfold_block(g: Geometry, x: &[f32], b: usize, cols: &mut [f32]) {
-    let n = b * g.out_h * g.out_w;
+    let n = b * g.columns();
     for (row, dst) in cols.chunks_exact_mut(n).enumerate() {
         unfold_row(g, x, b, row, dst);
     }
 }
 
-/// Row `row` (`(c, ki, kj)`) of the unfolding of `x [b, C, H, W]`, its `b` images' `L` columns
-/// `(oy, ox)` one after the other: every element is written, the padding as zeros, and the
-/// row after the `C·k·k` rows is the row of ones.
+/// Row `row` (`(c, ki, kj)`) of the unfolding of `x [b, C, H, W]`, its `b` images' columns
+/// ([`Geometry::columns`]) one after the other: every element is written, the padding as
+/// zeros, and the row after the `C·k·k` rows is the row of ones.
 fn unfold_row(g: Geometry, x: &[f32], b: usize, row: usize, dst: &mut [f32]) {
     if row == g.rows() {
         dst.fill(1.0);
         return;
     }
     let plane = g.h * g.w;
-    let l_out = g.out_h * g.out_w;
+    let l_out = g.columns();
     let (ch, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
+    if g.spans_lines() {
+        for (img, dst) in dst.chunks_exact_mut(l_out).take(b).enumerate() {
+            dst.copy_from_slice(&x[(img * g.c + ch) * plane + ki * g.w + kj..][..l_out]);
+        }
+        return;
+    }
     let (ys, xs) = (g.valid(ki, g.h, g.out_h), g.valid(kj, g.w, g.out_w));
     if g.stride == 1 && g.out_w == g.w {
         for img in 0..b {
@@ -288,13 +325,21 @@ fn unfold_same_width(
 /// [`unfold_row`], a col2im): row `(c, ki, kj)` starts at `cols[row · stride]` and holds the
 /// images' `L` columns one after the other; rows after the `C·k·k` are not read.
 fn fold_into(g: Geometry, cols: &[f32], stride: usize, b: usize, dst: &mut [f32]) {
-    let l_out = g.out_h * g.out_w;
+    let l_out = g.columns();
     let plane = g.h * g.w;
     for (img, dst) in dst.chunks_exact_mut(g.c * plane).take(b).enumerate() {
         for row in 0..g.rows() {
             let (ch, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
             let src = &cols[row * stride + img * l_out..][..l_out];
             let dst = &mut dst[ch * plane..][..plane];
+            if g.spans_lines() {
+                // The columns past each line's end hold zero gradient (see output_gradient).
+                let dst = &mut dst[ki * g.w + kj..][..l_out];
+                for (d, v) in dst.iter_mut().zip(src) {
+                    *d += v;
+                }
+                continue;
+            }
             let xs = g.valid(kj, g.w, g.out_w);
             if xs.is_empty() {
                 continue;
@@ -392,7 +437,7 @@ impl BlockedConv {
         let r = self.kernel_rows();
         let o = kernel.len() / r;
         let (oh, ow) = self.output_size();
-        let (l, image, outputs) = (g.out_h * g.out_w, g.c * g.h * g.w, o * oh * ow);
+        let (l, image, outputs) = (g.columns(), g.c * g.h * g.w, o * oh * ow);
         let keep = keep && self.epilogue == Epilogue::PoolRelu;
         let mut out = vec![0f32; self.batch * outputs];
         let mut argmax = vec![STOPPED; if keep { out.len() } else { 0 }];
@@ -413,15 +458,23 @@ impl BlockedConv {
                         let (img, ch) = (p / o, p % o);
                         let plane = &y[ch * n + img * l..][..l];
                         if self.epilogue == Epilogue::None {
-                            dst.copy_from_slice(plane);
+                            if g.spans_lines() {
+                                for (oy, dst) in dst.chunks_exact_mut(ow).enumerate() {
+                                    dst.copy_from_slice(&plane[oy * g.line()..][..ow]);
+                                }
+                            } else {
+                                dst.copy_from_slice(plane);
+                            }
                             continue;
                         }
-                        windows(plane, g.out_w, oh, ow, |i, j, offset, max| {
+                        let Some(argmax) = argmax.as_deref_mut() else {
+                            pool_relu(plane, g.line(), oh, ow, dst);
+                            continue;
+                        };
+                        let argmax = &mut argmax[p * oh * ow..][..oh * ow];
+                        windows(plane, g.line(), oh, ow, |i, j, offset, max| {
                             dst[i * ow + j] = max.max(0.0);
-                            if let Some(argmax) = argmax.as_deref_mut() {
-                                argmax[p * oh * ow + i * ow + j] =
-                                    if max > 0.0 { offset as u8 } else { STOPPED };
-                            }
+                            argmax[i * ow + j] = if max > 0.0 { offset as u8 } else { STOPPED };
                         });
                     }
                 })
@@ -522,17 +575,28 @@ impl BlockedConvBackward<'_> {
     fn output_gradient(&self, d_y: &mut [f32], grad: &[f32], argmax: &[u8], images: usize) {
         let f = self.forward;
         let g = f.geometry;
-        let (l, n) = (g.out_h * g.out_w, images * g.out_h * g.out_w);
+        let (l, n) = (g.columns(), images * g.columns());
         let o = d_y.len() / n;
         let (oh, ow) = f.output_size();
-        if f.epilogue == Epilogue::None {
+        if f.epilogue == Epilogue::None && !g.spans_lines() {
             for (p, grad) in grad.chunks_exact(l).take(images * o).enumerate() {
                 let (img, ch) = (p / o, p % o);
                 d_y[ch * n + img * l..][..l].copy_from_slice(grad);
             }
             return;
         }
+        // Columns no output reads (past a line's end, or not a window's maximum) stay zero.
         d_y.fill(0.0);
+        if f.epilogue == Epilogue::None {
+            for (p, grad) in grad.chunks_exact(oh * ow).take(images * o).enumerate() {
+                let (img, ch) = (p / o, p % o);
+                let plane = &mut d_y[ch * n + img * l..][..l];
+                for (oy, grad) in grad.chunks_exact(ow).enumerate() {
+                    plane[oy * g.line()..][..ow].copy_from_slice(grad);
+                }
+            }
+            return;
+        }
         for p in 0..images * o {
             let (img, ch) = (p / o, p % o);
             let plane = &mut d_y[ch * n + img * l..][..l];
@@ -542,7 +606,7 @@ impl BlockedConvBackward<'_> {
                     let at = argmax[q];
                     if at != STOPPED {
                         let at = usize::from(at);
-                        plane[(2 * i + at / 2) * g.out_w + 2 * j + at % 2] = grad[q];
+                        plane[(2 * i + at / 2) * g.line() + 2 * j + at % 2] = grad[q];
                     }
                 }
             }
@@ -569,7 +633,7 @@ impl CustomOp2 for BlockedConvBackward<'_> {
         let r = f.kernel_rows();
         let o = self.kernel_t.len() / r;
         let (oh, ow) = f.output_size();
-        let (l, image, outputs) = (g.out_h * g.out_w, g.c * g.h * g.w, o * oh * ow);
+        let (l, image, outputs) = (g.columns(), g.c * g.h * g.w, o * oh * ow);
         if grad.len() != f.batch * outputs || x.len() != f.batch * image {
             candle::bail!("conv2d backward: gradient {:?}", l2.dims());
         }
@@ -684,40 +748,38 @@ mod tests {
     #[test]
     fn untracked_forward_in_blocks_agrees_with_candle() {
         // 70 images: eight full blocks and a partial one; no gradient is tracked, so no maxima
-        // are recorded.
+        // are recorded. "Same" padding (9x9 out) and none (7x7 out, the GEMM over whole lines).
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (70, 3, 9, 9), &dev).unwrap();
         let w = Tensor::randn(0f32, 0.3, (5, 3, 3, 3), &dev).unwrap();
         let bias = Tensor::randn(0f32, 0.3, 5, &dev).unwrap();
-        let conv = Conv2d::new(
-            candle_nn::Conv2d::new(
-                w,
-                Some(bias),
-                Conv2dConfig {
-                    padding: 1,
-                    ..Default::default()
-                },
-            ),
-            Kernels::Fused,
-        );
-        let pooled = |k| flat(&conv.with_kernels(k).forward_pool_relu_t(&x, true).unwrap());
-        let plain = |k| flat(&conv.with_kernels(k).forward_t(&x, true).unwrap());
-        for (fused, generic, len) in [
-            (
-                pooled(Kernels::Fused),
-                pooled(Kernels::Generic),
-                70 * 5 * 4 * 4,
-            ),
-            (
-                plain(Kernels::Fused),
-                plain(Kernels::Generic),
-                70 * 5 * 9 * 9,
-            ),
-        ] {
-            assert_eq!(fused.len(), len);
-            assert_eq!(generic.len(), len);
-            for (a, b) in fused.iter().zip(&generic) {
-                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+        for (padding, side) in [(1, 9), (0, 7)] {
+            let cfg = Conv2dConfig {
+                padding,
+                ..Default::default()
+            };
+            let inner = candle_nn::Conv2d::new(w.clone(), Some(bias.clone()), cfg);
+            let conv = Conv2d::new(inner, Kernels::Fused);
+            let pooled = |k| flat(&conv.with_kernels(k).forward_pool_relu_t(&x, true).unwrap());
+            let plain = |k| flat(&conv.with_kernels(k).forward_t(&x, true).unwrap());
+            let half = side / 2;
+            for (fused, generic, len) in [
+                (
+                    pooled(Kernels::Fused),
+                    pooled(Kernels::Generic),
+                    70 * 5 * half * half,
+                ),
+                (
+                    plain(Kernels::Fused),
+                    plain(Kernels::Generic),
+                    70 * 5 * side * side,
+                ),
+            ] {
+                assert_eq!(fused.len(), len);
+                assert_eq!(generic.len(), len);
+                for (a, b) in fused.iter().zip(&generic) {
+                    assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+                }
             }
         }
     }
@@ -770,24 +832,28 @@ mod tests {
 
     #[test]
     fn unfolding_a_known_image() {
-        // A 3x3 image under a 2x2 kernel: rows (ki, kj), columns (oy, ox).
+        // A 3x3 image under a 2x2 kernel: rows (ki, kj), columns (oy, ox) over whole input
+        // lines, (0, 0) (0, 1) (0, 2) (1, 0) (1, 1), where output (0, 2) is never read.
         let x: Vec<f32> = (0..9).map(|v| v as f32).collect();
         let g = Geometry::new(1, 3, 3, 2, 1, 0).unwrap();
-        let mut cols = vec![f32::NAN; 5 * 4];
+        assert!(g.spans_lines());
+        let mut cols = vec![f32::NAN; 5 * 5];
         unfold_block(g, &x, 1, &mut cols);
         assert_eq!(
             cols,
             vec![
-                0., 1., 3., 4., // (0, 0)
-                1., 2., 4., 5., // (0, 1)
-                3., 4., 6., 7., // (1, 0)
-                4., 5., 7., 8., // (1, 1)
-                1., 1., 1., 1., // the row of ones
+                0., 1., 2., 3., 4., // (0, 0)
+                1., 2., 3., 4., 5., // (0, 1)
+                3., 4., 5., 6., 7., // (1, 0)
+                4., 5., 6., 7., 8., // (1, 1)
+                1., 1., 1., 1., 1., // the row of ones
             ]
         );
-        // Folding ones back counts how many windows cover each pixel.
+        // Folding ones back (zero at the column no output reads, as the backward pass has it)
+        // counts how many windows cover each pixel.
+        let ones: Vec<f32> = [1., 1., 0., 1., 1.].repeat(4);
         let mut counts = vec![0f32; 9];
-        fold_into(g, &[1f32; 5 * 4], 4, 1, &mut counts);
+        fold_into(g, &ones, 5, 1, &mut counts);
         assert_eq!(counts, vec![1., 2., 1., 2., 4., 2., 1., 2., 1.]);
     }
 
@@ -808,7 +874,7 @@ mod tests {
             let g = Geometry::new(c, h, w, k, stride, pad).unwrap();
             let b = 2;
             let x: Vec<f32> = (0..b * c * h * w).map(|v| v as f32 + 1.0).collect();
-            let l = g.out_h * g.out_w;
+            let l = g.columns();
             let mut cols = vec![f32::NAN; (g.rows() + 1) * b * l];
             unfold_block(g, &x, b, &mut cols);
             for row in 0..g.rows() {
@@ -827,7 +893,7 @@ mod tests {
                             } else {
                                 0.0
                             };
-                            let got = cols[row * b * l + img * l + oy * g.out_w + ox];
+                            let got = cols[row * b * l + img * l + oy * g.line() + ox];
                             assert_eq!(
                                 got,
                                 expect,
@@ -839,6 +905,9 @@ mod tests {
                 }
             }
             assert!(cols[g.rows() * b * l..].iter().all(|&v| v == 1.0));
+            // Columns no output reads hold input values too: the kernel gradient multiplies
+            // them by a zero gradient, which a NaN would not survive.
+            assert!(cols.iter().all(|v| v.is_finite()), "{:?}", (c, h, w, k));
         }
     }
 

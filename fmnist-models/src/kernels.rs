@@ -312,6 +312,34 @@ fn first_max(a: f32, b: f32, c: f32, d: f32) -> (usize, f32) {
     (at, best)
 }
 
+/// The larger of `best` and `v`, `best` on ties: one step of [`first_max`].
+#[inline(always)]
+fn later_if_larger(best: f32, v: f32) -> f32 {
+    if v > best {
+        v
+    } else {
+        best
+    }
+}
+
+/// `dst[i·pw + j]` = ReLU of the maximum of window (i, j) of a plane whose lines lie `line`
+/// apart, the value [`first_max`] finds. Without offsets and bounds checks in its inner loop,
+/// this is the evaluation path of the pooling fused into a convolution.
+pub(crate) fn pool_relu(plane: &[f32], line: usize, ph: usize, pw: usize, dst: &mut [f32]) {
+    for (i, out) in dst.chunks_exact_mut(pw).take(ph).enumerate() {
+        let top = &plane[2 * i * line..][..2 * pw];
+        let bottom = &plane[(2 * i + 1) * line..][..2 * pw];
+        for ((o, t), b) in out
+            .iter_mut()
+            .zip(top.chunks_exact(2))
+            .zip(bottom.chunks_exact(2))
+        {
+            let max = later_if_larger(later_if_larger(later_if_larger(t[0], t[1]), b[0]), b[1]);
+            *o = max.max(0.0);
+        }
+    }
+}
+
 /// Calls `f(i, j, offset, max)` for window (i, j) of an `h x w` plane, `offset` as in [`first_max`].
 #[inline]
 pub(crate) fn windows(
@@ -420,6 +448,30 @@ mod tests {
             .to_vec1()
             .unwrap();
         (y.flatten_all().unwrap().to_vec1().unwrap(), g)
+    }
+
+    #[test]
+    fn pool_relu_gives_the_bits_of_the_windows_it_stands_for() {
+        // A 5x7 plane whose lines lie 9 apart (two columns no window reads), 2x3 windows:
+        // ties, an all-negative window (ReLU gives 0), maxima in three positions, and
+        // -0.0 against 0.0, where the first of equal values wins.
+        #[rustfmt::skip]
+        let plane = [
+            1.0, 1.0, -3.0, -1.0, 0.0, 2.0, 9.0, 50.0, 50.0,
+            0.5, 1.0, -2.0, -4.0, 7.0, 3.0, 9.0, 50.0, 50.0,
+            -0.0, 0.0, 4.0, 1.0, 2.0, 2.0, 9.0, 50.0, 50.0,
+            -1.0, -0.0, 3.0, 5.0, 2.0, 1.0, 9.0, 50.0, 50.0,
+            9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 50.0, 50.0,
+        ];
+        let mut fast = vec![f32::NAN; 6];
+        pool_relu(&plane, 9, 2, 3, &mut fast);
+        let mut reference = vec![f32::NAN; 6];
+        windows(&plane, 9, 2, 3, |i, j, _, max| {
+            reference[i * 3 + j] = max.max(0.0)
+        });
+        assert_eq!(fast, [1.0, 0.0, 7.0, 0.0, 5.0, 2.0]);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fast), bits(&reference));
     }
 
     #[test]
