@@ -17,7 +17,7 @@ use candle::{CpuStorage, CustomOp2, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::{
-    blocks_of, f32_slice, gemm_into, pool_relu, sum_blocks, windows, Kernels, MaxPool2,
+    blocks_of, f32_slice, gemm_into, later_if_larger, pool_relu, sum_blocks, Kernels, MaxPool2,
 };
 
 /// A convolution (groups 1, dilation 1) holding candle-nn's layer for its weights.
@@ -392,6 +392,55 @@ fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[..len]
 }
 
+/// [`pool_relu`] that also records, per window, the offset (0..4, row-major) of its first
+/// maximum, or [`STOPPED`] where the ReLU stops it. Selects instead of branches: which of the
+/// four is largest is a coin toss to a branch predictor.
+fn pool_relu_offsets(
+    plane: &[f32],
+    line: usize,
+    (ph, pw): (usize, usize),
+    dst: &mut [f32],
+    offsets: &mut [u8],
+) {
+    let rows = dst.chunks_exact_mut(pw).zip(offsets.chunks_exact_mut(pw));
+    for (i, (out, offsets)) in rows.take(ph).enumerate() {
+        let top = &plane[2 * i * line..][..2 * pw];
+        let bottom = &plane[(2 * i + 1) * line..][..2 * pw];
+        let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+        for ((o, offset), (t, b)) in out.iter_mut().zip(offsets.iter_mut()).zip(windows) {
+            let (mut at, mut max) = (0u8, t[0]);
+            for (i, v) in [(1u8, t[1]), (2, b[0]), (3, b[1])] {
+                at = if v > max { i } else { at };
+                max = later_if_larger(max, v);
+            }
+            *o = max.max(0.0);
+            *offset = if max > 0.0 { at } else { STOPPED };
+        }
+    }
+}
+
+/// The adjoint of [`pool_relu_offsets`]: writes each window's gradient `grad [ph, pw]` at its
+/// recorded maximum and zero at its three other places (all four where it was [`STOPPED`]),
+/// in a plane whose lines lie `line` apart. Places outside every window are left alone.
+fn to_maxima(
+    grad: &[f32],
+    offsets: &[u8],
+    line: usize,
+    (ph, pw): (usize, usize),
+    plane: &mut [f32],
+) {
+    let rows = grad.chunks_exact(pw).zip(offsets.chunks_exact(pw));
+    for (i, (grad, offsets)) in rows.take(ph).enumerate() {
+        let (top, bottom) = plane[2 * i * line..].split_at_mut(line);
+        let (top, bottom) = (&mut top[..2 * pw], &mut bottom[..2 * pw]);
+        let windows = top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2));
+        for ((&g, &at), (t, b)) in grad.iter().zip(offsets).zip(windows) {
+            let pick = |place: u8| if at == place { g } else { 0.0 };
+            (t[0], t[1], b[0], b[1]) = (pick(0), pick(1), pick(2), pick(3));
+        }
+    }
+}
+
 /// What [`BlockedConv`] does to the convolution's output before writing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Epilogue {
@@ -472,10 +521,7 @@ impl BlockedConv {
                             continue;
                         };
                         let argmax = &mut argmax[p * oh * ow..][..oh * ow];
-                        windows(plane, g.line(), oh, ow, |i, j, offset, max| {
-                            dst[i * ow + j] = max.max(0.0);
-                            argmax[i * ow + j] = if max > 0.0 { offset as u8 } else { STOPPED };
-                        });
+                        pool_relu_offsets(plane, g.line(), (oh, ow), dst, argmax);
                     }
                 })
             });
@@ -600,16 +646,8 @@ impl BlockedConvBackward<'_> {
         for p in 0..images * o {
             let (img, ch) = (p / o, p % o);
             let plane = &mut d_y[ch * n + img * l..][..l];
-            for i in 0..oh {
-                for j in 0..ow {
-                    let q = p * oh * ow + i * ow + j;
-                    let at = argmax[q];
-                    if at != STOPPED {
-                        let at = usize::from(at);
-                        plane[(2 * i + at / 2) * g.line() + 2 * j + at % 2] = grad[q];
-                    }
-                }
-            }
+            let at = p * oh * ow..(p + 1) * oh * ow;
+            to_maxima(&grad[at.clone()], &argmax[at], g.line(), (oh, ow), plane);
         }
     }
 }
@@ -828,6 +866,39 @@ mod tests {
         agree(stride2, (1, 2, 7, 7), 3, 3, true);
         let one_by_one = Conv2dConfig { stride: 2, ..valid };
         agree(one_by_one, (2, 4, 14, 14), 6, 1, false);
+    }
+
+    #[test]
+    fn pooling_records_the_first_maximum_and_sends_its_gradient_there() {
+        // 2x3 windows of a 5x7 plane whose lines lie 8 apart: maxima at every offset, a tie
+        // (the first wins), one window stopped by the ReLU; line 4 and column 6 are in none.
+        #[rustfmt::skip]
+        let plane = [
+            1.0, 0.0, -3.0, -1.0, 0.0, 2.0, 9.0, 9.0,
+            0.5, 1.0, -2.0, -4.0, 7.0, 3.0, 9.0, 9.0,
+            3.0, 4.0, 4.0, 1.0, 2.0, 2.0, 9.0, 9.0,
+            -1.0, 3.0, 3.0, 5.0, 2.0, 1.0, 9.0, 9.0,
+            9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0,
+        ];
+        let (mut pooled, mut offsets) = ([f32::NAN; 6], [0u8; 6]);
+        pool_relu_offsets(&plane, 8, (2, 3), &mut pooled, &mut offsets);
+        assert_eq!(pooled, [1.0, 0.0, 7.0, 4.0, 5.0, 2.0]);
+        assert_eq!(offsets, [0, STOPPED, 2, 1, 3, 0]);
+        let grad = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let mut d_plane = [f32::NAN; 40];
+        to_maxima(&grad, &offsets, 8, (2, 3), &mut d_plane);
+        #[rustfmt::skip]
+        let expect = [
+            1.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+            0.0, 0.0, 0.0, 0.0, 3.0, 0.0,
+            0.0, 4.0, 0.0, 0.0, 6.0, 0.0,
+            0.0, 0.0, 0.0, 5.0, 0.0, 0.0,
+        ];
+        for (row, expect) in expect.chunks(6).enumerate() {
+            assert_eq!(&d_plane[row * 8..][..6], expect, "line {row}");
+            assert!(d_plane[row * 8 + 6..][..2].iter().all(|v| v.is_nan()));
+        }
+        assert!(d_plane[32..].iter().all(|v| v.is_nan()));
     }
 
     #[test]

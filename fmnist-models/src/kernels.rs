@@ -301,20 +301,20 @@ pub(crate) fn f32_slice<'a>(
 }
 
 /// The offset (0..4, row-major) of the first maximum of a 2x2 window `[a, b; c, d]`.
+/// Selects, not branches: which of the four is largest is a coin toss to a branch predictor.
 #[inline]
 fn first_max(a: f32, b: f32, c: f32, d: f32) -> (usize, f32) {
     let (mut at, mut best) = (0, a);
     for (i, v) in [(1, b), (2, c), (3, d)] {
-        if v > best {
-            (at, best) = (i, v);
-        }
+        at = if v > best { i } else { at };
+        best = later_if_larger(best, v);
     }
     (at, best)
 }
 
 /// The larger of `best` and `v`, `best` on ties: one step of [`first_max`].
 #[inline(always)]
-fn later_if_larger(best: f32, v: f32) -> f32 {
+pub(crate) fn later_if_larger(best: f32, v: f32) -> f32 {
     if v > best {
         v
     } else {
