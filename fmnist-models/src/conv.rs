@@ -323,7 +323,8 @@ fn unfold_same_width(
 
 /// Adds the unfolding of `b` images back into `dst [b, C, H, W]` (the adjoint of
 /// [`unfold_row`], a col2im): row `(c, ki, kj)` starts at `cols[row · stride]` and holds the
-/// images' `L` columns one after the other; rows after the `C·k·k` are not read.
+/// images' columns ([`Geometry::columns`]) one after the other; rows after the `C·k·k` are
+/// not read.
 fn fold_into(g: Geometry, cols: &[f32], stride: usize, b: usize, dst: &mut [f32]) {
     let l_out = g.columns();
     let plane = g.h * g.w;
@@ -631,7 +632,7 @@ impl BlockedConvBackward<'_> {
             }
             return;
         }
-        // Columns no output reads (past a line's end, or not a window's maximum) stay zero.
+        // Columns past a line's end and places outside every pooling window stay zero.
         d_y.fill(0.0);
         if f.epilogue == Epilogue::None {
             for (p, grad) in grad.chunks_exact(oh * ow).take(images * o).enumerate() {
