@@ -506,7 +506,7 @@ mod tests {
         assert!(y[..75].iter().all(|&v| v == 0.0));
         assert_eq!(&ga[..75], &up[..75]);
         assert_eq!(ga, gb);
-        // Elsewhere the gradient is the upstream one where the sum is positive, else zero.
+        // Elsewhere the gradient is the upstream one where the sum is not negative, else zero.
         let (a, b) = (
             a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
