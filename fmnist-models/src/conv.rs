@@ -17,7 +17,7 @@ use candle::{CpuStorage, CustomOp2, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::{
-    blocks_of, f32_slice, gemm_into, later_if_larger, pool_relu, sum_blocks, Kernels, MaxPool2,
+    blocks_of, f32_slice, first_max, gemm_into, pool_relu, sum_blocks, Kernels, MaxPool2,
 };
 
 /// A convolution (groups 1, dilation 1) holding candle-nn's layer for its weights.
@@ -394,8 +394,7 @@ fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
 }
 
 /// [`pool_relu`] that also records, per window, the offset (0..4, row-major) of its first
-/// maximum, or [`STOPPED`] where the ReLU stops it. Selects instead of branches: which of the
-/// four is largest is a coin toss to a branch predictor.
+/// maximum ([`first_max`], branch-free), or [`STOPPED`] where the ReLU stops it.
 fn pool_relu_offsets(
     plane: &[f32],
     line: usize,
@@ -409,13 +408,9 @@ fn pool_relu_offsets(
         let bottom = &plane[(2 * i + 1) * line..][..2 * pw];
         let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
         for ((o, offset), (t, b)) in out.iter_mut().zip(offsets.iter_mut()).zip(windows) {
-            let (mut at, mut max) = (0u8, t[0]);
-            for (i, v) in [(1u8, t[1]), (2, b[0]), (3, b[1])] {
-                at = if v > max { i } else { at };
-                max = later_if_larger(max, v);
-            }
+            let (at, max) = first_max(t[0], t[1], b[0], b[1]);
             *o = max.max(0.0);
-            *offset = if max > 0.0 { at } else { STOPPED };
+            *offset = if max > 0.0 { at as u8 } else { STOPPED };
         }
     }
 }

@@ -303,7 +303,7 @@ pub(crate) fn f32_slice<'a>(
 /// The offset (0..4, row-major) of the first maximum of a 2x2 window `[a, b; c, d]`.
 /// Selects, not branches: which of the four is largest is a coin toss to a branch predictor.
 #[inline]
-fn first_max(a: f32, b: f32, c: f32, d: f32) -> (usize, f32) {
+pub(crate) fn first_max(a: f32, b: f32, c: f32, d: f32) -> (usize, f32) {
     let (mut at, mut best) = (0, a);
     for (i, v) in [(1, b), (2, c), (3, d)] {
         at = if v > best { i } else { at };
@@ -314,7 +314,7 @@ fn first_max(a: f32, b: f32, c: f32, d: f32) -> (usize, f32) {
 
 /// The larger of `best` and `v`, `best` on ties: one step of [`first_max`].
 #[inline(always)]
-pub(crate) fn later_if_larger(best: f32, v: f32) -> f32 {
+fn later_if_larger(best: f32, v: f32) -> f32 {
     if v > best {
         v
     } else {
@@ -334,7 +334,7 @@ pub(crate) fn pool_relu(plane: &[f32], line: usize, ph: usize, pw: usize, dst: &
             .zip(top.chunks_exact(2))
             .zip(bottom.chunks_exact(2))
         {
-            let max = later_if_larger(later_if_larger(later_if_larger(t[0], t[1]), b[0]), b[1]);
+            let (_, max) = first_max(t[0], t[1], b[0], b[1]);
             *o = max.max(0.0);
         }
     }
