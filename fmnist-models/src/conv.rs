@@ -17,8 +17,10 @@ use candle::{CpuStorage, CustomOp2, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::{
-    blocks_of, f32_slice, first_max, gemm_into, pool_relu, sum_blocks, Kernels, MaxPool2,
+    blocks_of, f32_slice, first_max, gemm_into, pool_relu, simd, sized, sum_blocks, Kernels,
+    MaxPool2,
 };
+use crate::winograd::{self, PooledGeometry, TransformedKernel, WinogradScratch};
 
 /// A convolution (groups 1, dilation 1) holding candle-nn's layer for its weights.
 #[derive(Debug, Clone)]
@@ -379,18 +381,11 @@ struct Scratch {
     cols: Vec<f32>,
     y: Vec<f32>,
     d_cols: Vec<f32>,
+    winograd: WinogradScratch,
 }
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
-}
-
-/// The first `len` elements of `v`, grown to hold them.
-fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if v.len() < len {
-        v.resize(len, 0.0);
-    }
-    &mut v[..len]
 }
 
 /// [`pool_relu`] that also records, per window, the offset (0..4, row-major) of its first
@@ -475,9 +470,51 @@ impl BlockedConv {
         self.geometry.rows() + usize::from(self.ones_row)
     }
 
+    /// Whether the forward pass runs through Winograd's F(2x2, 3x3) ([`winograd`]): a 3x3,
+    /// stride-1 convolution (padded by at most 1) of enough channels into pooling and ReLU,
+    /// with no maxima to keep for a backward pass.
+    fn winograd(&self, keep: bool) -> bool {
+        let g = self.geometry;
+        !keep
+            && self.epilogue == Epilogue::PoolRelu
+            && (g.k, g.stride) == (3, 1)
+            && g.pad <= 1
+            && g.c >= winograd::MIN_CHANNELS
+    }
+
+    /// The pooled output `[B, O, H', W']` through [`winograd::pool_relu_block`], in blocks of
+    /// [`BLOCK`] images.
+    fn forward_winograd(&self, x: &[f32], kernel: &[f32]) -> Vec<f32> {
+        let g = self.geometry;
+        let transformed = TransformedKernel::new(kernel, g.c, self.ones_row);
+        let (ph, pw) = self.output_size();
+        let pooled = PooledGeometry {
+            h: g.h,
+            w: g.w,
+            pad: g.pad,
+            ph,
+            pw,
+        };
+        let o = kernel.len() / self.kernel_rows();
+        let (image, outputs) = (g.c * g.h * g.w, o * ph * pw);
+        let mut out = vec![0f32; self.batch * outputs];
+        out.par_chunks_mut(BLOCK * outputs)
+            .enumerate()
+            .for_each(|(blk, out)| {
+                let x = &x[blk * BLOCK * image..][..out.len() / outputs * image];
+                SCRATCH.with_borrow_mut(|s| {
+                    winograd::pool_relu_block(&transformed, x, pooled, &mut s.winograd, out)
+                })
+            });
+        out
+    }
+
     /// The output `[B, O, H', W']` and, if `keep` (pooling only), per output the offset
     /// (0..4, row-major in its window) of its window's maximum, or [`STOPPED`].
     fn forward(&self, x: &[f32], kernel: &[f32], keep: bool) -> (Vec<f32>, Option<Vec<u8>>) {
+        if self.winograd(keep) {
+            return (self.forward_winograd(x, kernel), None);
+        }
         let g = self.geometry;
         let r = self.kernel_rows();
         let o = kernel.len() / r;
@@ -513,7 +550,10 @@ impl BlockedConv {
                             continue;
                         }
                         let Some(argmax) = argmax.as_deref_mut() else {
-                            pool_relu(plane, g.line(), oh, ow, dst);
+                            simd(
+                                #[inline(always)]
+                                || pool_relu(plane, g.line(), oh, ow, dst),
+                            );
                             continue;
                         };
                         let argmax = &mut argmax[p * oh * ow..][..oh * ow];
@@ -815,6 +855,46 @@ mod tests {
                     assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn winograd_pooling_agrees_with_the_direct_convolution() {
+        // Unpadded odd (13x13: the pooling drops the last output line) and even (12x12)
+        // planes, padded odd and even ones, with and without bias; 19 images are two full
+        // blocks and a partial one. Recording maxima (`keep`) takes the direct path.
+        let dev = Device::Cpu;
+        for (c, side, pad, o, bias) in [
+            (8, 13, 0, 6, true),
+            (9, 12, 0, 5, false),
+            (8, 7, 1, 4, true),
+            (16, 14, 1, 7, true),
+        ] {
+            let g = Geometry::new(c, side, side, 3, 1, pad).unwrap();
+            let op = BlockedConv {
+                geometry: g,
+                batch: 2 * BLOCK + 3,
+                ones_row: bias,
+                epilogue: Epilogue::PoolRelu,
+                save: false,
+                saved: Mutex::new(None),
+            };
+            assert!(op.winograd(false) && !op.winograd(true));
+            let x = flat(&Tensor::randn(0f32, 1.0, (op.batch, c, side, side), &dev).unwrap());
+            let kernel = flat(&Tensor::randn(0f32, 0.3, o * op.kernel_rows(), &dev).unwrap());
+            let (direct, maxima) = op.forward(&x, &kernel, true);
+            let (winograd, none) = op.forward(&x, &kernel, false);
+            assert!(maxima.is_some() && none.is_none());
+            let (ph, pw) = op.output_size();
+            assert_eq!(winograd.len(), op.batch * o * ph * pw);
+            assert_eq!(winograd.len(), direct.len());
+            for (a, b) in winograd.iter().zip(&direct) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "{g:?}: {a} vs {b}"
+                );
+            }
+            assert!(winograd.iter().any(|&v| v > 0.0) && winograd.contains(&0.0));
         }
     }
 

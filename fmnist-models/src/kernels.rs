@@ -38,6 +38,15 @@ pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
 }
 
+/// The first `len` elements of `v`, grown to hold them: a scratch buffer kept from call to
+/// call, whose elements the caller writes before it reads them.
+pub(crate) fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+
 /// 2x2 max-pooling with stride 2, flooring odd sizes as PyTorch and Keras do.
 ///
 /// The generic path is built from reductions over a reshaped view rather than candle's `max_pool2d`,
@@ -302,7 +311,7 @@ pub(crate) fn f32_slice<'a>(
 
 /// The offset (0..4, row-major) of the first maximum of a 2x2 window `[a, b; c, d]`.
 /// Selects, not branches: which of the four is largest is a coin toss to a branch predictor.
-#[inline]
+#[inline(always)]
 pub(crate) fn first_max(a: f32, b: f32, c: f32, d: f32) -> (usize, f32) {
     let (mut at, mut best) = (0, a);
     for (i, v) in [(1, b), (2, c), (3, d)] {
@@ -325,6 +334,7 @@ fn later_if_larger(best: f32, v: f32) -> f32 {
 /// `dst[i·pw + j]` = ReLU of the maximum of window (i, j) of a plane whose lines lie `line`
 /// apart, the value [`first_max`] finds. Without offsets and bounds checks in its inner loop,
 /// this is the evaluation path of the pooling fused into a convolution.
+#[inline(always)]
 pub(crate) fn pool_relu(plane: &[f32], line: usize, ph: usize, pw: usize, dst: &mut [f32]) {
     for (i, out) in dst.chunks_exact_mut(pw).take(ph).enumerate() {
         let top = &plane[2 * i * line..][..2 * pw];

@@ -32,6 +32,7 @@ pub mod nets;
 pub mod norm;
 pub mod recurrent;
 pub mod scoring;
+mod winograd;
 
 /// Classes every model scores.
 pub const NUM_CLASSES: usize = 10;
