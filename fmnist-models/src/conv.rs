@@ -470,7 +470,7 @@ impl BlockedConv {
         self.geometry.rows() + usize::from(self.ones_row)
     }
 
-    /// Whether the forward pass runs through Winograd's F(2x2, 3x3) ([`winograd`]): a 3x3,
+    /// Whether the forward pass runs through Winograd's F(2x2, 3x3) ([`crate::winograd`]): a 3x3,
     /// stride-1 convolution (padded by at most 1) of enough channels into pooling and ReLU,
     /// with no maxima to keep for a backward pass.
     fn winograd(&self, keep: bool) -> bool {
@@ -861,14 +861,15 @@ mod tests {
     #[test]
     fn winograd_pooling_agrees_with_the_direct_convolution() {
         // Unpadded odd (13x13: the pooling drops the last output line) and even (12x12)
-        // planes, padded odd and even ones, with and without bias; 19 images are two full
-        // blocks and a partial one. Recording maxima (`keep`) takes the direct path.
+        // planes, padded odd and even ones, with and without bias; channels below, at and
+        // past a vector's 16 on both sides of the GEMMs; 19 images are two full blocks and a
+        // partial one. Recording maxima (`keep`) takes the direct path.
         let dev = Device::Cpu;
         for (c, side, pad, o, bias) in [
             (8, 13, 0, 6, true),
-            (9, 12, 0, 5, false),
-            (8, 7, 1, 4, true),
-            (16, 14, 1, 7, true),
+            (9, 12, 0, 16, false),
+            (20, 7, 1, 5, true),
+            (16, 14, 1, 33, true),
         ] {
             let g = Geometry::new(c, side, side, 3, 1, pad).unwrap();
             let op = BlockedConv {
