@@ -131,7 +131,7 @@ pub(crate) fn pool_relu_block(
     }
     simd(
         #[inline(always)]
-        || transform_output(m, kernel, g.tiles(), out),
+        || transform_output(m, kernel, per_image, out),
     );
 }
 
