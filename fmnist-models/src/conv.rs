@@ -17,8 +17,8 @@ use candle::{CpuStorage, CustomOp2, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::{
-    blocks_of, f32_slice, first_max, gemm_into, pool_relu, simd, sized, sum_blocks, Kernels,
-    MaxPool2,
+    blocks_of, f32_slice, first_max, gemm_into, output_buffer, pool_relu, simd, sized, sum_blocks,
+    Kernels, MaxPool2,
 };
 use crate::winograd::{self, PooledGeometry, TransformedKernel, WinogradScratch};
 
@@ -386,6 +386,10 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+    /// The blocks' shares of a kernel gradient ([`BlockedConvBackward`]), kept by the thread
+    /// that runs the backward pass: each block's GEMM overwrites its share, so the buffer is
+    /// neither zeroed nor allocated again from step to step.
+    static PARTIALS: std::cell::RefCell<Vec<f32>> = std::cell::RefCell::default();
 }
 
 /// [`pool_relu`] that also records, per window, the offset (0..4, row-major) of its first
@@ -497,7 +501,7 @@ impl BlockedConv {
         };
         let o = kernel.len() / self.kernel_rows();
         let (image, outputs) = (g.c * g.h * g.w, o * ph * pw);
-        let mut out = vec![0f32; self.batch * outputs];
+        let mut out = output_buffer(self.batch * outputs);
         out.par_chunks_mut(BLOCK * outputs)
             .enumerate()
             .for_each(|(blk, out)| {
@@ -521,7 +525,7 @@ impl BlockedConv {
         let (oh, ow) = self.output_size();
         let (l, image, outputs) = (g.columns(), g.c * g.h * g.w, o * oh * ow);
         let keep = keep && self.epilogue == Epilogue::PoolRelu;
-        let mut out = vec![0f32; self.batch * outputs];
+        let mut out = output_buffer(self.batch * outputs);
         let mut argmax = vec![STOPPED; if keep { out.len() } else { 0 }];
         let mut argmax_blocks = blocks_of(&mut argmax, BLOCK * outputs, out.len());
         out.par_chunks_mut(BLOCK * outputs)
@@ -712,36 +716,43 @@ impl CustomOp2 for BlockedConvBackward<'_> {
             candle::bail!("conv2d backward: gradient {:?}", l2.dims());
         }
         let blocks = f.batch.div_ceil(BLOCK);
-        let mut partials = vec![0f32; blocks * o * r];
-        let mut grads = vec![0f32; o * r + if self.input_grad { x.len() } else { 0 }];
+        let mut grads = output_buffer(o * r + if self.input_grad { x.len() } else { 0 });
         let (d_kernel, d_x) = grads.split_at_mut(o * r);
         let mut d_x_blocks = blocks_of(d_x, BLOCK * image, f.batch * image);
-        partials
-            .par_chunks_mut(o * r)
-            .zip(d_x_blocks.par_iter_mut())
-            .enumerate()
-            .for_each(|(blk, (d_kernel, d_x))| {
-                let images = BLOCK.min(f.batch - blk * BLOCK);
-                let n = images * l;
-                let first = blk * BLOCK * outputs;
-                let argmax = self.argmax.get(first..).unwrap_or_default();
-                let x = &x[blk * BLOCK * image..][..images * image];
-                SCRATCH.with_borrow_mut(|s| {
-                    let d_y = sized(&mut s.y, o * n);
-                    self.output_gradient(d_y, &grad[first..], argmax, images);
-                    let cols = sized(&mut s.cols, r * n);
-                    unfold_block(g, x, images, cols);
-                    gemm_into(d_kernel, d_y, cols, (o, n, r), true, false);
-                    if let Some(d_x) = d_x {
-                        let rows = g.rows();
-                        let d_cols = sized(&mut s.d_cols, rows * n);
-                        let kernel_t = &self.kernel_t[..rows * o];
-                        gemm_into(d_cols, kernel_t, d_y, (rows, o, n), false, false);
-                        fold_into(g, d_cols, n, images, d_x);
-                    }
-                })
-            });
-        sum_blocks(d_kernel, &partials);
+        let mut run = |partials: &mut [f32]| {
+            partials
+                .par_chunks_mut(o * r)
+                .zip(d_x_blocks.par_iter_mut())
+                .enumerate()
+                .for_each(|(blk, (d_kernel, d_x))| {
+                    let images = BLOCK.min(f.batch - blk * BLOCK);
+                    let n = images * l;
+                    let first = blk * BLOCK * outputs;
+                    let argmax = self.argmax.get(first..).unwrap_or_default();
+                    let x = &x[blk * BLOCK * image..][..images * image];
+                    SCRATCH.with_borrow_mut(|s| {
+                        let d_y = sized(&mut s.y, o * n);
+                        self.output_gradient(d_y, &grad[first..], argmax, images);
+                        let cols = sized(&mut s.cols, r * n);
+                        unfold_block(g, x, images, cols);
+                        gemm_into(d_kernel, d_y, cols, (o, n, r), true, false);
+                        if let Some(d_x) = d_x {
+                            d_x.fill(0.0);
+                            let rows = g.rows();
+                            let d_cols = sized(&mut s.d_cols, rows * n);
+                            let kernel_t = &self.kernel_t[..rows * o];
+                            gemm_into(d_cols, kernel_t, d_y, (rows, o, n), false, false);
+                            fold_into(g, d_cols, n, images, d_x);
+                        }
+                    })
+                });
+            sum_blocks(d_kernel, partials);
+        };
+        PARTIALS.with(|kept| match kept.try_borrow_mut() {
+            Ok(mut kept) => run(sized(&mut kept, blocks * o * r)),
+            // A backward pass nested in another on this thread gets a buffer of its own.
+            Err(_) => run(&mut vec![0f32; blocks * o * r]),
+        });
         let len = grads.len();
         Ok((CpuStorage::F32(grads), Shape::from(len)))
     }

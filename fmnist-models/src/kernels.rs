@@ -285,13 +285,41 @@ pub(crate) fn blocks_of<T>(v: &mut [T], chunk: usize, len: usize) -> Vec<Option<
     }
 }
 
-/// Adds the blocks' partial sums `partials` (one `sum.len()` chunk per block) into `sum`, in
-/// block order, so that the result does not depend on which thread ran which block.
+/// Writes into `sum` the sum of the blocks' partial sums `partials` (one `sum.len()` chunk
+/// per block), each element `0 + p₀ + p₁ + …` in block order, so that the result does not
+/// depend on which thread ran which block; what `sum` held before is not read. Stretches of
+/// `sum` run in parallel.
 pub(crate) fn sum_blocks(sum: &mut [f32], partials: &[f32]) {
-    for partial in partials.chunks_exact(sum.len()) {
-        for (s, v) in sum.iter_mut().zip(partial) {
-            *s += v;
-        }
+    /// Elements per parallel stretch: 16 KiB of `sum`.
+    const STRETCH: usize = 4096;
+    let len = sum.len();
+    sum.par_chunks_mut(STRETCH)
+        .enumerate()
+        .for_each(|(i, sum)| {
+            sum.fill(0.0);
+            for partial in partials.chunks_exact(len) {
+                let partial = &partial[i * STRETCH..][..sum.len()];
+                for (s, v) in sum.iter_mut().zip(partial) {
+                    *s += v;
+                }
+            }
+        });
+}
+
+/// A vector of `len` elements for an operation's output whose every element the operation
+/// writes before anything reads it, allocated by candle's `alloc_uninit` (as candle allocates
+/// the outputs of its own CPU operations), so not zeroed first: a zeroed output cost a serial
+/// pass over it on the thread that launches the operation, while the others waited.
+pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
+    use candle::backend::BackendDevice;
+    // SAFETY: alloc_uninit's contract is that no element is read before it is written; every
+    // caller writes the whole buffer before it reads any of it or hands it to candle.
+    #[allow(unsafe_code)]
+    let storage =
+        unsafe { candle::cpu_backend::CpuDevice.alloc_uninit(&Shape::from(len), DType::F32) };
+    match storage {
+        Ok(CpuStorage::F32(v)) => v,
+        _ => vec![0.0; len],
     }
 }
 
@@ -381,7 +409,7 @@ impl CustomOp1 for FusedMaxPool2 {
         let (n, c, h, w) = l.shape().dims4()?;
         let (ph, pw) = (h / 2, w / 2);
         let x = f32_slice(s, l, "max_pool2")?;
-        let mut out = vec![0f32; n * c * ph * pw];
+        let mut out = output_buffer(n * c * ph * pw);
         if ph * pw > 0 {
             out.par_chunks_mut(ph * pw)
                 .zip(x.par_chunks_exact(h * w))
@@ -424,16 +452,19 @@ impl CustomOp2 for MaxPool2Backward {
         let (ph, pw) = (h / 2, w / 2);
         let x = f32_slice(s1, l1, "max_pool2 backward")?;
         let g = f32_slice(s2, l2, "max_pool2 backward")?;
-        let mut out = vec![0f32; n * c * h * w];
-        if ph * pw > 0 {
-            out.par_chunks_mut(h * w)
-                .zip(x.par_chunks_exact(h * w).zip(g.par_chunks_exact(ph * pw)))
-                .for_each(|(dst, (plane, grads))| {
-                    windows(plane, w, ph, pw, |i, j, at, _| {
-                        dst[(2 * i + at / 2) * w + 2 * j + at % 2] = grads[i * pw + j];
-                    })
-                });
+        if ph * pw == 0 {
+            return Ok((CpuStorage::F32(vec![0f32; x.len()]), l1.shape().clone()));
         }
+        let mut out = output_buffer(n * c * h * w);
+        out.par_chunks_mut(h * w)
+            .zip(x.par_chunks_exact(h * w).zip(g.par_chunks_exact(ph * pw)))
+            .for_each(|(dst, (plane, grads))| {
+                // Places outside every window (an odd size's last line) and off the maxima.
+                dst.fill(0.0);
+                windows(plane, w, ph, pw, |i, j, at, _| {
+                    dst[(2 * i + at / 2) * w + 2 * j + at % 2] = grads[i * pw + j];
+                })
+            });
         Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
     }
 }

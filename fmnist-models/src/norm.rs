@@ -11,7 +11,7 @@ use candle::{CpuStorage, CustomOp3, Layout, Module, ModuleT, Shape, Tensor, Var}
 use candle_nn::BatchNorm;
 use rayon::prelude::*;
 
-use crate::kernels::{f32_slice, Kernels};
+use crate::kernels::{f32_slice, output_buffer, Kernels};
 
 /// A BatchNorm layer (`candle_nn::BatchNorm` underneath, so checkpoints are unchanged).
 #[derive(Debug, Clone)]
@@ -193,7 +193,7 @@ impl CustomOp3 for Normalize {
         }
         let affine = self.affine(gamma, beta);
         let plane = h * w;
-        let mut out = vec![0f32; x.len()];
+        let mut out = output_buffer(x.len());
         out.par_chunks_mut(plane)
             .zip(x.par_chunks(plane))
             .enumerate()
@@ -339,7 +339,7 @@ impl CustomOp3 for GradInput<'_> {
     ) -> candle::Result<(CpuStorage, Shape)> {
         let ([x, dy, y], c, plane) = three([(s1, l1), (s2, l2), (s3, l3)])?;
         let n = (x.len() / c) as f32;
-        let mut out = vec![0f32; x.len()];
+        let mut out = output_buffer(x.len());
         out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
             let ch = i % c;
             let at = i * plane..(i + 1) * plane;

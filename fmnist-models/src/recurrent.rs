@@ -25,7 +25,8 @@ use candle::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::{
-    blocks_of, f32_slice, gemm_into, gemm_strided, simd, sum_blocks, Kernels, Strided,
+    blocks_of, f32_slice, gemm_into, gemm_strided, output_buffer, simd, sum_blocks, Kernels,
+    Strided,
 };
 
 /// A single-layer LSTM (PyTorch's gate order i, f, g, o) read for its last hidden state.
@@ -452,7 +453,7 @@ impl CustomOp3 for Recurrence {
                     gemm_strided(dx, i, Strided::dense(d, g4), w_ih, (rows, g4, i), false);
                 }
             });
-        let mut sums = vec![0f32; dw_in + dw_hh];
+        let mut sums = output_buffer(dw_in + dw_hh);
         sum_blocks(&mut sums, &partials);
         let d_w_hh = Tensor::from_vec(sums.split_off(dw_in), (g4, hidden), &Device::Cpu)?;
         let d_w_in = Tensor::from_vec(sums, (g4, i + 1), &Device::Cpu)?;
