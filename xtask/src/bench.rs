@@ -138,6 +138,8 @@ struct Row {
     data_load_seconds: f64,
     /// Each repeat's training images/s, to show the spread.
     train_images_per_s_all: Vec<f64>,
+    /// Each repeat's inference images/s, likewise.
+    infer_images_per_s_all: Vec<f64>,
     /// Tensor operations per training step (the same in every repeat).
     #[serde(skip_serializing_if = "Option::is_none")]
     step_ops: Option<StepOps>,
@@ -329,6 +331,7 @@ fn medians(ms: &[Measurement]) -> Vec<Row> {
                 peak_rss_mb: (!rss.is_empty()).then(|| median(rss)),
                 data_load_seconds: pick(|m| m.data_load_seconds),
                 train_images_per_s_all: of.iter().map(|m| m.train_images_per_s).collect(),
+                infer_images_per_s_all: of.iter().map(|m| m.infer_images_per_s).collect(),
                 step_ops: of.iter().find_map(|m| m.step_ops),
                 implementation,
                 model,
@@ -474,6 +477,7 @@ mod tests {
         assert_eq!(rows[0].infer_images_per_s, 5000.0);
         assert_eq!(rows[0].peak_rss_mb, Some(450.0));
         assert_eq!(rows[0].train_images_per_s_all, vec![1000.0, 3000.0, 2000.0]);
+        assert_eq!(rows[0].infer_images_per_s_all, vec![4000.0, 5000.0, 6000.0]);
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
         let table = markdown(&Report {
             machine: "test".into(),
