@@ -65,16 +65,8 @@ fn headline(e: &candle::Error) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
-/// How many times each of candle's worker threads checks for its next operation before it
-/// sleeps, where `CANDLE_BARRIER_POOL_SPIN_LIMIT` does not say: candle's default, 25,000,
-/// keeps the thread spinning on its core for a while after each of candle's operations, while
-/// the fused kernels that run next (on rayon's threads) want every core. With 200, training
-/// on two cores ran 5-10% faster and used less CPU time (`docs/speed.md`).
-const CANDLE_SPIN_LIMIT: &str = "200";
-
-/// Sets the CPU thread count before candle first reads it (it reads `RAYON_NUM_THREADS` once),
-/// and how long candle's threads spin idle ([`CANDLE_SPIN_LIMIT`]). `None` keeps candle's
-/// choice of threads; 0 is refused.
+/// Sets the CPU thread count before candle first reads it (it reads `RAYON_NUM_THREADS` once).
+/// `None` keeps candle's choice; 0 is refused.
 pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     if let Some(n) = threads {
         if n == 0 {
@@ -82,9 +74,6 @@ pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
         }
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
-    }
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", CANDLE_SPIN_LIMIT);
     }
     Ok(())
 }
@@ -124,16 +113,5 @@ mod tests {
         let e = set_threads(Some(0)).unwrap_err().to_string();
         assert!(e.starts_with("--threads must be at least 1"), "{e}");
         set_threads(None).unwrap();
-    }
-
-    #[test]
-    fn candle_threads_spin_briefly_unless_told_otherwise() {
-        let told = std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT");
-        set_threads(None).unwrap();
-        let now = std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT");
-        match told {
-            Some(told) => assert_eq!(now, Some(told)),
-            None => assert_eq!(now.as_deref(), Some(CANDLE_SPIN_LIMIT.as_ref())),
-        }
     }
 }
