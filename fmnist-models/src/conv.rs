@@ -326,25 +326,32 @@ fn unfold_same_width(
 /// Adds the unfolding of `b` images back into `dst [b, C, H, W]` (the adjoint of
 /// [`unfold_row`], a col2im): row `(c, ki, kj)` starts at `cols[row · stride]` and holds the
 /// images' columns ([`Geometry::columns`]) one after the other; rows after the `C·k·k` are
-/// not read.
-fn fold_into(g: Geometry, cols: &[f32], stride: usize, b: usize, dst: &mut [f32]) {
+/// not read. Where the output is as wide as the input, the columns whose source is padding
+/// are zeroed in `cols` first ([`fold_same_width`]). Inlined into the caller's [`simd`].
+#[inline(always)]
+fn fold_into(g: Geometry, cols: &mut [f32], stride: usize, b: usize, dst: &mut [f32]) {
     let l_out = g.columns();
     let plane = g.h * g.w;
     for (img, dst) in dst.chunks_exact_mut(g.c * plane).take(b).enumerate() {
         for row in 0..g.rows() {
             let (ch, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
-            let src = &cols[row * stride + img * l_out..][..l_out];
+            let src = &mut cols[row * stride + img * l_out..][..l_out];
             let dst = &mut dst[ch * plane..][..plane];
             if g.spans_lines() {
                 // The columns past each line's end hold zero gradient (see output_gradient).
                 let dst = &mut dst[ki * g.w + kj..][..l_out];
-                for (d, v) in dst.iter_mut().zip(src) {
+                for (d, v) in dst.iter_mut().zip(src.iter()) {
                     *d += v;
                 }
                 continue;
             }
             let xs = g.valid(kj, g.w, g.out_w);
             if xs.is_empty() {
+                continue;
+            }
+            if g.stride == 1 && g.out_w == g.w {
+                let ys = g.valid(ki, g.h, g.out_h);
+                fold_same_width(g, src, (ki, kj), (&ys, &xs), dst);
                 continue;
             }
             for oy in g.valid(ki, g.h, g.out_h) {
@@ -363,6 +370,38 @@ fn fold_into(g: Geometry, cols: &[f32], stride: usize, b: usize, dst: &mut [f32]
                 }
             }
         }
+    }
+}
+
+/// One image's part of [`fold_into`] for stride 1 and an output as wide as the input, the
+/// adjoint of [`unfold_same_width`]: the valid outputs of row `(ki, kj)` add into one
+/// contiguous, shifted stretch of the input plane, so their columns whose source wrapped to
+/// the next or previous input line (outside `xs`) are zeroed in `src` and the stretch is added
+/// at once. Every input element receives the same sum, in the same order, as line by line:
+/// adding the zeros leaves each partial sum as it was.
+#[inline(always)]
+fn fold_same_width(
+    g: Geometry,
+    src: &mut [f32],
+    (ki, kj): (usize, usize),
+    (ys, xs): (&std::ops::Range<usize>, &std::ops::Range<usize>),
+    dst: &mut [f32],
+) {
+    let w = g.w;
+    if ys.is_empty() || xs.is_empty() {
+        return;
+    }
+    for oy in ys.clone() {
+        let line = &mut src[oy * w..][..w];
+        line[..xs.start].fill(0.0);
+        line[xs.end..].fill(0.0);
+    }
+    let first = ys.start * w + xs.start;
+    let end = (ys.end - 1) * w + xs.end;
+    let from = g.source(ys.start, ki) * w + g.source(xs.start, kj);
+    let dst = &mut dst[from..from + (end - first)];
+    for (d, v) in dst.iter_mut().zip(&src[first..end]) {
+        *d += v;
     }
 }
 
@@ -742,7 +781,10 @@ impl CustomOp2 for BlockedConvBackward<'_> {
                             let d_cols = sized(&mut s.d_cols, rows * n);
                             let kernel_t = &self.kernel_t[..rows * o];
                             gemm_into(d_cols, kernel_t, d_y, (rows, o, n), false, false);
-                            fold_into(g, d_cols, n, images, d_x);
+                            simd(
+                                #[inline(always)]
+                                || fold_into(g, d_cols, n, images, d_x),
+                            );
                         }
                     })
                 });
@@ -1012,7 +1054,7 @@ mod tests {
         // counts how many windows cover each pixel.
         let ones: Vec<f32> = [1., 1., 0., 1., 1.].repeat(4);
         let mut counts = vec![0f32; 9];
-        fold_into(g, &ones, 5, 1, &mut counts);
+        fold_into(g, &mut ones.clone(), 5, 1, &mut counts);
         assert_eq!(counts, vec![1., 2., 1., 2., 4., 2., 1., 2., 1.]);
     }
 
@@ -1071,6 +1113,56 @@ mod tests {
     }
 
     #[test]
+    fn folding_matches_its_definition_for_every_geometry() {
+        // The adjoint of the unfolding: every column adds into the input element it was read
+        // from, and columns that read padding add nothing. Small integers keep the sums exact.
+        let geometries = [
+            (2, 5, 5, 3, 1, 1),
+            (1, 4, 6, 5, 1, 2),
+            (3, 3, 3, 1, 1, 0),
+            (1, 2, 2, 5, 1, 2),
+            (2, 6, 5, 3, 1, 0),
+            (2, 7, 7, 3, 2, 1),
+            (1, 5, 4, 3, 1, 1),
+            (2, 1, 1, 3, 1, 1),
+        ];
+        for (c, h, w, k, stride, pad) in geometries {
+            let g = Geometry::new(c, h, w, k, stride, pad).unwrap();
+            let b = 2;
+            let l = g.columns();
+            let mut cols: Vec<f32> = (0..g.rows() * b * l)
+                .map(|v| ((v * 7) % 11) as f32 - 5.0)
+                .collect();
+            let mut expect = vec![0f32; b * c * h * w];
+            for row in 0..g.rows() {
+                let (ch, ki, kj) = (row / (k * k), (row / k) % k, row % k);
+                for img in 0..b {
+                    for col in 0..l {
+                        let (oy, ox) = (col / g.line(), col % g.line());
+                        let (iy, ix) = (
+                            (oy * stride + ki) as isize - pad as isize,
+                            (ox * stride + kj) as isize - pad as isize,
+                        );
+                        let at = row * b * l + img * l + col;
+                        let inside = (0..h as isize).contains(&iy)
+                            && (0..w as isize).contains(&ix)
+                            && ox < g.out_w;
+                        if !inside {
+                            // Over whole lines, the backward pass gives these columns zero.
+                            cols[at] = if g.spans_lines() { 0.0 } else { f32::NAN };
+                            continue;
+                        }
+                        expect[((img * c + ch) * h + iy as usize) * w + ix as usize] += cols[at];
+                    }
+                }
+            }
+            let mut folded = vec![0f32; b * c * h * w];
+            fold_into(g, &mut cols, b * l, b, &mut folded);
+            assert_eq!(folded, expect, "{:?}", (c, h, w, k, stride, pad));
+        }
+    }
+
+    #[test]
     fn padding_is_written_over_stale_scratch() {
         // One padded row of a 2x2 image under a 3x3 kernel: the scratch holds NaNs before.
         let g = Geometry::new(1, 2, 2, 3, 1, 1).unwrap();
@@ -1090,7 +1182,7 @@ mod tests {
             assert_eq!(*v, if row == centre { 7. } else { 0. }, "row {row}");
         }
         let mut back = [0f32; 1];
-        fold_into(g, &[1f32; 25], 1, 1, &mut back);
+        fold_into(g, &mut [1f32; 25], 1, 1, &mut back);
         assert_eq!(back, [1.]);
     }
 }
