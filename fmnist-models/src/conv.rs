@@ -90,6 +90,19 @@ impl Conv2d {
 
     /// The convolution and `epilogue` as one [`BlockedConv`], `None` where candle's path runs.
     fn blocked(&self, x: &Tensor, epilogue: Epilogue) -> candle::Result<Option<Tensor>> {
+        match self.blocked_op(x, epilogue)? {
+            Some((kernel, op)) => x.contiguous()?.apply_op2(&kernel, op).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The kernel matrix and the [`BlockedConv`] that computes this convolution of `x` and
+    /// `epilogue`, `None` where candle's path runs.
+    pub(crate) fn blocked_op(
+        &self,
+        x: &Tensor,
+        epilogue: Epilogue,
+    ) -> candle::Result<Option<(Tensor, BlockedConv)>> {
         let operands = self
             .im2col_operands(x)?
             .filter(|(_, g)| epilogue == Epilogue::None || (g.out_h >= 2 && g.out_w >= 2));
@@ -104,7 +117,7 @@ impl Conv2d {
             save: x.track_op() || kernel.track_op(),
             saved: Mutex::new(None),
         };
-        x.contiguous()?.apply_op2(&kernel, op).map(Some)
+        Ok(Some((kernel, op)))
     }
 
     /// On the im2col path, the kernel as the GEMM's left matrix `[O, C·k·k (+1)]` (the bias
@@ -477,7 +490,7 @@ fn to_maxima(
 
 /// What [`BlockedConv`] does to the convolution's output before writing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Epilogue {
+pub(crate) enum Epilogue {
     /// Nothing: the output is the convolution's, `[B, O, H_out, W_out]`.
     None,
     /// 2x2 max-pooling and ReLU: `[B, O, H_out/2, W_out/2]`.
@@ -489,7 +502,7 @@ enum Epilogue {
 /// backward pass keeps only the offset of each window's maximum, and every backward pass
 /// unfolds the input again, which costs less than keeping the batch's unfolding (`C·k·k`
 /// times the input) in memory.
-struct BlockedConv {
+pub(crate) struct BlockedConv {
     geometry: Geometry,
     batch: usize,
     ones_row: bool,
@@ -501,7 +514,7 @@ struct BlockedConv {
 
 impl BlockedConv {
     /// Height and width of an output plane.
-    fn output_size(&self) -> (usize, usize) {
+    pub(crate) fn output_size(&self) -> (usize, usize) {
         let g = self.geometry;
         match self.epilogue {
             Epilogue::None => (g.out_h, g.out_w),

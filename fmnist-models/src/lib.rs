@@ -23,6 +23,7 @@ pub mod checkpoint;
 pub mod classifier;
 pub mod config;
 pub mod conv;
+mod conv_norm;
 pub mod error;
 pub mod explain;
 pub mod kernels;

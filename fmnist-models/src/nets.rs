@@ -7,6 +7,7 @@ use candle_nn::{Conv2dConfig, Linear};
 
 use crate::builder::{Builder, Dropout};
 use crate::conv::Conv2d;
+use crate::conv_norm::conv_norm_t;
 use crate::kernels::{AddRelu, MaxPool2};
 use crate::norm::BatchNorm2d;
 use crate::recurrent::Lstm as LstmLayer;
@@ -329,13 +330,12 @@ impl ConvBn {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward_t(x, train)?, train)
+        conv_norm_t(&self.conv, &self.bn, x, train, false)
     }
 
     /// `relu(forward_t(x, train))`, fused into the normalization.
     fn forward_relu_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        self.bn
-            .forward_relu_t(&self.conv.forward_t(x, train)?, train)
+        conv_norm_t(&self.conv, &self.bn, x, train, true)
     }
 }
 

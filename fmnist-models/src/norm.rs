@@ -6,7 +6,9 @@
 //! again backward. The fused path makes two passes forward (statistics, then the affine map
 //! and the ReLU) and two backward (the per-channel sums, then the input gradient), using the
 //! closed form `dx = γ/σ · (dy - mean(dy) - x̂·mean(dy·x̂))`. In evaluation the fused path
-//! records no graph: nothing is kept for a backward pass that will not come.
+//! records no graph: nothing is kept for a backward pass that will not come. Where a
+//! convolution feeds the layer in training, `conv_norm` runs the two as one operation with
+//! these kernels.
 use candle::{CpuStorage, CustomOp3, Layout, Module, ModuleT, Shape, Tensor, Var};
 use candle_nn::BatchNorm;
 use rayon::prelude::*;
@@ -68,15 +70,30 @@ impl BatchNorm2d {
             stats.pop().unwrap_or_default(),
             stats.pop().unwrap_or_default(),
         );
-        let n = (b * h * w) as f32;
-        if n < 2.0 {
-            candle::bail!("batch norm: needs more than one value per channel in training");
-        }
+        let n = b * h * w;
+        check_count(n)?;
+        self.update_running(&mean, &var, n)?;
+        x.apply_op3(gamma, beta, Normalize::new(mean, &var, eps, relu))
+    }
+
+    /// γ, β and ε where the fused path runs on `x` (which has the layer's channels).
+    pub(crate) fn fused_parameters(&self, x: &Tensor) -> Option<(Tensor, Tensor, f32)> {
+        let (gamma, beta) = self
+            .inner
+            .weight_and_bias()
+            .filter(|_| self.kernels.fuse(x))?;
+        Some((gamma.clone(), beta.clone(), self.inner.eps() as f32))
+    }
+
+    /// Moves the running statistics towards a batch's mean and biased variance over `n`
+    /// values per channel (the variance made unbiased first, as PyTorch does).
+    pub(crate) fn update_running(&self, mean: &[f32], var: &[f32], n: usize) -> candle::Result<()> {
+        let n = n as f32;
         let m = self.inner.momentum() as f32;
         let unbiased: Vec<f32> = var.iter().map(|v| v * n / (n - 1.0)).collect();
         for (running, batch) in [
-            (self.inner.running_mean(), &mean),
-            (self.inner.running_var(), &unbiased),
+            (self.inner.running_mean(), mean),
+            (self.inner.running_var(), &unbiased[..]),
         ] {
             let old = running.to_vec1::<f32>()?;
             let new: Vec<f32> = old
@@ -87,8 +104,16 @@ impl BatchNorm2d {
             // The running statistics are Vars: from_tensor shares their storage.
             Var::from_tensor(running)?.set(&Tensor::new(new, running.device())?)?;
         }
-        x.apply_op3(gamma, beta, Normalize::new(mean, &var, eps, relu))
+        Ok(())
     }
+}
+
+/// Training statistics need more than one value per channel.
+pub(crate) fn check_count(n: usize) -> candle::Result<()> {
+    if n < 2 {
+        candle::bail!("batch norm: needs more than one value per channel in training");
+    }
+    Ok(())
 }
 
 impl Module for BatchNorm2d {
@@ -125,32 +150,36 @@ impl candle::CustomOp1 for ChannelStats {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle::Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = l.shape().dims4()?;
         let x = f32_slice(s, l, "channel stats")?;
-        let plane = h * w;
-        let n = (b * plane) as f64;
-        Ok(per_channel_pairs(c, |ch| {
-            let channel = || (0..b).map(|i| &x[plane_of(i, ch, c, plane)]);
-            let sum: f64 = channel()
-                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
-                .sum();
-            let mean = sum / n;
-            let sq: f64 = channel()
-                .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
-                .sum();
-            (mean, sq / n)
-        }))
+        Ok(channel_stats(x, b, c, h * w))
     }
+}
+
+/// [`ChannelStats`] of a contiguous `[b, c, plane]` slice.
+pub(crate) fn channel_stats(x: &[f32], b: usize, c: usize, plane: usize) -> (CpuStorage, Shape) {
+    let n = (b * plane) as f64;
+    per_channel_pairs(c, |ch| {
+        let channel = || (0..b).map(|i| &x[plane_of(i, ch, c, plane)]);
+        let sum: f64 = channel()
+            .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+            .sum();
+        let mean = sum / n;
+        let sq: f64 = channel()
+            .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+            .sum();
+        (mean, sq / n)
+    })
 }
 
 /// `y = γ·(x - mean)/σ + β`, then ReLU if `relu`; statistics fixed by the caller. Arguments:
 /// x `[B, C, H, W]`, γ `[C]`, β `[C]`.
-struct Normalize {
+pub(crate) struct Normalize {
     mean: Vec<f32>,
     inv_std: Vec<f32>,
     relu: bool,
 }
 
 impl Normalize {
-    fn new(mean: Vec<f32>, var: &[f32], eps: f32, relu: bool) -> Self {
+    pub(crate) fn new(mean: Vec<f32>, var: &[f32], eps: f32, relu: bool) -> Self {
         let inv_std = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
         Normalize {
             mean,
@@ -167,6 +196,66 @@ impl Normalize {
                 (scale, beta[ch] - self.mean[ch] * scale)
             })
             .collect()
+    }
+
+    /// The normalized (and rectified) contiguous `x [B, c, plane]`.
+    pub(crate) fn apply(
+        &self,
+        x: &[f32],
+        c: usize,
+        plane: usize,
+        gamma: &[f32],
+        beta: &[f32],
+    ) -> Vec<f32> {
+        let affine = self.affine(gamma, beta);
+        let mut out = output_buffer(x.len());
+        out.par_chunks_mut(plane)
+            .zip(x.par_chunks(plane))
+            .enumerate()
+            .for_each(|(i, (dst, src))| {
+                let (scale, shift) = affine[i % c];
+                if self.relu {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = (scale * v + shift).max(0.0);
+                    }
+                } else {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = scale * v + shift;
+                    }
+                }
+            });
+        out
+    }
+
+    /// The gradients of the input, γ and β from the output `y` and its gradient `dy`.
+    pub(crate) fn gradients(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> candle::Result<(Tensor, Tensor, Tensor)> {
+        let dy = dy.contiguous()?;
+        let y = y.contiguous()?;
+        let backward = Backward {
+            mean: self.mean.clone(),
+            inv_std: self.inv_std.clone(),
+            relu: self.relu,
+        };
+        // [2, C]: Σ dy and Σ dy·x̂ per channel (dy after the ReLU's mask).
+        let sums = x.apply_op3_no_bwd(&dy, &y, &GradSums(&backward))?;
+        let host = sums.to_vec2::<f32>()?;
+        let dx = x.apply_op3_no_bwd(
+            &dy,
+            &y,
+            &GradInput {
+                backward: &backward,
+                gamma: gamma.to_vec1::<f32>()?,
+                sum_dy: host[0].clone(),
+                sum_dy_xhat: host[1].clone(),
+            },
+        )?;
+        Ok((dx, sums.get(1)?, sums.get(0)?))
     }
 }
 
@@ -191,24 +280,7 @@ impl CustomOp3 for Normalize {
         if gamma.len() != c || beta.len() != c || self.mean.len() != c {
             candle::bail!("batch norm: {c} channels, {} parameters", gamma.len());
         }
-        let affine = self.affine(gamma, beta);
-        let plane = h * w;
-        let mut out = output_buffer(x.len());
-        out.par_chunks_mut(plane)
-            .zip(x.par_chunks(plane))
-            .enumerate()
-            .for_each(|(i, (dst, src))| {
-                let (scale, shift) = affine[i % c];
-                if self.relu {
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        *d = (scale * v + shift).max(0.0);
-                    }
-                } else {
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        *d = scale * v + shift;
-                    }
-                }
-            });
+        let out = self.apply(x, c, h * w, gamma, beta);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -220,27 +292,8 @@ impl CustomOp3 for Normalize {
         y: &Tensor,
         dy: &Tensor,
     ) -> candle::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let y = y.contiguous()?;
-        let backward = Backward {
-            mean: self.mean.clone(),
-            inv_std: self.inv_std.clone(),
-            relu: self.relu,
-        };
-        // [2, C]: Σ dy and Σ dy·x̂ per channel (dy after the ReLU's mask).
-        let sums = x.apply_op3_no_bwd(&dy, &y, &GradSums(&backward))?;
-        let host = sums.to_vec2::<f32>()?;
-        let dx = x.apply_op3_no_bwd(
-            &dy,
-            &y,
-            &GradInput {
-                backward: &backward,
-                gamma: gamma.to_vec1::<f32>()?,
-                sum_dy: host[0].clone(),
-                sum_dy_xhat: host[1].clone(),
-            },
-        )?;
-        Ok((Some(dx), Some(sums.get(1)?), Some(sums.get(0)?)))
+        let (dx, d_gamma, d_beta) = self.gradients(x, gamma, y, dy)?;
+        Ok((Some(dx), Some(d_gamma), Some(d_beta)))
     }
 }
 

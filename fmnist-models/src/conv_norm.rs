@@ -1,0 +1,279 @@
+//! A convolution followed by BatchNorm (and ReLU), as one operation of candle's graph in
+//! training on the fused path.
+//!
+//! Apart, the two layers hand the convolution's output to each other as a tensor of the graph,
+//! and candle's backward pass zero-fills a buffer for that tensor's gradient and adds the
+//! gradient into it: two passes over some of the largest activations of `resnet` and
+//! `cnn-deep`, for a tensor with a single consumer. As one operation, the convolution's output
+//! stays inside it (kept for the backward pass, as the graph kept it), and its gradient goes
+//! from the BatchNorm's backward kernels straight into the convolution's. The kernels are the
+//! same ones in the same order, so the results are the same bits as the two layers apart.
+use std::sync::{Arc, Mutex};
+
+use candle::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor};
+
+use crate::conv::{BlockedConv, Conv2d, Epilogue};
+use crate::kernels::f32_slice;
+use crate::norm::{channel_stats, check_count, BatchNorm2d, Normalize};
+
+/// `bn(conv(x))`, then ReLU if `relu`: one operation in training where both layers run on the
+/// fused path, the two layers one after the other otherwise.
+pub(crate) fn conv_norm_t(
+    conv: &Conv2d,
+    bn: &BatchNorm2d,
+    x: &Tensor,
+    train: bool,
+    relu: bool,
+) -> candle::Result<Tensor> {
+    if train {
+        if let Some(y) = fused(conv, bn, x, relu)? {
+            return Ok(y);
+        }
+    }
+    let y = conv.forward_t(x, train)?;
+    if relu {
+        bn.forward_relu_t(&y, train)
+    } else {
+        bn.forward_t(&y, train)
+    }
+}
+
+/// The batch mean and biased variance per channel, handed from the operation to its caller.
+type Statistics = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
+
+/// [`conv_norm_t`] in training as one [`ConvNorm`], `None` where either layer runs candle's
+/// path.
+fn fused(
+    conv: &Conv2d,
+    bn: &BatchNorm2d,
+    x: &Tensor,
+    relu: bool,
+) -> candle::Result<Option<Tensor>> {
+    let Some((gamma, beta, eps)) = bn.fused_parameters(x) else {
+        return Ok(None);
+    };
+    let Some((kernel, conv)) = conv.blocked_op(x, Epilogue::None)? else {
+        return Ok(None);
+    };
+    let (b, _, _, _) = x.dims4()?;
+    let (oh, ow) = conv.output_size();
+    check_count(b * oh * ow)?;
+    let statistics = Statistics::default();
+    let op = ConvNorm {
+        conv,
+        eps,
+        relu,
+        statistics: statistics.clone(),
+        saved: Mutex::new(None),
+    };
+    let gamma_beta = Tensor::stack(&[&gamma, &beta], 0)?;
+    let y = x.contiguous()?.apply_op3(&kernel, &gamma_beta, op)?;
+    let taken = statistics.lock().ok().and_then(|mut s| s.take());
+    let Some((mean, var)) = taken else {
+        candle::bail!("conv + batch norm: the statistics were not computed");
+    };
+    bn.update_running(&mean, &var, b * oh * ow)?;
+    Ok(Some(y))
+}
+
+/// What the forward pass keeps for the backward pass.
+struct Saved {
+    /// The convolution's output, `[B, O, H', W']`.
+    conv_out: Tensor,
+    normalize: Normalize,
+}
+
+/// Arguments: x `[B, C, H, W]`, the convolution's kernel matrix and `[γ; β]` (`[2, O]`).
+struct ConvNorm {
+    conv: BlockedConv,
+    eps: f32,
+    relu: bool,
+    statistics: Statistics,
+    saved: Mutex<Option<Saved>>,
+}
+
+impl CustomOp3 for ConvNorm {
+    fn name(&self) -> &'static str {
+        "fmnist-conv-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let (conv_out, shape) = self.conv.cpu_fwd(s1, l1, s2, l2)?;
+        let (b, c, h, w) = shape.dims4()?;
+        let x = f32_slice(&conv_out, &Layout::contiguous(&shape), "conv + batch norm")?;
+        let gamma_beta = f32_slice(s3, l3, "conv + batch norm parameters")?;
+        if gamma_beta.len() != 2 * c {
+            candle::bail!(
+                "conv + batch norm: {c} channels, parameters {:?}",
+                l3.dims()
+            );
+        }
+        let (gamma, beta) = gamma_beta.split_at(c);
+        let (stats, _) = channel_stats(x, b, c, h * w);
+        let CpuStorage::F32(stats) = stats else {
+            candle::bail!("conv + batch norm: statistics are not f32");
+        };
+        let (mean, var) = stats.split_at(c);
+        let normalize = Normalize::new(mean.to_vec(), var, self.eps, self.relu);
+        let out = normalize.apply(x, c, h * w, gamma, beta);
+        if let Ok(mut slot) = self.statistics.lock() {
+            *slot = Some((mean.to_vec(), var.to_vec()));
+        }
+        let conv_out = match conv_out {
+            CpuStorage::F32(v) => Tensor::from_vec(v, shape.clone(), &Device::Cpu)?,
+            _ => candle::bail!("conv + batch norm: the convolution's output is not f32"),
+        };
+        if let Ok(mut slot) = self.saved.lock() {
+            *slot = Some(Saved {
+                conv_out,
+                normalize,
+            });
+        }
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        gamma_beta: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> candle::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(saved) = self.saved.lock().ok().and_then(|mut s| s.take()) else {
+            candle::bail!("conv + batch norm: no forward pass kept for the backward pass");
+        };
+        let gamma = gamma_beta.detach().get(0)?;
+        let (d_conv_out, d_gamma, d_beta) =
+            saved
+                .normalize
+                .gradients(&saved.conv_out, &gamma, &y.detach(), dy)?;
+        let (d_x, d_kernel) = self.conv.bwd(x, kernel, &saved.conv_out, &d_conv_out)?;
+        let d_gamma_beta = Tensor::stack(&[&d_gamma, &d_beta], 0)?;
+        Ok((d_x, d_kernel, Some(d_gamma_beta)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::Kernels;
+    use candle::Var;
+    use candle_nn::{BatchNorm, Conv2dConfig};
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn one_operation_gives_the_bits_of_the_two_layers_apart() {
+        // "Same" and strided convolutions, with and without ReLU, 19 images (two blocks and a
+        // partial one): output, every gradient and the running statistics, bit for bit.
+        let dev = Device::Cpu;
+        for (stride, relu) in [(1, true), (1, false), (2, true)] {
+            let x = Var::randn(0f32, 1.0, (19, 3, 9, 9), &dev).unwrap();
+            let w = Var::randn(0f32, 0.3, (6, 3, 3, 3), &dev).unwrap();
+            let gamma = Var::randn(1f32, 0.3, 6, &dev).unwrap();
+            let beta = Var::randn(0f32, 0.3, 6, &dev).unwrap();
+            let cfg = Conv2dConfig {
+                padding: 1,
+                stride,
+                ..Default::default()
+            };
+            let run = |together: bool| {
+                let conv = Conv2d::new(
+                    candle_nn::Conv2d::new(w.as_tensor().clone(), None, cfg),
+                    Kernels::Fused,
+                );
+                // Variables, as the builder makes them, so that the update lands in them.
+                let (mean, var) = (
+                    Var::zeros(6, candle::DType::F32, &dev).unwrap(),
+                    Var::ones(6, candle::DType::F32, &dev).unwrap(),
+                );
+                let (mean, var) = (mean.as_tensor(), var.as_tensor());
+                let bn = BatchNorm::new(
+                    6,
+                    mean.clone(),
+                    var.clone(),
+                    gamma.as_tensor().clone(),
+                    beta.as_tensor().clone(),
+                    1e-5,
+                )
+                .unwrap();
+                let bn = BatchNorm2d::new(bn, Kernels::Fused);
+                let y = if together {
+                    conv_norm_t(&conv, &bn, x.as_tensor(), true, relu).unwrap()
+                } else {
+                    let c = conv.forward_t(x.as_tensor(), true).unwrap();
+                    if relu {
+                        bn.forward_relu_t(&c, true).unwrap()
+                    } else {
+                        bn.forward_t(&c, true).unwrap()
+                    }
+                };
+                let up = Tensor::arange(0f32, y.elem_count() as f32, &dev)
+                    .unwrap()
+                    .affine(0.01, -1.0)
+                    .unwrap()
+                    .reshape(y.shape())
+                    .unwrap();
+                let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut all = vec![flat(&y), flat(mean), flat(var)];
+                for v in [&x, &w, &gamma, &beta] {
+                    all.push(flat(grads.get(v.as_tensor()).expect("a gradient")));
+                }
+                all
+            };
+            let (together, apart) = (run(true), run(false));
+            let names = ["output", "mean", "var", "dx", "dw", "dγ", "dβ"];
+            for ((name, a), b) in names.iter().zip(&together).zip(&apart) {
+                assert_eq!(a, b, "stride {stride}, relu {relu}: {name}");
+            }
+            // The running statistics moved.
+            assert!(together[1].iter().any(|&m| m != 0.0));
+        }
+    }
+
+    #[test]
+    fn evaluation_and_the_generic_path_run_the_layers_apart() {
+        // Nothing to keep in evaluation: the same output as the two layers apart, no graph.
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (4, 2, 6, 6), &dev).unwrap();
+        let w = Var::randn(0f32, 0.3, (3, 2, 3, 3), &dev).unwrap();
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(
+            candle_nn::Conv2d::new(w.as_tensor().clone(), None, cfg),
+            Kernels::Fused,
+        );
+        let bn = BatchNorm::new(
+            3,
+            Tensor::zeros(3, candle::DType::F32, &dev).unwrap(),
+            Tensor::ones(3, candle::DType::F32, &dev).unwrap(),
+            Var::ones(3, candle::DType::F32, &dev)
+                .unwrap()
+                .as_tensor()
+                .clone(),
+            Tensor::zeros(3, candle::DType::F32, &dev).unwrap(),
+            1e-5,
+        )
+        .unwrap();
+        let bn = BatchNorm2d::new(bn, Kernels::Fused);
+        let y = conv_norm_t(&conv, &bn, &x, false, true).unwrap();
+        let apart = bn
+            .forward_relu_t(&conv.forward_t(&x, false).unwrap(), false)
+            .unwrap();
+        assert_eq!(flat(&y), flat(&apart));
+        assert!(!y.track_op());
+    }
+}
