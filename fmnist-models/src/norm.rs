@@ -128,15 +128,41 @@ fn plane_of(image: usize, ch: usize, c: usize, plane: usize) -> std::ops::Range<
     start..start + plane
 }
 
-/// `[2, C]` of a pair of values per channel, computed in parallel over the channels.
+/// Channels whose serial sums run side by side on one thread.
+const LANES: usize = 4;
+
+/// `[2, C]` of a pair of values per channel, computed in parallel over groups of [`LANES`]
+/// channels. `pairs` gets the group's channels (the last group repeats its last channel where
+/// `C` runs out; those lanes' results are dropped).
 fn per_channel_pairs(
     c: usize,
-    pair: impl Fn(usize) -> (f64, f64) + Sync + Send,
+    pairs: impl Fn([usize; LANES]) -> [(f64, f64); LANES] + Sync + Send,
 ) -> (CpuStorage, Shape) {
-    let pairs: Vec<(f64, f64)> = (0..c).into_par_iter().map(pair).collect();
+    let groups: Vec<[(f64, f64); LANES]> = (0..c.div_ceil(LANES))
+        .into_par_iter()
+        .map(|group| pairs(std::array::from_fn(|j| (group * LANES + j).min(c - 1))))
+        .collect();
+    let pairs: Vec<(f64, f64)> = groups.into_iter().flatten().take(c).collect();
     let mut out: Vec<f32> = pairs.iter().map(|p| p.0 as f32).collect();
     out.extend(pairs.iter().map(|p| p.1 as f32));
     (CpuStorage::F32(out), Shape::from((2, c)))
+}
+
+/// `f(v)` summed over each of [`LANES`] equally long planes, in f64, each lane in its plane's
+/// order from the starting value of the standard library's `Sum`: for each plane the bits of
+/// `plane.iter().map(|&v| f(v)).sum::<f64>()`, with four independent chains of additions in
+/// flight instead of one, so the adds' latency is hidden.
+#[inline(always)]
+fn plane_sums(planes: [&[f32]; LANES], f: impl Fn(f32, usize) -> f64) -> [f64; LANES] {
+    let mut acc = [std::iter::empty::<f64>().sum::<f64>(); LANES];
+    let len = planes[0].len();
+    let planes = planes.map(|p| &p[..len]);
+    for k in 0..len {
+        for (j, (acc, plane)) in acc.iter_mut().zip(&planes).enumerate() {
+            *acc += f(plane[k], j);
+        }
+    }
+    acc
 }
 
 /// Per-channel mean and biased variance of `[B, C, H, W]`, as `[2, C]` (two passes, in f64).
@@ -154,19 +180,31 @@ impl candle::CustomOp1 for ChannelStats {
     }
 }
 
+/// Per lane, the sum over the `b` images of their planes' [`plane_sums`], from `Sum`'s
+/// starting value: `planes(i)` gives image `i`'s planes of the lanes' channels.
+#[inline(always)]
+fn channel_sums<'a>(
+    b: usize,
+    planes: impl Fn(usize) -> [&'a [f32]; LANES],
+    f: impl Fn(f32, usize) -> f64 + Copy,
+) -> [f64; LANES] {
+    let mut total = [std::iter::empty::<f64>().sum::<f64>(); LANES];
+    for i in 0..b {
+        for (t, s) in total.iter_mut().zip(plane_sums(planes(i), f)) {
+            *t += s;
+        }
+    }
+    total
+}
+
 /// [`ChannelStats`] of a contiguous `[b, c, plane]` slice.
 pub(crate) fn channel_stats(x: &[f32], b: usize, c: usize, plane: usize) -> (CpuStorage, Shape) {
     let n = (b * plane) as f64;
-    per_channel_pairs(c, |ch| {
-        let channel = || (0..b).map(|i| &x[plane_of(i, ch, c, plane)]);
-        let sum: f64 = channel()
-            .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
-            .sum();
-        let mean = sum / n;
-        let sq: f64 = channel()
-            .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
-            .sum();
-        (mean, sq / n)
+    per_channel_pairs(c, |chs| {
+        let planes = |i: usize| chs.map(|ch| &x[plane_of(i, ch, c, plane)]);
+        let mean = channel_sums(b, planes, |v, _| v as f64).map(|sum| sum / n);
+        let sq = channel_sums(b, planes, |v, j| (v as f64 - mean[j]).powi(2));
+        std::array::from_fn(|j| (mean[j], sq[j] / n))
     })
 }
 
@@ -320,6 +358,39 @@ impl Backward {
             ((x - mean) * inv_std, g)
         })
     }
+
+    /// `Σ dy` and `Σ dy·x̂` over one plane of each of the channels `chs` ([`Self::terms`]),
+    /// in f32 from zero, each lane in its plane's order: the bits of one fold per plane, with
+    /// the lanes' chains of additions in flight together.
+    #[inline]
+    fn plane_sums(
+        &self,
+        chs: [usize; LANES],
+        x: [&[f32]; LANES],
+        dy: [&[f32]; LANES],
+        y: [&[f32]; LANES],
+    ) -> ([f32; LANES], [f32; LANES]) {
+        let (mean, inv_std) = (chs.map(|ch| self.mean[ch]), chs.map(|ch| self.inv_std[ch]));
+        let len = x[0].len();
+        let (x, dy, y) = (
+            x.map(|p| &p[..len]),
+            dy.map(|p| &p[..len]),
+            y.map(|p| &p[..len]),
+        );
+        let (mut s, mut sx) = ([0f32; LANES], [0f32; LANES]);
+        for k in 0..len {
+            for j in 0..LANES {
+                // `dy`, or +0.0 where the ReLU clipped, as a mask: a branch here would guess
+                // wrong on about half the elements.
+                let keep = u32::from(self.relu && y[j][k] <= 0.0).wrapping_sub(1);
+                let g = f32::from_bits(dy[j][k].to_bits() & keep);
+                let xhat = (x[j][k] - mean[j]) * inv_std[j];
+                s[j] += g;
+                sx[j] += g * xhat;
+            }
+        }
+        (s, sx)
+    }
 }
 
 /// Arguments x, dy, y, all `[B, C, H, W]`.
@@ -353,18 +424,22 @@ impl CustomOp3 for GradSums<'_> {
     ) -> candle::Result<(CpuStorage, Shape)> {
         let ([x, dy, y], c, plane) = three([(s1, l1), (s2, l2), (s3, l3)])?;
         let b = x.len() / (c * plane);
-        Ok(per_channel_pairs(c, |ch| {
-            let (mut sum, mut sum_xhat) = (0f64, 0f64);
+        Ok(per_channel_pairs(c, |chs| {
+            let (mut sum, mut sum_xhat) = ([0f64; LANES], [0f64; LANES]);
             for i in 0..b {
-                let at = plane_of(i, ch, c, plane);
-                let (s, sx) = self
-                    .0
-                    .terms(ch, &x[at.clone()], &dy[at.clone()], &y[at])
-                    .fold((0f32, 0f32), |(s, sx), (xhat, g)| (s + g, sx + g * xhat));
-                sum += s as f64;
-                sum_xhat += sx as f64;
+                let at = chs.map(|ch| plane_of(i, ch, c, plane));
+                let (s, sx) = self.0.plane_sums(
+                    chs,
+                    at.clone().map(|r| &x[r]),
+                    at.clone().map(|r| &dy[r]),
+                    at.map(|r| &y[r]),
+                );
+                for j in 0..LANES {
+                    sum[j] += s[j] as f64;
+                    sum_xhat[j] += sx[j] as f64;
+                }
             }
-            (sum, sum_xhat)
+            std::array::from_fn(|j| (sum[j], sum_xhat[j]))
         }))
     }
 }
@@ -488,6 +563,71 @@ mod tests {
     }
 
     /// In training each channel comes out with mean β and standard deviation |γ|.
+    #[test]
+    fn channel_sums_in_lanes_are_the_bits_of_one_sum_per_channel() {
+        // Six channels: a full group of four and one that repeats its last channel.
+        let (b, c, plane) = (3, 6, 10);
+        let dev = Device::Cpu;
+        let v = |seed: f32| {
+            Tensor::randn(seed, 1.0, b * c * plane, &dev)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let (x, dy, y) = (v(0.0), v(0.0), v(0.2));
+        let channel = |data: &[f32], ch: usize| {
+            (0..b)
+                .map(|i| data[plane_of(i, ch, c, plane)].to_vec())
+                .collect::<Vec<_>>()
+        };
+        let (CpuStorage::F32(stats), _) = channel_stats(&x, b, c, plane) else {
+            panic!("f32 statistics")
+        };
+        let n = (b * plane) as f64;
+        let backward = Backward {
+            mean: (0..c).map(|ch| ch as f32 * 0.1).collect(),
+            inv_std: (0..c).map(|ch| 1.0 + ch as f32 * 0.2).collect(),
+            relu: true,
+        };
+        let (CpuStorage::F32(grad_sums), _) = GradSums(&backward)
+            .cpu_fwd(
+                &CpuStorage::F32(x.clone()),
+                &Layout::contiguous((b, c, 2, 5)),
+                &CpuStorage::F32(dy.clone()),
+                &Layout::contiguous((b, c, 2, 5)),
+                &CpuStorage::F32(y.clone()),
+                &Layout::contiguous((b, c, 2, 5)),
+            )
+            .unwrap()
+        else {
+            panic!("f32 sums")
+        };
+        for ch in 0..c {
+            let planes = channel(&x, ch);
+            let sum: f64 = planes
+                .iter()
+                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+                .sum();
+            let mean = sum / n;
+            let sq: f64 = planes
+                .iter()
+                .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+                .sum();
+            assert_eq!(stats[ch], mean as f32, "mean of channel {ch}");
+            assert_eq!(stats[c + ch], (sq / n) as f32, "variance of channel {ch}");
+            let (mut s, mut sx) = (0f64, 0f64);
+            for ((px, pdy), py) in planes.iter().zip(channel(&dy, ch)).zip(channel(&y, ch)) {
+                let (a, b) = backward
+                    .terms(ch, px, &pdy, &py)
+                    .fold((0f32, 0f32), |(s, sx), (xhat, g)| (s + g, sx + g * xhat));
+                s += a as f64;
+                sx += b as f64;
+            }
+            assert_eq!(grad_sums[ch], s as f32, "Σ dy of channel {ch}");
+            assert_eq!(grad_sums[c + ch], sx as f32, "Σ dy·x̂ of channel {ch}");
+        }
+    }
+
     #[test]
     fn training_output_has_the_affine_statistics() {
         let dev = Device::Cpu;
