@@ -76,7 +76,8 @@ fn fused(
     Ok(Some(y))
 }
 
-/// What the forward pass keeps for the backward pass.
+/// What the forward pass keeps for the backward passes (as many as are run on the graph).
+#[derive(Clone)]
 struct Saved {
     /// The convolution's output, `[B, O, H', W']`.
     conv_out: Tensor,
@@ -148,7 +149,7 @@ impl CustomOp3 for ConvNorm {
         y: &Tensor,
         dy: &Tensor,
     ) -> candle::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(saved) = self.saved.lock().ok().and_then(|mut s| s.take()) else {
+        let Some(saved) = self.saved.lock().ok().and_then(|s| s.clone()) else {
             candle::bail!("conv + batch norm: no forward pass kept for the backward pass");
         };
         let gamma = gamma_beta.detach().get(0)?;
@@ -225,7 +226,15 @@ mod tests {
                     .unwrap()
                     .reshape(y.shape())
                     .unwrap();
-                let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                let loss = (&y * &up).unwrap().sum_all().unwrap();
+                let grads = loss.backward().unwrap();
+                // The graph can be differentiated again, as candle's own operations allow.
+                let again = loss.backward().unwrap();
+                for v in [&x, &w] {
+                    let grad =
+                        |g: &candle::backprop::GradStore| flat(g.get(v.as_tensor()).unwrap());
+                    assert_eq!(grad(&again), grad(&grads));
+                }
                 let mut all = vec![flat(&y), flat(mean), flat(var)];
                 for v in [&x, &w, &gamma, &beta] {
                     all.push(flat(grads.get(v.as_tensor()).expect("a gradient")));

@@ -210,6 +210,7 @@ pub(crate) fn channel_stats(x: &[f32], b: usize, c: usize, plane: usize) -> (Cpu
 
 /// `y = γ·(x - mean)/σ + β`, then ReLU if `relu`; statistics fixed by the caller. Arguments:
 /// x `[B, C, H, W]`, γ `[C]`, β `[C]`.
+#[derive(Clone)]
 pub(crate) struct Normalize {
     mean: Vec<f32>,
     inv_std: Vec<f32>,
