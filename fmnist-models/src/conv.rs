@@ -1071,20 +1071,22 @@ mod tests {
         assert_eq!(counts, vec![1., 2., 1., 2., 4., 2., 1., 2., 1.]);
     }
 
+    /// (c, h, w, k, stride, pad): "same" widths (the contiguous paths), valid and strided
+    /// convolutions, kernels wider than the image, non-square images.
+    const GEOMETRIES: [(usize, usize, usize, usize, usize, usize); 8] = [
+        (2, 5, 5, 3, 1, 1),
+        (1, 4, 6, 5, 1, 2),
+        (3, 3, 3, 1, 1, 0),
+        (1, 2, 2, 5, 1, 2),
+        (2, 6, 5, 3, 1, 0),
+        (2, 7, 7, 3, 2, 1),
+        (1, 5, 4, 3, 1, 1),
+        (2, 1, 1, 3, 1, 1),
+    ];
+
     #[test]
     fn unfolding_matches_its_definition_for_every_geometry() {
-        // (c, h, w, k, stride, pad): "same" widths (the contiguous path), valid and strided
-        // convolutions, a kernel wider than the image, non-square images.
-        let geometries = [
-            (2, 5, 5, 3, 1, 1),
-            (1, 4, 6, 5, 1, 2),
-            (3, 3, 3, 1, 1, 0),
-            (1, 2, 2, 5, 1, 2),
-            (2, 6, 5, 3, 1, 0),
-            (2, 7, 7, 3, 2, 1),
-            (1, 5, 4, 3, 1, 1),
-        ];
-        for (c, h, w, k, stride, pad) in geometries {
+        for (c, h, w, k, stride, pad) in GEOMETRIES {
             let g = Geometry::new(c, h, w, k, stride, pad).unwrap();
             let b = 2;
             let x: Vec<f32> = (0..b * c * h * w).map(|v| v as f32 + 1.0).collect();
@@ -1129,17 +1131,7 @@ mod tests {
     fn folding_matches_its_definition_for_every_geometry() {
         // The adjoint of the unfolding: every column adds into the input element it was read
         // from, and columns that read padding add nothing. Small integers keep the sums exact.
-        let geometries = [
-            (2, 5, 5, 3, 1, 1),
-            (1, 4, 6, 5, 1, 2),
-            (3, 3, 3, 1, 1, 0),
-            (1, 2, 2, 5, 1, 2),
-            (2, 6, 5, 3, 1, 0),
-            (2, 7, 7, 3, 2, 1),
-            (1, 5, 4, 3, 1, 1),
-            (2, 1, 1, 3, 1, 1),
-        ];
-        for (c, h, w, k, stride, pad) in geometries {
+        for (c, h, w, k, stride, pad) in GEOMETRIES {
             let g = Geometry::new(c, h, w, k, stride, pad).unwrap();
             let b = 2;
             let l = g.columns();
