@@ -48,14 +48,12 @@ impl BatchNorm2d {
 
     /// [`BatchNorm2d::forward_t`] followed by ReLU if `relu`.
     fn normalize(&self, x: &Tensor, train: bool, relu: bool) -> candle::Result<Tensor> {
-        let fused = self.kernels.fuse(x);
-        let Some((gamma, beta)) = self.inner.weight_and_bias().filter(|_| fused) else {
+        let Some((gamma, beta, eps)) = self.fused_parameters(x) else {
             let y = self.inner.forward_t(x, train)?;
             return if relu { y.relu() } else { Ok(y) };
         };
         let x = x.contiguous()?;
         let (b, _, h, w) = x.dims4()?;
-        let eps = self.inner.eps() as f32;
         if !train {
             let op = Normalize::new(
                 self.inner.running_mean().to_vec1::<f32>()?,
@@ -73,7 +71,7 @@ impl BatchNorm2d {
         let n = b * h * w;
         check_count(n)?;
         self.update_running(&mean, &var, n)?;
-        x.apply_op3(gamma, beta, Normalize::new(mean, &var, eps, relu))
+        x.apply_op3(&gamma, &beta, Normalize::new(mean, &var, eps, relu))
     }
 
     /// γ, β and ε where the fused path runs on `x` (which has the layer's channels).
