@@ -76,6 +76,25 @@ impl<'a> RecipeRuns<'a> {
             .collect()
     }
 
+    /// [`RecipeRuns::settings`] as flags (`epochs=40 erase=0.5`, sorted by name): empty for a preset as it is.
+    pub fn settings_text(&self) -> String {
+        let changes: Vec<String> = (self.settings().iter())
+            .map(|c| format!("{}={}", c.flag, c.to))
+            .collect();
+        changes.join(" ")
+    }
+
+    /// The model, followed by what the recipe changes in its preset where it changes anything
+    /// (`resnet erase=0.5`): what tells two recipes of one preset apart in a plot.
+    pub fn label(&self) -> String {
+        let settings = self.settings_text();
+        if settings.is_empty() {
+            self.model.clone()
+        } else {
+            format!("{} {settings}", self.model)
+        }
+    }
+
     /// Accuracy of class `c` over the runs.
     pub fn class_accuracy(&self, c: usize) -> Spread {
         self.spread(|e| e.scores.confusion.per_class()[c].recall)

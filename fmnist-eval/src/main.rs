@@ -464,7 +464,7 @@ fn comparison_rows(groups: &[findings::RecipeRuns]) -> Vec<(String, f64, f64)> {
                 String::new()
             };
             (
-                format!("{} ({}{seeds})", g.model, g.preset),
+                format!("{} ({}{seeds})", g.label(), g.preset),
                 acc.mean,
                 acc.std,
             )

@@ -651,7 +651,7 @@ pub fn write_cross_run_plots(
         .filter_map(|g| {
             let series = presets.iter().position(|&p| p == g.preset)?;
             Some(plots::ModelPoint {
-                label: g.model.clone(),
+                label: g.label(),
                 params: g.runs[0].config.param_count as f64,
                 accuracy: 100.0 * g.test_accuracy().mean,
                 series,
@@ -669,12 +669,12 @@ pub fn write_cross_run_plots(
         .into_iter()
         .zip([files::VALIDATION_STUDY, files::VALIDATION_BEST])
     {
-        // The first seed of each recipe: one line per model.
+        // The first seed of each recipe: one line per model and recipe.
         let lines: Vec<plots::Line> = groups
             .iter()
             .filter(|g| g.preset == preset && !g.runs[0].history.is_empty())
             .map(|g| plots::Line {
-                label: g.model.clone(),
+                label: g.label(),
                 points: (g.runs[0].history.iter())
                     .map(|r| (r.epoch as f64, 100.0 * r.val_acc))
                     .collect(),

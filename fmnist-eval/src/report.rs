@@ -240,17 +240,7 @@ pub fn ensembles_markdown(ensembles: &[EnsembleRecord]) -> String {
 /// mean ± std; in Markdown, each seed links to its run's page.
 pub fn results_table(groups: &[RecipeRuns], links: bool) -> Table {
     // A column of what each recipe changes in its preset, where any does (a sweep's runs).
-    let settings: Vec<String> = groups
-        .iter()
-        .map(|g| {
-            let changes: Vec<String> = g
-                .settings()
-                .iter()
-                .map(|c| format!("{}={}", c.flag, c.to))
-                .collect();
-            changes.join(" ")
-        })
-        .collect();
+    let settings: Vec<String> = groups.iter().map(RecipeRuns::settings_text).collect();
     let with_settings = settings.iter().any(|s| !s.is_empty());
     let mut header = vec!["recipe", "model"];
     if with_settings {

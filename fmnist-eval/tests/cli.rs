@@ -316,15 +316,17 @@ fn test_accuracy(run: &Path) -> f64 {
 fn the_report_leads_with_findings_computed_from_the_runs() {
     let (data, data_dir) = synthetic_data();
     let results = tempfile::tempdir().unwrap();
+    // Two recipes of the cnn's study preset: 2 epochs (two seeds) and 3 epochs (one).
     let runs = [
-        (ModelKind::Cnn, 1, "cnn/seed-1"),
-        (ModelKind::Cnn, 2, "cnn/seed-2"),
-        (ModelKind::Lstm, 1, "lstm/seed-1"),
-        (ModelKind::Lstm, 2, "lstm/seed-2"),
+        (ModelKind::Cnn, 1, "cnn/seed-1", 2),
+        (ModelKind::Cnn, 2, "cnn/seed-2", 2),
+        (ModelKind::Cnn, 1, "cnn-3-epochs/seed-1", 3),
+        (ModelKind::Lstm, 1, "lstm/seed-1", 2),
+        (ModelKind::Lstm, 2, "lstm/seed-2", 2),
     ];
-    for (model, seed, name) in runs {
+    for (model, seed, name, epochs) in runs {
         let mut c = TrainConfig::preset(model, Preset::Study);
-        c.epochs = 2;
+        c.epochs = epochs;
         c.batch_size = 32;
         c.seed = seed;
         let run = results.path().join(name);
@@ -389,4 +391,18 @@ fn the_report_leads_with_findings_computed_from_the_runs() {
         );
     }
     assert!(!report.contains("winner"), "{report}");
+    // The plots tell the two cnn recipes apart by what each changes in the preset.
+    let svg = |name: &str| std::fs::read_to_string(results.path().join(name)).unwrap();
+    let bars = svg("comparison.svg");
+    for label in [
+        "cnn batch-size=32 epochs=2 (study, 2 seeds)",
+        "cnn batch-size=32 epochs=3 (study)",
+    ] {
+        assert!(bars.lines().any(|l| l == label), "{label}\n{bars}");
+    }
+    let points = svg("accuracy_vs_parameters.svg");
+    assert!(
+        points.lines().any(|l| l == "cnn batch-size=32 epochs=3"),
+        "{points}"
+    );
 }
