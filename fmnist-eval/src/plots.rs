@@ -528,10 +528,12 @@ where
     let top = rows.iter().map(|r| r.1 + r.2).fold(0.0f64, f64::max);
     let hi = (100.0 * top + 1.0).ceil().min(100.0);
     let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    // Room for the longest label (about 7 pixels a character at this size).
+    let longest = names.iter().map(|n| n.chars().count()).max().unwrap_or(0) as u32;
     let mut chart = ChartBuilder::on(&root)
         .margin(12)
         .x_label_area_size(35)
-        .y_label_area_size(150)
+        .y_label_area_size(150.max(7 * longest + 12))
         .build_cartesian_2d(100.0 * lo..hi, (0..n - 1).into_segmented())?;
     chart
         .configure_mesh()
