@@ -76,7 +76,8 @@ impl<'a> RecipeRuns<'a> {
             .collect()
     }
 
-    /// [`RecipeRuns::settings`] as flags (`epochs=40 erase=0.5`, sorted by name): empty for a preset as it is.
+    /// [`RecipeRuns::settings`] as flags (`epochs=40 erase=0.5`, sorted by name): empty for a
+    /// preset as it is.
     pub fn settings_text(&self) -> String {
         let changes: Vec<String> = (self.settings().iter())
             .map(|c| format!("{}={}", c.flag, c.to))
