@@ -1,6 +1,7 @@
-//! Ensembles of trained runs: the mean of the members' class probabilities (each member with
-//! its own normalization and test-time augmentation), optionally with the members chosen by
-//! greedy forward selection on the shared validation images, never on the test set.
+//! Ensembles of trained runs: the weighted mean of the members' class probabilities (each
+//! member with its own normalization and test-time augmentation), optionally with the members
+//! and their weights chosen by ensemble selection (Caruana et al., 2004) on the shared
+//! validation images, never on the test set.
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -27,6 +28,10 @@ pub struct Member {
 pub struct MemberRecord {
     pub run: String,
     pub model: String,
+    /// How many times selection picked the run (its weight is `picks` over the ensemble's
+    /// total; 0: not a member). Each run given without selection counts once.
+    #[serde(default)]
+    pub picks: usize,
     pub val_acc: f64,
     pub test_acc: f64,
 }
@@ -35,11 +40,11 @@ pub struct MemberRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnsembleRecord {
     pub name: String,
-    /// The members averaged, in the order they were chosen.
+    /// The members averaged, in the order they were first chosen.
     pub members: Vec<MemberRecord>,
     /// Every run offered (the members are among them).
     pub candidates: Vec<MemberRecord>,
-    /// `validation` (greedy forward selection on validation accuracy) or `given`.
+    /// `validation` (ensemble selection on validation accuracy) or `given`.
     pub chosen_by: String,
     pub val_acc: f64,
     pub test_acc: f64,
@@ -121,29 +126,31 @@ impl Candidates {
         })
     }
 
-    /// The members greedy forward selection on validation accuracy picks, in the order picked.
+    /// The picks of ensemble selection on validation accuracy ([`choose_on_validation`]).
     pub fn choose_on_validation(&self) -> Vec<usize> {
         let val: Vec<&[f32]> = self
             .members
             .iter()
             .map(|m| m.val_probs.as_slice())
             .collect();
-        choose_on_validation(&val, &self.val_labels)
+        let steps = selection_steps(val.len());
+        choose_on_validation(&val, &self.val_labels, steps)
     }
 
-    /// The record of member `i`, scored alone.
-    fn record(&self, i: usize) -> MemberRecord {
+    /// The record of candidate `i`, scored alone, picked `picks` times.
+    fn record(&self, i: usize, picks: usize) -> MemberRecord {
         let m = &self.members[i];
         MemberRecord {
             run: m.name.clone(),
             model: m.config.train.model.kind.to_string(),
+            picks,
             val_acc: score(&log_probs(&m.val_probs), &self.val_labels).accuracy,
             test_acc: score(&log_probs(&m.test_probs), &self.test_labels).accuracy,
         }
     }
 
-    /// The ensemble `name` of the members `chosen` (indices; `chosen_by` says how they were
-    /// picked): its record and its scores.
+    /// The ensemble `name` of the candidates `chosen` (indices, a candidate once per pick:
+    /// its weight; `chosen_by` says how they were picked): its record and its scores.
     pub fn ensemble(
         &self,
         name: &str,
@@ -161,10 +168,19 @@ impl Candidates {
             &part(|m| &m.test_probs),
             &self.test_labels,
         );
+        let picks = |i: usize| chosen.iter().filter(|&&c| c == i).count();
+        let mut members: Vec<usize> = Vec::new();
+        for &i in chosen {
+            if !members.contains(&i) {
+                members.push(i);
+            }
+        }
         let record = EnsembleRecord {
             name: name.to_string(),
-            members: chosen.iter().map(|&i| self.record(i)).collect(),
-            candidates: (0..self.members.len()).map(|i| self.record(i)).collect(),
+            members: members.iter().map(|&i| self.record(i, picks(i))).collect(),
+            candidates: (0..self.members.len())
+                .map(|i| self.record(i, picks(i)))
+                .collect(),
             chosen_by: chosen_by.to_string(),
             val_acc: scores.gap.val.accuracy,
             test_acc: scores.gap.test.accuracy,
@@ -191,38 +207,51 @@ fn log_probs(probs: &[f32]) -> Vec<f32> {
     probs.iter().map(|p| p.max(1e-12).ln()).collect()
 }
 
-/// Greedy forward selection: start from the member best on validation, then add, one at a
-/// time, the member that raises the ensemble's validation accuracy most; stop when none
-/// does. Ties go to the lower validation loss, then to the earlier candidate. Returns the
-/// indices of the chosen members, in the order they were chosen.
-pub fn choose_on_validation(val_probs: &[&[f32]], val_labels: &[u8]) -> Vec<usize> {
-    let judge = |chosen: &[usize]| {
-        let probs: Vec<&[f32]> = chosen.iter().map(|&i| val_probs[i]).collect();
-        score(&log_probs(&mean(&probs)), val_labels)
-    };
+/// Ensemble selection with replacement (Caruana et al., 2004, "Ensemble selection from
+/// libraries of models"): start from the candidate best on validation, then add, one pick at
+/// a time, the candidate (a member again, or a new one) whose addition scores best on
+/// validation, for `steps` picks, even through picks that do not raise the score; the
+/// ensemble is the best prefix of that path (the shortest among equals). Picking a member
+/// again raises its weight, so the path can reach mixtures an equal-weight average cannot.
+/// Scores compare by accuracy, then by a loss lower by more than [`LOSS_TOLERANCE`] (the same
+/// mixture reached in two ways differs only in rounding), then the earlier candidate wins.
+/// Returns the picks, a candidate once per pick, in the order picked.
+pub fn choose_on_validation(val_probs: &[&[f32]], val_labels: &[u8], steps: usize) -> Vec<usize> {
     let better = |a: &Score, b: &Score| {
-        a.accuracy > b.accuracy || (a.accuracy == b.accuracy && a.loss < b.loss)
+        a.accuracy > b.accuracy || (a.accuracy == b.accuracy && a.loss < b.loss - LOSS_TOLERANCE)
     };
-    let mut chosen: Vec<usize> = Vec::new();
-    let mut best: Option<Score> = None;
-    loop {
+    let mut sum = vec![0f32; val_probs[0].len()];
+    let mut picks: Vec<usize> = Vec::new();
+    let mut best: Option<(usize, Score)> = None;
+    for _ in 0..steps {
+        let n = (picks.len() + 1) as f32;
         let mut step: Option<(usize, Score)> = None;
-        for i in (0..val_probs.len()).filter(|i| !chosen.contains(i)) {
-            let mut trial = chosen.clone();
-            trial.push(i);
-            let s = judge(&trial);
+        for (i, probs) in val_probs.iter().enumerate() {
+            let trial: Vec<f32> = sum.iter().zip(*probs).map(|(s, p)| (s + p) / n).collect();
+            let s = score(&log_probs(&trial), val_labels);
             if step.as_ref().is_none_or(|(_, b)| better(&s, b)) {
                 step = Some((i, s));
             }
         }
-        match step {
-            Some((i, s)) if best.as_ref().is_none_or(|b| better(&s, b)) => {
-                chosen.push(i);
-                best = Some(s);
-            }
-            _ => return chosen,
+        let Some((i, s)) = step else { break };
+        sum.iter_mut().zip(val_probs[i]).for_each(|(s, p)| *s += p);
+        picks.push(i);
+        if best.as_ref().is_none_or(|(_, b)| better(&s, b)) {
+            best = Some((picks.len(), s));
         }
     }
+    picks.truncate(best.map_or(0, |(len, _)| len));
+    picks
+}
+
+/// The least drop in validation loss that makes one ensemble better than another of the same
+/// accuracy.
+const LOSS_TOLERANCE: f64 = 1e-6;
+
+/// How many picks ensemble selection makes among `candidates` runs: twice their number, so
+/// that each could be picked twice, and at least 10.
+pub fn selection_steps(candidates: usize) -> usize {
+    (2 * candidates).max(10)
 }
 
 /// Reads every `ensemble.json` in the folders directly under `results`, sorted by name.
@@ -248,7 +277,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn greedy_selection_by_hand() {
+    fn selection_by_hand() {
         // Three images of classes 0, 1, 0; two classes. Member a is right on images 0 and 1,
         // b on images 0 and 2, c only on image 1.
         let a = [0.9f32, 0.1, 0.4, 0.6, 0.4, 0.6];
@@ -257,15 +286,43 @@ mod tests {
         let labels = [0u8, 1, 0];
         // Alone: a 2/3 (loss 0.511), b 2/3 (loss 0.595), c 1/3: a first. a+b: image 1 at
         // (0.525, 0.475) is wrong, 2/3 with loss 0.514; a+c: image 2 wrong, 2/3 with loss
-        // 0.778. Neither is better than a alone.
-        assert_eq!(choose_on_validation(&[&a, &b, &c], &labels), vec![0]);
-        // d is right on all three: chosen first, and b only adds loss.
+        // 0.778; a again: a's score. So a again, then, after a+a, 2a+b gets image 0 at 0.8,
+        // image 1 at (0.483, 0.517) and image 2 at 0.533: all three right.
+        assert_eq!(choose_on_validation(&[&a, &b, &c], &labels, 1), vec![0]);
+        assert_eq!(choose_on_validation(&[&a, &b, &c], &labels, 2), vec![0]);
+        assert_eq!(
+            choose_on_validation(&[&a, &b, &c], &labels, 3),
+            vec![0, 0, 1]
+        );
+        // d is right on all three: chosen first; b+d is right on all three too but with a
+        // higher loss (0.372 against 0.228), so every later pick is d again and the best
+        // prefix is d alone.
         let d = [0.8f32, 0.2, 0.1, 0.9, 0.7, 0.3];
-        assert_eq!(choose_on_validation(&[&b, &d], &labels), vec![1]);
+        assert_eq!(choose_on_validation(&[&b, &d], &labels, 10), vec![1]);
         let e = [0.7f32, 0.3, 0.45, 0.55, 0.45, 0.55];
         // b alone 2/3 (loss 0.595), e alone 2/3 (loss 0.585): e first. e+b: 2/3 again, but
         // with loss 0.567: an equal accuracy at a lower loss counts, so b joins.
-        assert_eq!(choose_on_validation(&[&b, &e], &labels), vec![1, 0]);
+        assert_eq!(choose_on_validation(&[&b, &e], &labels, 2), vec![1, 0]);
+    }
+
+    #[test]
+    fn weights_follow_the_picks() {
+        // Two classes, every image of class 0. a is right on images 0 and 1 (0.9) and wrong on
+        // 2 (0.3); b only on image 2 (1.0). Equal weights get images 0 and 1 wrong (0.45);
+        // a at 2/3 and b at 1/3 get all three: 0.6, 0.6 and 0.533.
+        let a = [0.9f32, 0.1, 0.9, 0.1, 0.3, 0.7];
+        let b = [0.0f32, 1.0, 0.0, 1.0, 1.0, 0.0];
+        let labels = [0u8, 0, 0];
+        let picks = choose_on_validation(&[&a, &b], &labels, 3);
+        assert_eq!(picks, vec![0, 0, 1]);
+        let chosen: Vec<&[f32]> = picks.iter().map(|&i| [&a[..], &b[..]][i]).collect();
+        let m = mean(&chosen);
+        for (got, want) in m.iter().step_by(2).zip([0.6f32, 0.6, 1.6 / 3.0]) {
+            assert!((got - want).abs() < 1e-6, "{m:?}");
+        }
+        assert_eq!(score(&log_probs(&m), &labels).accuracy, 1.0);
+        assert_eq!(selection_steps(3), 10);
+        assert_eq!(selection_steps(12), 24);
     }
 
     #[test]

@@ -44,6 +44,9 @@ struct Cli {
     /// Device to evaluate on.
     #[arg(long, value_enum, default_value_t, global = true)]
     device: DeviceChoice,
+    /// CPU threads, at least 1 (default: candle's choice, the physical cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(flatten)]
     data: DataArgs,
 }
@@ -119,8 +122,12 @@ struct EnsembleArgs {
     /// Name of the ensemble: its folder under --results.
     #[arg(long)]
     name: String,
-    /// Keep only the runs that greedy forward selection on validation accuracy picks (the test
-    /// set plays no part in the choice). Without it every run is a member.
+    /// Choose the members and their weights by ensemble selection on validation accuracy
+    /// (Caruana et al., 2004): from the best run alone, add one run at a time, a member again
+    /// or a new one, whichever scores best on validation, for twice as many picks as runs (at
+    /// least 10), and keep the best ensemble on that path; a run picked twice counts twice.
+    /// The test set plays no part in the choice. Without it every run is a member, weighted
+    /// equally.
     #[arg(long)]
     choose_on_val: bool,
     /// Skip the plots.
@@ -170,6 +177,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    fmnist_train::device::set_threads(cli.threads)?;
     let (device, _) = select_device(cli.device)?;
     match &cli.command {
         Some(Command::Predict(args)) => return predict(args, &cli.results, &device),

@@ -528,12 +528,17 @@ where
     let top = rows.iter().map(|r| r.1 + r.2).fold(0.0f64, f64::max);
     let hi = (100.0 * top + 1.0).ceil().min(100.0);
     let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
-    // Room for the longest label (about 7 pixels a character at this size).
-    let longest = names.iter().map(|n| n.chars().count()).max().unwrap_or(0) as u32;
+    let label_style = (FONT, 13).into_text_style(&root);
+    // Room for the widest label, as the font measures it.
+    let mut widest = 0;
+    for name in &names {
+        let (w, _) = root.estimate_text_size(name, &label_style)?;
+        widest = widest.max(w);
+    }
     let mut chart = ChartBuilder::on(&root)
         .margin(12)
         .x_label_area_size(35)
-        .y_label_area_size(150.max(7 * longest + 12))
+        .y_label_area_size(150.max(widest + 16))
         .build_cartesian_2d(100.0 * lo..hi, (0..n - 1).into_segmented())?;
     chart
         .configure_mesh()
@@ -541,7 +546,7 @@ where
         .y_labels(n)
         .light_line_style(WHITE.mix(0.0))
         .x_desc("test accuracy (%)")
-        .label_style((FONT, 13))
+        .label_style(label_style.clone())
         .axis_desc_style((FONT, 14))
         .y_label_formatter(&|v| class_label(&names, v, true))
         .draw()?;
@@ -666,6 +671,89 @@ pub struct ModelPoint {
     pub series: usize,
 }
 
+/// Where a point's label goes: its box in pixels (top-left corner, width, height), and
+/// whether it left its place beside the point (a leader line then joins them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabelBox {
+    pub x0: i32,
+    pub y0: i32,
+    pub w: i32,
+    pub h: i32,
+    pub moved: bool,
+}
+
+impl LabelBox {
+    fn overlaps(&self, o: &LabelBox) -> bool {
+        self.x0 < o.x0 + o.w
+            && o.x0 < self.x0 + self.w
+            && self.y0 < o.y0 + o.h
+            && o.y0 < self.y0 + self.h
+    }
+}
+
+/// Radius in pixels of a point on the accuracy-against-parameters plot.
+const POINT_RADIUS: i32 = 6;
+
+/// Places the labels of points at `centres` (pixels), of `sizes` (width, height), inside an
+/// area of `bounds` pixels: topmost point first, each label where it overlaps neither a
+/// label placed before it nor any point. Its first choice is beside its point on the right,
+/// centred on it; then one, two, ... four line heights below or above (alternating), then
+/// the same on the left. A label with no free place stays beside its point.
+pub fn place_labels(
+    centres: &[(i32, i32)],
+    sizes: &[(i32, i32)],
+    bounds: (i32, i32),
+) -> Vec<LabelBox> {
+    let gap = POINT_RADIUS + 4;
+    let dots: Vec<LabelBox> = centres
+        .iter()
+        .map(|&(x, y)| LabelBox {
+            x0: x - POINT_RADIUS,
+            y0: y - POINT_RADIUS,
+            w: 2 * POINT_RADIUS,
+            h: 2 * POINT_RADIUS,
+            moved: false,
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..centres.len()).collect();
+    order.sort_by_key(|&i| (centres[i].1, centres[i].0));
+    let mut placed: Vec<(usize, LabelBox)> = Vec::with_capacity(centres.len());
+    for i in order {
+        let ((x, y), (w, h)) = (centres[i], sizes[i]);
+        let home = LabelBox {
+            x0: x + gap,
+            y0: y - h / 2,
+            w,
+            h,
+            moved: false,
+        };
+        let free = |b: &LabelBox| {
+            b.x0 >= 0
+                && b.y0 >= 0
+                && b.x0 + b.w <= bounds.0
+                && b.y0 + b.h <= bounds.1
+                && !dots.iter().any(|d| d.overlaps(b))
+                && !placed.iter().any(|(_, p)| p.overlaps(b))
+        };
+        let shifts = [0, 1, -1, 2, -2, 3, -3, 4, -4];
+        let chosen = [x + gap, x - gap - w]
+            .into_iter()
+            .flat_map(|x0| shifts.map(|k| (x0, k)))
+            .map(|(x0, k)| LabelBox {
+                x0,
+                y0: home.y0 + k * (h + 1),
+                w,
+                h,
+                moved: k != 0,
+            })
+            .find(|b| free(b))
+            .unwrap_or(home);
+        placed.push((i, chosen));
+    }
+    placed.sort_by_key(|&(i, _)| i);
+    placed.into_iter().map(|(_, b)| b).collect()
+}
+
 /// Test accuracy against parameter count (log scale), one series per recipe.
 pub fn accuracy_vs_parameters(
     stem: &Path,
@@ -729,17 +817,47 @@ where
         chart
             .draw_series(
                 mine.iter()
-                    .map(|p| Circle::new((p.params, p.accuracy), 6, color.filled())),
+                    .map(|p| Circle::new((p.params, p.accuracy), POINT_RADIUS, color.filled())),
             )?
             .label(name.to_string())
             .legend(move |(x, y)| Circle::new((x + 10, y), 6, color.filled()));
-        chart.draw_series(mine.iter().map(|p| {
-            Text::new(
-                p.label.clone(),
-                (p.params * 1.08, p.accuracy + 0.12),
-                (FONT, 13).into_font().color(&color.mix(0.9)),
-            )
-        }))?;
+    }
+    // Labels in pixels of the plotting area, each placed where it overlaps no other label
+    // and no point.
+    let area = chart.plotting_area().strip_coord_spec();
+    let (xs, ys) = chart.plotting_area().get_pixel_range();
+    let at = |p: &ModelPoint| {
+        let (x, y) = chart.backend_coord(&(p.params, p.accuracy));
+        (x - xs.start, y - ys.start)
+    };
+    let centres: Vec<(i32, i32)> = points.iter().map(at).collect();
+    let style = (FONT, 13).into_text_style(&area);
+    let mut sizes = Vec::with_capacity(points.len());
+    for p in points {
+        let (w, h) = area.estimate_text_size(&p.label, &style)?;
+        sizes.push((w as i32, h as i32));
+    }
+    let bounds = (xs.end - xs.start, ys.end - ys.start);
+    let labels = place_labels(&centres, &sizes, bounds);
+    for ((p, &(px, py)), label) in points.iter().zip(&centres).zip(labels) {
+        let color = PALETTE[p.series % PALETTE.len()].mix(0.9);
+        if label.moved {
+            let x = if label.x0 > px {
+                label.x0 - 2
+            } else {
+                label.x0 + label.w + 2
+            };
+            let end = (x, label.y0 + label.h / 2);
+            area.draw(&PathElement::new(
+                vec![(px, py), end],
+                color.stroke_width(1),
+            ))?;
+        }
+        area.draw(&Text::new(
+            p.label.clone(),
+            (label.x0, label.y0),
+            (FONT, 13).into_font().color(&color),
+        ))?;
     }
     chart
         .configure_series_labels()
@@ -749,4 +867,56 @@ where
         .label_font((FONT, 14))
         .draw()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_of_stacked_points_move_apart() {
+        // Three points 5 px apart, labels 80x12: the top one keeps its place to the right
+        // (centred on it), the next ones step down a line height (13 px) at a time, past
+        // the labels placed before them, and get leader lines.
+        let centres = [(100, 50), (100, 55), (100, 60)];
+        let sizes = [(80, 12); 3];
+        let boxes = place_labels(&centres, &sizes, (400, 300));
+        let right = 100 + POINT_RADIUS + 4;
+        let at = |y0, moved| LabelBox {
+            x0: right,
+            y0,
+            w: 80,
+            h: 12,
+            moved,
+        };
+        assert_eq!(boxes[0], at(44, false));
+        // Beside the second point (y0 49) it would overlap the first label; one line down
+        // (62) is free.
+        assert_eq!(boxes[1], at(62, true));
+        // Beside the third (54) and one line down (67) overlap; one line up (41) overlaps
+        // the first; two lines down (80) is free.
+        assert_eq!(boxes[2], at(80, true));
+        for (i, a) in boxes.iter().enumerate() {
+            for b in &boxes[i + 1..] {
+                assert!(!a.overlaps(b), "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_label_at_the_right_edge_goes_left() {
+        // No room on the right of a point 20 px from the edge: the label goes to its left.
+        let boxes = place_labels(&[(380, 100)], &[(60, 12)], (400, 300));
+        let gap = POINT_RADIUS + 4;
+        assert_eq!(
+            boxes[0],
+            LabelBox {
+                x0: 380 - gap - 60,
+                y0: 94,
+                w: 60,
+                h: 12,
+                moved: false
+            }
+        );
+    }
 }

@@ -171,7 +171,7 @@ pub fn ensemble_text(r: &EnsembleRecord, s: &Scores) -> String {
         r.name,
         r.members.len(),
         if r.chosen_by == "validation" {
-            "chosen on validation accuracy"
+            "chosen and weighted on validation accuracy"
         } else {
             "as given"
         }
@@ -192,20 +192,33 @@ pub fn ensemble_text(r: &EnsembleRecord, s: &Scores) -> String {
     out
 }
 
-/// The candidates of an ensemble, whether each is a member, and each one's scores alone.
+/// The candidates of an ensemble, each one's weight in it (its picks over all picks; "-":
+/// not a member) and its scores alone.
 fn ensemble_members_table(r: &EnsembleRecord) -> Table {
-    let mut t = Table::new(["run", "model", "member", "val acc alone", "test acc alone"]);
+    let mut t = Table::new(["run", "model", "weight", "val acc alone", "test acc alone"]);
+    let total: usize = r.members.iter().map(|m| m.picks).sum();
     for c in &r.candidates {
-        let member = r.members.iter().any(|m| m.run == c.run);
         t.push([
             c.run.clone(),
             c.model.clone(),
-            if member { "yes" } else { "no" }.to_string(),
+            if c.picks == 0 {
+                "-".to_string()
+            } else {
+                format!("{}/{total}", c.picks)
+            },
             pct(c.val_acc),
             pct(c.test_acc),
         ]);
     }
     t
+}
+
+/// A member as the report lists it: its run, with `×N` where selection picked it N > 1 times.
+fn member_text(m: &crate::ensemble::MemberRecord) -> String {
+    match m.picks {
+        0 | 1 => m.run.clone(),
+        n => format!("{} ×{n}", m.run),
+    }
 }
 
 /// The ensembles' rows of the report: members, validation and test accuracy.
@@ -221,7 +234,7 @@ pub fn ensembles_markdown(ensembles: &[EnsembleRecord]) -> String {
         "garment-group acc",
     ]);
     for r in ensembles {
-        let members: Vec<&str> = r.members.iter().map(|m| m.run.as_str()).collect();
+        let members: Vec<String> = r.members.iter().map(member_text).collect();
         t.push([
             format!("[{0}]({0}/)", r.name),
             members.join(", "),

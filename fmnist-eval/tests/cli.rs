@@ -53,6 +53,10 @@ fn an_empty_results_folder_says_what_to_run() {
         std::fs::read_dir(dir.path()).unwrap().next().is_none(),
         "wrote into an empty results folder"
     );
+    let out = eval(&["--results", dir.path().to_str().unwrap(), "--threads", "0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--threads must be at least 1"), "{err}");
 }
 
 fn write_data(dir: &Path, data: &FashionMnist) {
@@ -150,7 +154,7 @@ fn an_ensemble_averages_its_members_and_joins_the_report() {
     );
     let mut ens: Vec<String> = ["--results", &root, "ensemble"].map(String::from).to_vec();
     ens.extend([format!("{root}/mlp"), format!("{root}/mlp-bn")]);
-    ens.extend(["--name", "both", "--no-plots"].map(String::from));
+    ens.extend(["--name", "both", "--no-plots", "--threads", "1"].map(String::from));
     ens.extend(data_flags(data_dir.path()));
     let out = eval(&ens.iter().map(String::as_str).collect::<Vec<_>>());
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -173,6 +177,9 @@ fn an_ensemble_averages_its_members_and_joins_the_report() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("ensemble.json")).unwrap()).unwrap();
     assert_eq!(record["members"].as_array().unwrap().len(), 2);
     assert_eq!(record["chosen_by"], "given");
+    for member in record["members"].as_array().unwrap() {
+        assert_eq!(member["picks"], 1, "{member}");
+    }
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(record["test_acc"], metrics["gap"]["test"]["accuracy"]);
@@ -180,6 +187,9 @@ fn an_ensemble_averages_its_members_and_joins_the_report() {
         serde_json::from_value(metrics["garment_groups"]["confusion"].clone()).unwrap();
     assert_eq!(groups.iter().flatten().sum::<u64>(), 200);
     assert!(stdout.contains("== ensemble both: 2 members"), "{stdout}");
+    // Each run given counts once: weight 1/2.
+    let weighted = stdout.lines().filter(|l| l.contains(" 1/2 ")).count();
+    assert_eq!(weighted, 2, "{stdout}");
 
     // The next evaluation lists the ensemble in the report.
     let again = eval(&args.iter().map(String::as_str).collect::<Vec<_>>());
