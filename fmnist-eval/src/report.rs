@@ -310,15 +310,25 @@ pub fn results_table(groups: &[RecipeRuns], links: bool) -> Table {
                 100.0 * g.spread(|e| e.scores.calibration.ece).mean
             ),
             format!("{:.0}", epochs.mean),
-            thousands(
-                g.spread(|e| e.summary.as_ref().map_or(f64::NAN, |s| s.train_seconds))
-                    .mean,
-            ),
+            mean_training_time(g),
             thousands(g.spread(|e| e.inference_images_per_second).mean),
         ]);
         t.push(row);
     }
     t
+}
+
+/// The mean training time of a recipe's runs that recorded one (a run stopped before its
+/// end has no summary), or "-" where none did.
+fn mean_training_time(g: &RecipeRuns) -> String {
+    let times: Vec<f64> = (g.runs.iter())
+        .filter_map(|e| e.summary.as_ref().map(|s| s.train_seconds))
+        .collect();
+    if times.is_empty() {
+        "-".to_string()
+    } else {
+        thousands(times.iter().sum::<f64>() / times.len() as f64)
+    }
 }
 
 /// Per-class test accuracy, mean ± std over the seeds of each recipe that has several.

@@ -342,6 +342,10 @@ fn the_report_leads_with_findings_computed_from_the_runs() {
         let run = results.path().join(name);
         fmnist_train::train(&c, &data, &run, &Device::Cpu, &RunOptions::default()).unwrap();
     }
+    // Runs copied without their summary (as a stopped run has none) have no training time.
+    for name in ["cnn-3-epochs/seed-1", "lstm/seed-2"] {
+        std::fs::remove_file(results.path().join(name).join("summary.json")).unwrap();
+    }
     let mut args: Vec<String> = ["--results", results.path().to_str().unwrap()]
         .map(String::from)
         .to_vec();
@@ -401,6 +405,27 @@ fn the_report_leads_with_findings_computed_from_the_runs() {
         );
     }
     assert!(!report.contains("winner"), "{report}");
+    // A recipe's training time is the mean over the runs that recorded one, "-" for none.
+    assert!(!report.contains("NaN"), "{report}");
+    let row = |run: &str| {
+        report
+            .lines()
+            .find(|l| l.contains(run))
+            .unwrap()
+            .to_string()
+    };
+    let no_time = row("[1](cnn-3-epochs/seed-1/REPORT.md)");
+    assert!(no_time.contains("| 3 | - |"), "{no_time}");
+    let lstm_time = row("[1](lstm/seed-1/REPORT.md)");
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(results.path().join("lstm/seed-1/summary.json")).unwrap(),
+    )
+    .unwrap();
+    let seconds = summary["train_seconds"].as_f64().unwrap();
+    assert!(
+        lstm_time.contains(&format!("| 2 | {seconds:.0} |")),
+        "{seconds} {lstm_time}"
+    );
     // The plots tell the two cnn recipes apart by what each changes in the preset.
     let svg = |name: &str| std::fs::read_to_string(results.path().join(name)).unwrap();
     let bars = svg("comparison.svg");
