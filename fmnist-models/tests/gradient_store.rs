@@ -21,7 +21,10 @@ fn gradients_of_a_tensor_used_twice_add_up() {
     // y = sum(2x + 3x·x): dy/dx = 2 + 6x.
     let x = Var::new(&[1.0f32, -0.5, 2.0], &Device::Cpu).unwrap();
     let twice = x.affine(2.0, 0.0).unwrap();
-    let square = (x.as_tensor() * x.as_tensor()).unwrap().affine(3.0, 0.0).unwrap();
+    let square = (x.as_tensor() * x.as_tensor())
+        .unwrap()
+        .affine(3.0, 0.0)
+        .unwrap();
     let y = (twice + square).unwrap().sum_all().unwrap();
     let grads = y.backward().unwrap();
     let g: Vec<f32> = grads.get(&x).unwrap().to_vec1().unwrap();

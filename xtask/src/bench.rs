@@ -413,7 +413,7 @@ fn markdown(r: &Report) -> String {
         .collect();
     if !counted.is_empty() {
         s.push_str("\n## Tensor operations per training step\n\n");
-        s.push_str("Counted on candle's graph of one step (`fmnist-bench`, field `step_ops`): on a GPU each operation is at least one kernel launch, so this is a step's launch budget. Backward counts the gradient operations and the zero-filled buffer candle starts for each tensor that receives a gradient; the optimizer counts its update's operations, one gather per group and one copy into each parameter.\n\n");
+        s.push_str("Counted on candle's graph of one step (`fmnist-bench`, field `step_ops`): on a GPU each operation is at least one kernel launch, so this is a step's launch budget. Backward counts the gradient operations (with the patched candle-core a tensor's first gradient is stored as it is, with no zero-filled buffer or add); the optimizer counts its update's operations, one gather per group and one copy into each parameter.\n\n");
         s.push_str("| model | implementation | forward | backward | optimizer | total |\n");
         s.push_str("|---|---|---:|---:|---:|---:|\n");
         for (row, ops) in counted {
