@@ -1073,7 +1073,7 @@ mod tests {
 
     /// (c, h, w, k, stride, pad): "same" widths (the contiguous paths), valid and strided
     /// convolutions, kernels wider than the image, non-square images.
-    const GEOMETRIES: [(usize, usize, usize, usize, usize, usize); 8] = [
+    const GEOMETRIES: [(usize, usize, usize, usize, usize, usize); 10] = [
         (2, 5, 5, 3, 1, 1),
         (1, 4, 6, 5, 1, 2),
         (3, 3, 3, 1, 1, 0),
@@ -1082,6 +1082,8 @@ mod tests {
         (2, 7, 7, 3, 2, 1),
         (1, 5, 4, 3, 1, 1),
         (2, 1, 1, 3, 1, 1),
+        (2, 7, 7, 1, 2, 0),
+        (1, 8, 7, 3, 3, 1),
     ];
 
     #[test]
