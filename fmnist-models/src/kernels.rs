@@ -38,6 +38,30 @@ pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
 }
 
+/// The vector instructions [`simd`] picks on this CPU, as a person names them ("AVX-512",
+/// "AVX2+FMA", "SSE2", "NEON"): the fused kernels' speed depends on it, their results do not.
+pub fn vector_instructions() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match pulp::Arch::new() {
+            pulp::Arch::V4(_) => "AVX-512",
+            pulp::Arch::V3(_) => "AVX2+FMA",
+            _ => "SSE2",
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        match pulp::Arch::new() {
+            pulp::Arch::Neon(_) => "NEON",
+            _ => "scalar",
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "scalar"
+    }
+}
+
 /// The first `len` elements of `v`, grown to hold them: a scratch buffer kept from call to
 /// call, whose elements the caller writes before it reads them.
 pub(crate) fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {

@@ -83,19 +83,37 @@ pub fn cpu_threads() -> usize {
     candle::utils::get_num_threads()
 }
 
-/// The CPU model (from /proc/cpuinfo where there is one), logical cores and OS.
+/// The CPU model (from /proc/cpuinfo where there is one, with its family and model numbers,
+/// which tell CPU generations apart that share a name), logical cores, OS and the vector
+/// instructions the fused kernels run, e.g. "AMD EPYC (family 25, model 1), 2 cores, linux,
+/// AVX2+FMA".
 pub fn machine_description() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpu_name(&cpuinfo).unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{cpu}, {cores} cores, {}", std::env::consts::OS)
+    format!(
+        "{cpu}, {cores} cores, {}, {}",
+        std::env::consts::OS,
+        fmnist_models::kernels::vector_instructions()
+    )
+}
+
+/// "model name (family F, model M)" from the first processor of a /proc/cpuinfo text, or the
+/// name alone where the numbers are missing; `None` without a model name.
+fn cpu_name(cpuinfo: &str) -> Option<String> {
+    let field = |key: &str| {
+        cpuinfo
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .find(|l| l.split(':').next().map(str::trim) == Some(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let name = field("model name")?;
+    Some(match (field("cpu family"), field("model")) {
+        (Some(family), Some(model)) => format!("{name} (family {family}, model {model})"),
+        _ => name,
+    })
 }
 
 /// The short hash of the commit this binary was built from, `-dirty` if its sources differed
@@ -107,6 +125,22 @@ pub fn git_commit() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_name_carries_family_and_model_of_the_first_processor() {
+        let info = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n\
+                    model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\n\
+                    model name\t: Other\n";
+        assert_eq!(
+            cpu_name(info).as_deref(),
+            Some("AMD EPYC (family 25, model 1)")
+        );
+        assert_eq!(
+            cpu_name("model name\t: Some CPU\n").as_deref(),
+            Some("Some CPU")
+        );
+        assert_eq!(cpu_name("processor\t: 0\n"), None);
+    }
 
     #[test]
     fn zero_threads_is_an_error_not_a_default() {

@@ -150,6 +150,9 @@ struct Report {
     machine: String,
     commit: String,
     command: String,
+    /// The repeats asked for and those done: fewer when the run was stopped early.
+    repeats_planned: usize,
+    repeats_done: usize,
     rows: Vec<Row>,
     measurements: Vec<Measurement>,
 }
@@ -206,8 +209,26 @@ impl Bench {
                     measurements.push(m);
                 }
             }
+            // Written after every repeat, so that a run stopped early keeps what it measured.
+            let table = self.write_report(&measurements, repeat)?;
+            if repeat == self.repeats {
+                println!("\n{table}");
+            }
         }
-        let rows = medians(&measurements);
+        println!(
+            "xtask: wrote {}",
+            root.join(&self.results).join("BENCH.md").display()
+        );
+        Ok(())
+    }
+
+    /// Writes bench.json and BENCH.md from the measurements of the first `repeats_done`
+    /// repeats, and returns the Markdown.
+    fn write_report(
+        &self,
+        measurements: &[Measurement],
+        repeats_done: usize,
+    ) -> anyhow::Result<String> {
         let told = |f: fn(&Measurement) -> Option<String>| {
             measurements
                 .iter()
@@ -218,11 +239,13 @@ impl Bench {
             machine: told(|m| m.machine.clone()),
             commit: told(|m| m.commit.clone()),
             command: self.command_line(),
-            rows,
-            measurements,
+            repeats_planned: self.repeats,
+            repeats_done,
+            rows: medians(measurements),
+            measurements: measurements.to_vec(),
         };
         let table = markdown(&report);
-        println!("\n{table}");
+        let root = project_root();
         let results = root.join(&self.results);
         std::fs::create_dir_all(&results)?;
         write_atomic(
@@ -239,13 +262,12 @@ impl Bench {
             })
             .unwrap_or_default();
         let text = if serving.is_empty() {
-            table
+            table.clone()
         } else {
             format!("{}\n\n{serving}", table.trim_end())
         };
         write_atomic(&bench_md, text.as_bytes())?;
-        println!("xtask: wrote {}", results.join("BENCH.md").display());
-        Ok(())
+        Ok(table)
     }
 
     fn measure(
@@ -352,6 +374,13 @@ fn markdown(r: &Report) -> String {
         "- Medians of {} interleaved repeats; training images/s over the timed steps (batch assembly included); inference over the 10,000 test images in chunks of 1,000; peak RSS of the whole process.\n",
         r.rows.first().map_or(0, |row| row.repeats)
     );
+    if r.repeats_done < r.repeats_planned {
+        let _ = writeln!(
+            s,
+            "- **Incomplete**: {} of the {} repeats asked for; the run stopped before the rest.\n",
+            r.repeats_done, r.repeats_planned
+        );
+    }
     // Ratios to each peer that has rows: training, inference and peak memory.
     let peers: Vec<(&str, &str)> = [Peer::Pytorch, Peer::Keras]
         .map(|p| (p.info().name, p.info().label))
@@ -483,6 +512,8 @@ mod tests {
             machine: "test".into(),
             commit: "abc".into(),
             command: "cargo xtask bench".into(),
+            repeats_planned: 3,
+            repeats_done: 3,
             rows,
             measurements: ms.clone(),
         });
@@ -495,6 +526,21 @@ mod tests {
         assert!(
             table.contains("| cnn | pytorch-2 | 2000 | 24.0 | 2000 | 1000 | 0.30 | - | - | - |")
         );
+        assert!(!table.contains("Incomplete"), "{table}");
+        // A run stopped early says how far it got.
+        let partial = markdown(&Report {
+            machine: "test".into(),
+            commit: "abc".into(),
+            command: "cargo xtask bench".into(),
+            repeats_planned: 5,
+            repeats_done: 3,
+            rows: medians(&ms),
+            measurements: ms.clone(),
+        });
+        assert!(
+            partial.contains("- **Incomplete**: 3 of the 5 repeats asked for;"),
+            "{partial}"
+        );
         // A second peer adds its three columns to every row.
         let mut two = ms.clone();
         two.push(m("keras-3.12.0-jax-0.8.1", "cnn", 4000.0, 10000.0, 900.0));
@@ -502,6 +548,8 @@ mod tests {
             machine: "test".into(),
             commit: "abc".into(),
             command: "cargo xtask bench".into(),
+            repeats_planned: 3,
+            repeats_done: 3,
             rows: medians(&two),
             measurements: two,
         });
