@@ -150,9 +150,8 @@ struct Report {
     machine: String,
     commit: String,
     command: String,
-    /// The repeats asked for and those done: fewer when the run was stopped early.
+    /// The repeats asked for; the rows hold fewer when the run was stopped early.
     repeats_planned: usize,
-    repeats_done: usize,
     rows: Vec<Row>,
     measurements: Vec<Measurement>,
 }
@@ -210,7 +209,7 @@ impl Bench {
                 }
             }
             // Written after every repeat, so that a run stopped early keeps what it measured.
-            let table = self.write_report(&measurements, repeat)?;
+            let table = self.write_report(&measurements)?;
             if repeat == self.repeats {
                 println!("\n{table}");
             }
@@ -222,13 +221,8 @@ impl Bench {
         Ok(())
     }
 
-    /// Writes bench.json and BENCH.md from the measurements of the first `repeats_done`
-    /// repeats, and returns the Markdown.
-    fn write_report(
-        &self,
-        measurements: &[Measurement],
-        repeats_done: usize,
-    ) -> anyhow::Result<String> {
+    /// Writes bench.json and BENCH.md from the measurements so far, and returns the Markdown.
+    fn write_report(&self, measurements: &[Measurement]) -> anyhow::Result<String> {
         let told = |f: fn(&Measurement) -> Option<String>| {
             measurements
                 .iter()
@@ -240,7 +234,6 @@ impl Bench {
             commit: told(|m| m.commit.clone()),
             command: self.command_line(),
             repeats_planned: self.repeats,
-            repeats_done,
             rows: medians(measurements),
             measurements: measurements.to_vec(),
         };
@@ -365,20 +358,20 @@ fn medians(ms: &[Measurement]) -> Vec<Row> {
 /// The tables: each candle row with its ratios to each peer's row of the same model, then the
 /// tensor operations per training step.
 fn markdown(r: &Report) -> String {
+    let repeats_done = r.rows.first().map_or(0, |row| row.repeats);
     let mut s = String::from("# Benchmarks\n\n");
     let _ = writeln!(s, "- Machine: {}", r.machine);
     let _ = writeln!(s, "- Commit: {}", r.commit);
     let _ = writeln!(s, "- Command: `{}`", r.command);
     let _ = writeln!(
         s,
-        "- Medians of {} interleaved repeats; training images/s over the timed steps (batch assembly included); inference over the 10,000 test images in chunks of 1,000; peak RSS of the whole process.\n",
-        r.rows.first().map_or(0, |row| row.repeats)
+        "- Medians of {repeats_done} interleaved repeats; training images/s over the timed steps (batch assembly included); inference over the 10,000 test images in chunks of 1,000; peak RSS of the whole process.\n"
     );
-    if r.repeats_done < r.repeats_planned {
+    if repeats_done < r.repeats_planned {
         let _ = writeln!(
             s,
-            "- **Incomplete**: {} of the {} repeats asked for; the run stopped before the rest.\n",
-            r.repeats_done, r.repeats_planned
+            "- **Incomplete**: {repeats_done} of the {} repeats asked for; the run stopped before the rest.\n",
+            r.repeats_planned
         );
     }
     // Ratios to each peer that has rows: training, inference and peak memory.
@@ -513,7 +506,6 @@ mod tests {
             commit: "abc".into(),
             command: "cargo xtask bench".into(),
             repeats_planned: 3,
-            repeats_done: 3,
             rows,
             measurements: ms.clone(),
         });
@@ -533,7 +525,6 @@ mod tests {
             commit: "abc".into(),
             command: "cargo xtask bench".into(),
             repeats_planned: 5,
-            repeats_done: 3,
             rows: medians(&ms),
             measurements: ms.clone(),
         });
@@ -549,7 +540,6 @@ mod tests {
             commit: "abc".into(),
             command: "cargo xtask bench".into(),
             repeats_planned: 3,
-            repeats_done: 3,
             rows: medians(&two),
             measurements: two,
         });
