@@ -96,9 +96,12 @@ pub fn evaluate_run(
         .with_context(|| format!("{}: rebuilding the split", dir.display()))?;
     let train = score(&classifier.logits(&prepared.train)?, &prepared.train.labels);
     let val = score(&classifier.logits(&prepared.val)?, &prepared.val.labels);
-    let start = Instant::now();
-    let test_logits = classifier.logits(&data.test)?;
-    let inference_images_per_second = data.test.len() as f64 / start.elapsed().as_secs_f64();
+    let (test_logits, inference_seconds) = fastest_of(INFERENCE_PASSES, || {
+        let start = Instant::now();
+        let logits = classifier.logits(&data.test)?;
+        Ok((logits, start.elapsed().as_secs_f64()))
+    })?;
+    let inference_images_per_second = data.test.len() as f64 / inference_seconds;
     let scores = Scores::new(
         config.class_names.clone(),
         train,
@@ -118,6 +121,25 @@ pub fn evaluate_run(
     })
 }
 
+/// How many times the test set is classified to time inference: the fastest pass counts, the
+/// one least disturbed by anything else the machine was doing.
+pub const INFERENCE_PASSES: usize = 3;
+
+/// Runs `pass` `passes` times (at least once) and returns the last result with the shortest of
+/// the times the passes reported.
+fn fastest_of<T>(
+    passes: usize,
+    mut pass: impl FnMut() -> anyhow::Result<(T, f64)>,
+) -> anyhow::Result<(T, f64)> {
+    let (mut result, mut fastest) = pass()?;
+    for _ in 1..passes {
+        let (next, seconds) = pass()?;
+        result = next;
+        fastest = fastest.min(seconds);
+    }
+    Ok((result, fastest))
+}
+
 /// An error unless a run trained on `classes` classes can be scored on `data`.
 pub fn check_classes(dir: &Path, classes: usize, data: &FashionMnist) -> anyhow::Result<()> {
     if classes != data.num_classes() {
@@ -129,4 +151,34 @@ pub fn check_classes(dir: &Path, classes: usize, data: &FashionMnist) -> anyhow:
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inference_time_is_the_fastest_pass() {
+        let times = [3.0, 1.0, 2.0];
+        let mut calls = 0;
+        let (last, fastest) = fastest_of(3, || {
+            calls += 1;
+            Ok((calls, times[calls - 1]))
+        })
+        .unwrap();
+        assert_eq!((calls, last, fastest), (3, 3, 1.0));
+
+        let mut calls = 0;
+        let (_, only) = fastest_of(0, || {
+            calls += 1;
+            Ok(((), 4.0))
+        })
+        .unwrap();
+        assert_eq!((calls, only), (1, 4.0));
+
+        let failing = fastest_of(3, || -> anyhow::Result<((), f64)> {
+            anyhow::bail!("no data")
+        });
+        assert_eq!(failing.unwrap_err().to_string(), "no data");
+    }
 }

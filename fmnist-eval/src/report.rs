@@ -441,7 +441,7 @@ pub fn markdown(
         md.push_str(&format!("- {f}\n"));
     }
     md.push_str("\n## Results\n\n");
-    md.push_str("Each row is a model and recipe; the seeds link to each run's page (per-class scores, confusion matrix, calibration, curves, mistakes, Grad-CAM, filters). \"train − test\" is train accuracy minus test accuracy in points: positive means the model does better on the images it trained on. Training times are those of the runs themselves, on the machines their `config.json` names; inference is measured by this evaluation.\n\n");
+    md.push_str(&format!("Each row is a model and recipe; the seeds link to each run's page (per-class scores, confusion matrix, calibration, curves, mistakes, Grad-CAM, filters). \"train − test\" is train accuracy minus test accuracy in points: positive means the model does better on the images it trained on. Training times are those of the runs themselves, on the machines their `config.json` names; inference is measured by this evaluation, on the machine named at the end, as the fastest of {} passes over the test set.\n\n", crate::evaluate::INFERENCE_PASSES));
     md.push_str(&results_table(groups, true).markdown());
     md.push('\n');
     image(
