@@ -2,10 +2,11 @@
 //!
 //! candle's LSTM step is ~15 graph operations per time step (two matmuls, bias adds, four
 //! gate chunks, five activations, products), each allocating its output and each adding a
-//! node to the backward pass. Here the input projection of all time steps is one GEMM
-//! (candle ops, so its gradients are candle's), and the recurrence — one `h·W_hhᵀ` GEMM and
-//! the fused gate arithmetic per step — is a single custom op that keeps its gate activations
-//! for a hand-written backward through time (two GEMMs per step, one for `W_hh` at the end).
+//! node to the backward pass. Here the input projection of all time steps (one GEMM per
+//! block of images) and the recurrence (one `h·W_hhᵀ` GEMM and the fused gate arithmetic per
+//! step) are a single custom op that keeps its gate activations for a hand-written backward
+//! through time (one GEMM per step, the weights' and the input's gradients one GEMM each per
+//! block at the end).
 //! Images never meet in the recurrence, so blocks of images run it in parallel from the first
 //! step to the last, one thread per block and no barrier between the threads at any step.
 //! In training everything is batch-major (`[B, T, ·]`), so a block's steps are one contiguous
@@ -275,18 +276,22 @@ fn forward(x: &[f32], w_in: &[f32], w_hh: &[f32], dims: Dims) -> (Vec<f32>, Save
     let (hidden, i) = (dims.hidden, dims.inputs);
     let b = x.len() / (dims.steps * i).max(1);
     let block = TRAIN_BLOCK;
-    let mut inputs = vec![1f32; b * per_input];
+    // Every buffer is written in full before it is read: the inputs here, the gates by the
+    // projection's GEMM, the states before the first step by `forward_block` and every later
+    // one (and the last hidden states) by the step before.
+    let mut inputs = output_buffer(b * per_input);
     for (row, x) in inputs.chunks_exact_mut(i + 1).zip(x.chunks_exact(i)) {
         row[..i].copy_from_slice(x);
+        row[i] = 1.0;
     }
     let mut saved = Saved {
         inputs,
-        gates: vec![0f32; b * per_gates],
-        cells: vec![0f32; b * per_state],
-        hiddens: vec![0f32; b * per_state],
-        tanh_cells: vec![0f32; b * per_state],
+        gates: output_buffer(b * per_gates),
+        cells: output_buffer(b * per_state),
+        hiddens: output_buffer(b * per_state),
+        tanh_cells: output_buffer(b * per_state),
     };
-    let mut last = vec![0f32; b * hidden];
+    let mut last = output_buffer(b * hidden);
     saved
         .gates
         .par_chunks_mut(block * per_gates)
@@ -321,6 +326,12 @@ fn forward_block(
     let g4 = 4 * hidden;
     let n = last.len() / hidden;
     let mut last_cell = vec![0f32; hidden];
+    for state in cells
+        .chunks_exact_mut(t * hidden)
+        .chain(hiddens.chunks_exact_mut(t * hidden))
+    {
+        state[..hidden].fill(0.0);
+    }
     for step in 0..t {
         if step > 0 {
             // This step's gate rows (T apart) += its hidden rows · W_hhᵀ.
@@ -421,8 +432,9 @@ impl CustomOp3 for Recurrence {
         // Per block, its share of the gradients of [W_ih | b] and W_hh, summed in block order
         // after (so the sum does not depend on the thread count); and the input gradient.
         let (dw_in, dw_hh) = (g4 * (i + 1), g4 * hidden);
-        let mut partials = vec![0f32; b.div_ceil(block) * (dw_in + dw_hh)];
-        let mut dx = vec![0f32; if x.track_op() { b * t * i } else { 0 }];
+        // Both written in full by the GEMMs below before anything reads them.
+        let mut partials = output_buffer(b.div_ceil(block) * (dw_in + dw_hh));
+        let mut dx = output_buffer(if x.track_op() { b * t * i } else { 0 });
         let mut dx_blocks = blocks_of(&mut dx, block * t * i, b * t * i);
         saved
             .gates

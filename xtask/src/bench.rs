@@ -15,7 +15,8 @@ use crate::{project_root, write_atomic, Build};
 /// Measure training and inference speed (images/s), peak memory and data-load time.
 #[derive(clap::Args, Debug)]
 pub struct Bench {
-    /// Models, comma-separated (the PyTorch reference has cnn, lstm and mlp).
+    /// Models, comma-separated (the PyTorch reference has every model but cnn-3conv and mlp-bn;
+    /// the Keras one cnn, lstm, mlp, cnn-deep and resnet).
     #[arg(long, value_delimiter = ',', default_value = "cnn,lstm")]
     models: Vec<String>,
     /// candle kernel choices to measure, comma-separated: fused, generic.
