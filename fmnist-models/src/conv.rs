@@ -20,6 +20,7 @@ use crate::kernels::{
     blocks_of, f32_slice, first_max, gemm_into, output_buffer, pool_relu, simd, sized, sum_blocks,
     Kernels, MaxPool2,
 };
+use crate::one_channel::{self, OneChannelKernel, OneChannelScratch};
 use crate::winograd::{self, PooledGeometry, TransformedKernel, WinogradScratch};
 
 /// A convolution (groups 1, dilation 1) holding candle-nn's layer for its weights.
@@ -434,6 +435,7 @@ struct Scratch {
     y: Vec<f32>,
     d_cols: Vec<f32>,
     winograd: WinogradScratch,
+    one_channel: OneChannelScratch,
 }
 
 thread_local! {
@@ -538,11 +540,31 @@ impl BlockedConv {
             && g.c >= winograd::MIN_CHANNELS
     }
 
-    /// The pooled output `[B, O, H', W']` through [`winograd::pool_relu_block`], in blocks of
-    /// [`BLOCK`] images.
-    fn forward_winograd(&self, x: &[f32], kernel: &[f32]) -> Vec<f32> {
+    /// Whether the forward pass runs through [`crate::one_channel`]: a network's first
+    /// convolution (one input channel, 3x3, stride 1, padded by at most 1) into pooling and
+    /// ReLU, with no maxima to keep for a backward pass.
+    fn one_channel(&self, keep: bool) -> bool {
         let g = self.geometry;
-        let transformed = TransformedKernel::new(kernel, g.c, self.ones_row);
+        !keep
+            && self.epilogue == Epilogue::PoolRelu
+            && (g.c, g.k, g.stride) == (1, 3, 1)
+            && g.pad <= 1
+    }
+
+    /// The pooled output `[B, O, H', W']` of an evaluation path without unfolding, in blocks
+    /// of [`BLOCK`] images: [`winograd::pool_relu_block`], or [`one_channel::pool_relu_block`]
+    /// for one input channel.
+    fn forward_pooled(&self, x: &[f32], kernel: &[f32]) -> Vec<f32> {
+        let g = self.geometry;
+        enum Path {
+            Winograd(TransformedKernel),
+            OneChannel(OneChannelKernel),
+        }
+        let path = if g.c == 1 {
+            Path::OneChannel(OneChannelKernel::new(kernel, self.ones_row))
+        } else {
+            Path::Winograd(TransformedKernel::new(kernel, g.c, self.ones_row))
+        };
         let (ph, pw) = self.output_size();
         let pooled = PooledGeometry {
             h: g.h,
@@ -558,8 +580,13 @@ impl BlockedConv {
             .enumerate()
             .for_each(|(blk, out)| {
                 let x = &x[blk * BLOCK * image..][..out.len() / outputs * image];
-                SCRATCH.with_borrow_mut(|s| {
-                    winograd::pool_relu_block(&transformed, x, pooled, &mut s.winograd, out)
+                SCRATCH.with_borrow_mut(|s| match &path {
+                    Path::Winograd(k) => {
+                        winograd::pool_relu_block(k, x, pooled, &mut s.winograd, out)
+                    }
+                    Path::OneChannel(k) => {
+                        one_channel::pool_relu_block(k, x, pooled, &mut s.one_channel, out)
+                    }
                 })
             });
         out
@@ -568,8 +595,8 @@ impl BlockedConv {
     /// The output `[B, O, H', W']` and, if `keep` (pooling only), per output the offset
     /// (0..4, row-major in its window) of its window's maximum, or [`STOPPED`].
     fn forward(&self, x: &[f32], kernel: &[f32], keep: bool) -> (Vec<f32>, Option<Vec<u8>>) {
-        if self.winograd(keep) {
-            return (self.forward_winograd(x, kernel), None);
+        if self.winograd(keep) || self.one_channel(keep) {
+            return (self.forward_pooled(x, kernel), None);
         }
         let g = self.geometry;
         let r = self.kernel_rows();
@@ -962,6 +989,48 @@ mod tests {
                 );
             }
             assert!(winograd.iter().any(|&v| v > 0.0) && winograd.contains(&0.0));
+        }
+    }
+
+    #[test]
+    fn one_channel_pooling_agrees_with_the_im2col_path() {
+        // The first convolutions of `cnn` (28x28, unpadded) and `cnn-wide` (padded), an odd
+        // plane whose last output line the pooling drops, a plane whose rows of windows span
+        // two vectors (20 windows), output channels below, at and past a vector's 16, with and
+        // without bias; 19 images are two full blocks and a partial one. Recording maxima
+        // (`keep`) takes the im2col path.
+        let dev = Device::Cpu;
+        for (side, pad, o, bias) in [
+            (28, 0, 32, true),
+            (28, 1, 32, true),
+            (13, 0, 6, false),
+            (40, 1, 17, true),
+        ] {
+            let g = Geometry::new(1, side, side, 3, 1, pad).unwrap();
+            let op = BlockedConv {
+                geometry: g,
+                batch: 2 * BLOCK + 3,
+                ones_row: bias,
+                epilogue: Epilogue::PoolRelu,
+                save: false,
+                saved: Mutex::new(None),
+            };
+            assert!(op.one_channel(false) && !op.one_channel(true) && !op.winograd(false));
+            let x = flat(&Tensor::randn(0f32, 1.0, (op.batch, 1, side, side), &dev).unwrap());
+            let kernel = flat(&Tensor::randn(0f32, 0.5, o * op.kernel_rows(), &dev).unwrap());
+            let (im2col, maxima) = op.forward(&x, &kernel, true);
+            let (direct, none) = op.forward(&x, &kernel, false);
+            assert!(maxima.is_some() && none.is_none());
+            let (ph, pw) = op.output_size();
+            assert_eq!(direct.len(), op.batch * o * ph * pw);
+            assert_eq!(direct.len(), im2col.len());
+            for (a, b) in direct.iter().zip(&im2col) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "{g:?}: {a} vs {b}"
+                );
+            }
+            assert!(direct.iter().any(|&v| v > 0.0) && direct.contains(&0.0));
         }
     }
 

@@ -31,6 +31,7 @@ pub mod kind;
 pub mod model;
 pub mod nets;
 pub mod norm;
+mod one_channel;
 pub mod recurrent;
 pub mod scoring;
 mod winograd;

@@ -206,7 +206,7 @@ fn tile_transform<const N: usize>(d: &[&[f32]; 16], ch: usize) -> [[f32; N]; 16]
 /// Image `x [C, H, W]` as `dst [side_h, side_w, C]` over the padded square its tiles read
 /// (rows and columns `-pad .. 2·ph + 2 - pad`), zeros outside the image.
 #[inline(always)]
-fn channels_last(x: &[f32], g: PooledGeometry, c: usize, dst: &mut [f32]) {
+pub(crate) fn channels_last(x: &[f32], g: PooledGeometry, c: usize, dst: &mut [f32]) {
     let (side_h, side_w) = g.padded();
     let (rows, cols) = (g.h.min(side_h - g.pad), g.w.min(side_w - g.pad));
     // Zeros where no input lands: lines above and below the image, columns left and right.
