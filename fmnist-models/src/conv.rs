@@ -951,44 +951,58 @@ mod tests {
         }
     }
 
+    /// The pooled evaluation path `takes_path` picks (recording no maxima) against the
+    /// im2col path that records them, for a `c`-channel 3x3 convolution of `side`x`side`
+    /// images padded by `pad` into `o` channels: the same values to 1e-5 relative. 19 images
+    /// are two full blocks and a partial one.
+    fn evaluation_path_agrees(
+        (c, side, pad, o, bias): (usize, usize, usize, usize, bool),
+        takes_path: fn(&BlockedConv, bool) -> bool,
+    ) {
+        let dev = Device::Cpu;
+        let g = Geometry::new(c, side, side, 3, 1, pad).unwrap();
+        let op = BlockedConv {
+            geometry: g,
+            batch: 2 * BLOCK + 3,
+            ones_row: bias,
+            epilogue: Epilogue::PoolRelu,
+            save: false,
+            saved: Mutex::new(None),
+        };
+        assert!(takes_path(&op, false) && !takes_path(&op, true));
+        assert!(
+            op.winograd(false) != op.one_channel(false),
+            "{g:?}: one path"
+        );
+        let x = flat(&Tensor::randn(0f32, 1.0, (op.batch, c, side, side), &dev).unwrap());
+        let kernel = flat(&Tensor::randn(0f32, 0.3, o * op.kernel_rows(), &dev).unwrap());
+        let (im2col, maxima) = op.forward(&x, &kernel, true);
+        let (pooled, none) = op.forward(&x, &kernel, false);
+        assert!(maxima.is_some() && none.is_none());
+        let (ph, pw) = op.output_size();
+        assert_eq!(pooled.len(), op.batch * o * ph * pw);
+        assert_eq!(pooled.len(), im2col.len());
+        for (a, b) in pooled.iter().zip(&im2col) {
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "{g:?}: {a} vs {b}"
+            );
+        }
+        assert!(pooled.iter().any(|&v| v > 0.0) && pooled.contains(&0.0));
+    }
+
     #[test]
-    fn winograd_pooling_agrees_with_the_direct_convolution() {
+    fn winograd_pooling_agrees_with_the_im2col_path() {
         // Unpadded odd (13x13: the pooling drops the last output line) and even (12x12)
         // planes, padded odd and even ones, with and without bias; channels below, at and
-        // past a vector's 16 on both sides of the GEMMs; 19 images are two full blocks and a
-        // partial one. Recording maxima (`keep`) takes the direct path.
-        let dev = Device::Cpu;
-        for (c, side, pad, o, bias) in [
+        // past a vector's 16 on both sides of the GEMMs.
+        for case in [
             (8, 13, 0, 6, true),
             (9, 12, 0, 16, false),
             (20, 7, 1, 5, true),
             (16, 14, 1, 33, true),
         ] {
-            let g = Geometry::new(c, side, side, 3, 1, pad).unwrap();
-            let op = BlockedConv {
-                geometry: g,
-                batch: 2 * BLOCK + 3,
-                ones_row: bias,
-                epilogue: Epilogue::PoolRelu,
-                save: false,
-                saved: Mutex::new(None),
-            };
-            assert!(op.winograd(false) && !op.winograd(true));
-            let x = flat(&Tensor::randn(0f32, 1.0, (op.batch, c, side, side), &dev).unwrap());
-            let kernel = flat(&Tensor::randn(0f32, 0.3, o * op.kernel_rows(), &dev).unwrap());
-            let (direct, maxima) = op.forward(&x, &kernel, true);
-            let (winograd, none) = op.forward(&x, &kernel, false);
-            assert!(maxima.is_some() && none.is_none());
-            let (ph, pw) = op.output_size();
-            assert_eq!(winograd.len(), op.batch * o * ph * pw);
-            assert_eq!(winograd.len(), direct.len());
-            for (a, b) in winograd.iter().zip(&direct) {
-                assert!(
-                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
-                    "{g:?}: {a} vs {b}"
-                );
-            }
-            assert!(winograd.iter().any(|&v| v > 0.0) && winograd.contains(&0.0));
+            evaluation_path_agrees(case, BlockedConv::winograd);
         }
     }
 
@@ -997,40 +1011,14 @@ mod tests {
         // The first convolutions of `cnn` (28x28, unpadded) and `cnn-wide` (padded), an odd
         // plane whose last output line the pooling drops, a plane whose rows of windows span
         // two vectors (20 windows), output channels below, at and past a vector's 16, with and
-        // without bias; 19 images are two full blocks and a partial one. Recording maxima
-        // (`keep`) takes the im2col path.
-        let dev = Device::Cpu;
-        for (side, pad, o, bias) in [
-            (28, 0, 32, true),
-            (28, 1, 32, true),
-            (13, 0, 6, false),
-            (40, 1, 17, true),
+        // without bias.
+        for case in [
+            (1, 28, 0, 32, true),
+            (1, 28, 1, 32, true),
+            (1, 13, 0, 6, false),
+            (1, 40, 1, 17, true),
         ] {
-            let g = Geometry::new(1, side, side, 3, 1, pad).unwrap();
-            let op = BlockedConv {
-                geometry: g,
-                batch: 2 * BLOCK + 3,
-                ones_row: bias,
-                epilogue: Epilogue::PoolRelu,
-                save: false,
-                saved: Mutex::new(None),
-            };
-            assert!(op.one_channel(false) && !op.one_channel(true) && !op.winograd(false));
-            let x = flat(&Tensor::randn(0f32, 1.0, (op.batch, 1, side, side), &dev).unwrap());
-            let kernel = flat(&Tensor::randn(0f32, 0.5, o * op.kernel_rows(), &dev).unwrap());
-            let (im2col, maxima) = op.forward(&x, &kernel, true);
-            let (direct, none) = op.forward(&x, &kernel, false);
-            assert!(maxima.is_some() && none.is_none());
-            let (ph, pw) = op.output_size();
-            assert_eq!(direct.len(), op.batch * o * ph * pw);
-            assert_eq!(direct.len(), im2col.len());
-            for (a, b) in direct.iter().zip(&im2col) {
-                assert!(
-                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
-                    "{g:?}: {a} vs {b}"
-                );
-            }
-            assert!(direct.iter().any(|&v| v > 0.0) && direct.contains(&0.0));
+            evaluation_path_agrees(case, BlockedConv::one_channel);
         }
     }
 
