@@ -68,7 +68,7 @@ pub(crate) fn pool_relu_block(
     scratch: &mut OneChannelScratch,
     out: &mut [f32],
 ) {
-    let (side_h, side_w) = (2 * g.ph + 2, 2 * g.pw + 2);
+    let (side_h, side_w) = g.padded();
     let padded = sized(&mut scratch.padded, side_h * side_w);
     let groups = g.ph * g.pw.div_ceil(LANES);
     if scratch.patches.len() < groups {
@@ -102,7 +102,7 @@ fn pool_relu_image(
     patches: &mut [Patches],
     out: &mut [f32],
 ) {
-    let side_w = 2 * g.pw + 2;
+    let (_, side_w) = g.padded();
     let starts = (0..g.ph).flat_map(|i| (0..g.pw).step_by(LANES).map(move |j0| (i, j0)));
     for (patch, (i, j0)) in patches.iter_mut().zip(starts.clone()) {
         let n = LANES.min(g.pw - j0);

@@ -86,7 +86,7 @@ impl PooledGeometry {
 
     /// Side of the zero-padded input square a plane's tiles read: rows and columns
     /// `-pad .. 2·ph + 2 - pad` (and the same across).
-    fn padded(&self) -> (usize, usize) {
+    pub(crate) fn padded(&self) -> (usize, usize) {
         (2 * self.ph + 2, 2 * self.pw + 2)
     }
 }
