@@ -328,12 +328,25 @@ fn unfold_same_width(
     let end = (ys.end - 1) * w + xs.end;
     let from = g.source(ys.start, ki) * w + g.source(xs.start, kj);
     dst[first..end].copy_from_slice(&src[from..from + (end - first)]);
-    dst[..ys.start * w + xs.start].fill(0.0);
+    dst[..first].fill(0.0);
     dst[end..].fill(0.0);
-    for oy in ys.clone() {
-        let line = &mut dst[oy * w..][..w];
-        line[..xs.start].fill(0.0);
-        line[xs.end..].fill(0.0);
+    zero_wrapped_columns(w, (ys, xs), dst);
+}
+
+/// Zeroes, on the lines `ys` of a plane `w` wide, the columns outside `xs` (where a shifted
+/// stretch wrapped to the next or previous line). Column by column, as strided stores: with
+/// the padding of a 3x3 kernel there are at most one or two such columns, and a `fill` per
+/// line would be a `memset` call for one element or none.
+#[inline(always)]
+fn zero_wrapped_columns(
+    w: usize,
+    (ys, xs): (&std::ops::Range<usize>, &std::ops::Range<usize>),
+    plane: &mut [f32],
+) {
+    for x in (0..xs.start).chain(xs.end..w) {
+        for oy in ys.clone() {
+            plane[oy * w + x] = 0.0;
+        }
     }
 }
 
@@ -405,11 +418,7 @@ fn fold_same_width(
     if ys.is_empty() || xs.is_empty() {
         return;
     }
-    for oy in ys.clone() {
-        let line = &mut src[oy * w..][..w];
-        line[..xs.start].fill(0.0);
-        line[xs.end..].fill(0.0);
-    }
+    zero_wrapped_columns(w, (ys, xs), src);
     let first = ys.start * w + xs.start;
     let end = (ys.end - 1) * w + xs.end;
     let from = g.source(ys.start, ki) * w + g.source(xs.start, kj);

@@ -127,7 +127,7 @@ fn plane_of(image: usize, ch: usize, c: usize, plane: usize) -> std::ops::Range<
 }
 
 /// Channels whose serial sums run side by side on one thread.
-const LANES: usize = 4;
+const LANES: usize = 8;
 
 /// `[2, C]` of a pair of values per channel, computed in parallel over groups of [`LANES`]
 /// channels. `pairs` gets the group's channels (the last group repeats its last channel where
