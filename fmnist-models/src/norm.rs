@@ -148,8 +148,8 @@ fn per_channel_pairs(
 
 /// `f(v)` summed over each of [`LANES`] equally long planes, in f64, each lane in its plane's
 /// order from the starting value of the standard library's `Sum`: for each plane the bits of
-/// `plane.iter().map(|&v| f(v)).sum::<f64>()`, with four independent chains of additions in
-/// flight instead of one, so the adds' latency is hidden.
+/// `plane.iter().map(|&v| f(v)).sum::<f64>()`, with [`LANES`] independent chains of additions
+/// in flight instead of one, so the adds' latency is hidden.
 #[inline(always)]
 fn plane_sums(planes: [&[f32]; LANES], f: impl Fn(f32, usize) -> f64) -> [f64; LANES] {
     let mut acc = [std::iter::empty::<f64>().sum::<f64>(); LANES];
@@ -178,21 +178,24 @@ impl candle::CustomOp1 for ChannelStats {
     }
 }
 
-/// Per lane, the sum over the `b` images of their planes' [`plane_sums`], from `Sum`'s
-/// starting value: `planes(i)` gives image `i`'s planes of the lanes' channels.
+/// Per lane, the sum over the `b` images of their planes' sums `image_sums(i)`, from `Sum`'s
+/// starting value.
 #[inline(always)]
-fn channel_sums<'a>(
-    b: usize,
-    planes: impl Fn(usize) -> [&'a [f32]; LANES],
-    f: impl Fn(f32, usize) -> f64 + Copy,
-) -> [f64; LANES] {
+fn channel_sums(b: usize, image_sums: impl Fn(usize) -> [f64; LANES]) -> [f64; LANES] {
     let mut total = [std::iter::empty::<f64>().sum::<f64>(); LANES];
     for i in 0..b {
-        for (t, s) in total.iter_mut().zip(plane_sums(planes(i), f)) {
+        for (t, s) in total.iter_mut().zip(image_sums(i)) {
             *t += s;
         }
     }
     total
+}
+
+/// The first of a group's channels where the group runs on [`gathered`]: [`LANES`]
+/// consecutive channels (not the last group's repeats), on a CPU with AVX2.
+fn gathered_group(chs: [usize; LANES], plane: usize) -> Option<usize> {
+    let consecutive = chs.iter().enumerate().all(|(j, &ch)| ch == chs[0] + j);
+    (consecutive && gathered::fits(plane)).then_some(chs[0])
 }
 
 /// [`ChannelStats`] of a contiguous `[b, c, plane]` slice.
@@ -200,10 +203,171 @@ pub(crate) fn channel_stats(x: &[f32], b: usize, c: usize, plane: usize) -> (Cpu
     let n = (b * plane) as f64;
     per_channel_pairs(c, |chs| {
         let planes = |i: usize| chs.map(|ch| &x[plane_of(i, ch, c, plane)]);
-        let mean = channel_sums(b, planes, |v, _| v as f64).map(|sum| sum / n);
-        let sq = channel_sums(b, planes, |v, j| (v as f64 - mean[j]).powi(2));
+        let start = std::iter::empty::<f64>().sum::<f64>();
+        let (mean, sq) = match gathered_group(chs, plane) {
+            Some(first) => {
+                let block = |i: usize| &x[plane_of(i, first, c, plane).start..][..LANES * plane];
+                let sums = |i| gathered::plane_sums(block(i), plane, None, start);
+                let mean = channel_sums(b, sums).map(|sum| sum / n);
+                let squares = |i| gathered::plane_sums(block(i), plane, Some(mean), start);
+                (mean, channel_sums(b, squares))
+            }
+            None => {
+                let sums = |i| plane_sums(planes(i), |v, _| v as f64);
+                let mean = channel_sums(b, sums).map(|sum| sum / n);
+                let squares = |i| plane_sums(planes(i), |v, j| (v as f64 - mean[j]).powi(2));
+                (mean, channel_sums(b, squares))
+            }
+        };
         std::array::from_fn(|j| (mean[j], sq[j] / n))
     })
+}
+
+/// The serial sums of [`LANES`] channels' planes with AVX2 gathers: vector lane `j` reads
+/// channel `j`'s plane, so one instruction takes the step of all the lanes' chains, each still
+/// in its plane's order and through the same operations as the scalar code (a multiply and an
+/// add, never fused), hence to the same bits. A block is the group's planes of one image,
+/// `[LANES, plane]`.
+#[allow(unsafe_code)]
+mod gathered {
+    use super::LANES;
+    #[cfg(target_arch = "x86_64")]
+    use std::arch::x86_64::*;
+
+    /// Whether this CPU runs the gathers on planes of `plane` values (their offsets in i32).
+    pub(super) fn fits(plane: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx2") && LANES * plane <= i32::MAX as usize
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = plane;
+            false
+        }
+    }
+
+    /// Per plane of `block [LANES, plane]`, from `start` in f64: the sum of its values, or
+    /// with `mean`, of their squared distances to the lane's mean.
+    pub(super) fn plane_sums(
+        block: &[f32],
+        plane: usize,
+        mean: Option<[f64; LANES]>,
+        start: f64,
+    ) -> [f64; LANES] {
+        assert!(block.len() == LANES * plane && fits(plane));
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 (`fits`), and every gathered element lies in `block`.
+        unsafe {
+            plane_sums_avx2(block, plane, mean, start)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("no gathers on this architecture")
+    }
+
+    /// `Σ dy` and `Σ dy·x̂` in f32 from zero per plane of the blocks `[LANES, plane]` of x,
+    /// dy and y, `dy` zeroed where the ReLU clipped (`relu` and `y <= 0`): the scalar
+    /// `Backward::plane_sums`.
+    pub(super) fn grad_sums(
+        [x, dy, y]: [&[f32]; 3],
+        plane: usize,
+        (mean, inv_std): ([f32; LANES], [f32; LANES]),
+        relu: bool,
+    ) -> ([f32; LANES], [f32; LANES]) {
+        assert!([x, dy, y].iter().all(|b| b.len() == LANES * plane) && fits(plane));
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 (`fits`), and every gathered element lies in its block.
+        unsafe {
+            grad_sums_avx2([x, dy, y], plane, (mean, inv_std), relu)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("no gathers on this architecture")
+    }
+
+    /// The lanes' offsets into a block: `j · plane`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn offsets(plane: usize) -> __m256i {
+        let p = plane as i32;
+        _mm256_setr_epi32(0, p, 2 * p, 3 * p, 4 * p, 5 * p, 6 * p, 7 * p)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn plane_sums_avx2(
+        block: &[f32],
+        plane: usize,
+        mean: Option<[f64; LANES]>,
+        start: f64,
+    ) -> [f64; LANES] {
+        let at = offsets(plane);
+        let (mut lo, mut hi) = (_mm256_set1_pd(start), _mm256_set1_pd(start));
+        let base = block.as_ptr();
+        // The eight f32 lanes as two vectors of four f64 (exact conversions).
+        let wide = |k: usize| {
+            let v = _mm256_i32gather_ps::<4>(base.add(k), at);
+            (
+                _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)),
+            )
+        };
+        match mean {
+            None => {
+                for k in 0..plane {
+                    let (a, b) = wide(k);
+                    lo = _mm256_add_pd(lo, a);
+                    hi = _mm256_add_pd(hi, b);
+                }
+            }
+            Some(mean) => {
+                let m_lo = _mm256_loadu_pd(mean.as_ptr());
+                let m_hi = _mm256_loadu_pd(mean[4..].as_ptr());
+                for k in 0..plane {
+                    let (a, b) = wide(k);
+                    let (a, b) = (_mm256_sub_pd(a, m_lo), _mm256_sub_pd(b, m_hi));
+                    lo = _mm256_add_pd(lo, _mm256_mul_pd(a, a));
+                    hi = _mm256_add_pd(hi, _mm256_mul_pd(b, b));
+                }
+            }
+        }
+        let mut out = [0f64; LANES];
+        _mm256_storeu_pd(out.as_mut_ptr(), lo);
+        _mm256_storeu_pd(out[4..].as_mut_ptr(), hi);
+        out
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn grad_sums_avx2(
+        [x, dy, y]: [&[f32]; 3],
+        plane: usize,
+        (mean, inv_std): ([f32; LANES], [f32; LANES]),
+        relu: bool,
+    ) -> ([f32; LANES], [f32; LANES]) {
+        let at = offsets(plane);
+        let (mean, inv_std) = (
+            _mm256_loadu_ps(mean.as_ptr()),
+            _mm256_loadu_ps(inv_std.as_ptr()),
+        );
+        let zero = _mm256_setzero_ps();
+        let (mut s, mut sx) = (zero, zero);
+        for k in 0..plane {
+            let mut g = _mm256_i32gather_ps::<4>(dy.as_ptr().add(k), at);
+            if relu {
+                // All ones where not `y <= 0` (NaN included), as the scalar bit mask.
+                let y = _mm256_i32gather_ps::<4>(y.as_ptr().add(k), at);
+                g = _mm256_and_ps(g, _mm256_cmp_ps::<_CMP_NLE_UQ>(y, zero));
+            }
+            let x = _mm256_i32gather_ps::<4>(x.as_ptr().add(k), at);
+            let xhat = _mm256_mul_ps(_mm256_sub_ps(x, mean), inv_std);
+            s = _mm256_add_ps(s, g);
+            sx = _mm256_add_ps(sx, _mm256_mul_ps(g, xhat));
+        }
+        let (mut s_out, mut sx_out) = ([0f32; LANES], [0f32; LANES]);
+        _mm256_storeu_ps(s_out.as_mut_ptr(), s);
+        _mm256_storeu_ps(sx_out.as_mut_ptr(), sx);
+        (s_out, sx_out)
+    }
 }
 
 /// `y = γ·(x - mean)/σ + β`, then ReLU if `relu`; statistics fixed by the caller. Arguments:
@@ -425,14 +589,28 @@ impl CustomOp3 for GradSums<'_> {
         let b = x.len() / (c * plane);
         Ok(per_channel_pairs(c, |chs| {
             let (mut sum, mut sum_xhat) = ([0f64; LANES], [0f64; LANES]);
+            let gathered = gathered_group(chs, plane);
+            let (mean, inv_std) = (
+                chs.map(|ch| self.0.mean[ch]),
+                chs.map(|ch| self.0.inv_std[ch]),
+            );
             for i in 0..b {
-                let at = chs.map(|ch| plane_of(i, ch, c, plane));
-                let (s, sx) = self.0.plane_sums(
-                    chs,
-                    at.clone().map(|r| &x[r]),
-                    at.clone().map(|r| &dy[r]),
-                    at.map(|r| &y[r]),
-                );
+                let (s, sx) = match gathered {
+                    Some(first) => {
+                        let at = plane_of(i, first, c, plane).start..;
+                        let blocks = [x, dy, y].map(|v| &v[at.clone()][..LANES * plane]);
+                        gathered::grad_sums(blocks, plane, (mean, inv_std), self.0.relu)
+                    }
+                    None => {
+                        let at = chs.map(|ch| plane_of(i, ch, c, plane));
+                        self.0.plane_sums(
+                            chs,
+                            at.clone().map(|r| &x[r]),
+                            at.clone().map(|r| &dy[r]),
+                            at.map(|r| &y[r]),
+                        )
+                    }
+                };
                 for j in 0..LANES {
                     sum[j] += s[j] as f64;
                     sum_xhat[j] += sx[j] as f64;
@@ -564,8 +742,9 @@ mod tests {
     /// In training each channel comes out with mean β and standard deviation |γ|.
     #[test]
     fn channel_sums_in_lanes_are_the_bits_of_one_sum_per_channel() {
-        // Six channels: a full group of four and one that repeats its last channel.
-        let (b, c, plane) = (3, 6, 10);
+        // Eleven channels: a full group of eight (on the gathers where the CPU has AVX2) and
+        // one that repeats its last channel (on the scalar lanes).
+        let (b, c, plane) = (3, 11, 10);
         let dev = Device::Cpu;
         let v = |seed: f32| {
             Tensor::randn(seed, 1.0, b * c * plane, &dev)
@@ -573,7 +752,9 @@ mod tests {
                 .to_vec1::<f32>()
                 .unwrap()
         };
-        let (x, dy, y) = (v(0.0), v(0.0), v(0.2));
+        // y as a ReLU leaves it: many exact zeros, which the mask must count as clipped.
+        let y: Vec<f32> = v(0.2).iter().map(|v| v.max(0.0)).collect();
+        let (x, dy) = (v(0.0), v(0.0));
         let channel = |data: &[f32], ch: usize| {
             (0..b)
                 .map(|i| data[plane_of(i, ch, c, plane)].to_vec())
@@ -583,24 +764,6 @@ mod tests {
             panic!("f32 statistics")
         };
         let n = (b * plane) as f64;
-        let backward = Backward {
-            mean: (0..c).map(|ch| ch as f32 * 0.1).collect(),
-            inv_std: (0..c).map(|ch| 1.0 + ch as f32 * 0.2).collect(),
-            relu: true,
-        };
-        let (CpuStorage::F32(grad_sums), _) = GradSums(&backward)
-            .cpu_fwd(
-                &CpuStorage::F32(x.clone()),
-                &Layout::contiguous((b, c, 2, 5)),
-                &CpuStorage::F32(dy.clone()),
-                &Layout::contiguous((b, c, 2, 5)),
-                &CpuStorage::F32(y.clone()),
-                &Layout::contiguous((b, c, 2, 5)),
-            )
-            .unwrap()
-        else {
-            panic!("f32 sums")
-        };
         for ch in 0..c {
             let planes = channel(&x, ch);
             let sum: f64 = planes
@@ -614,16 +777,42 @@ mod tests {
                 .sum();
             assert_eq!(stats[ch], mean as f32, "mean of channel {ch}");
             assert_eq!(stats[c + ch], (sq / n) as f32, "variance of channel {ch}");
-            let (mut s, mut sx) = (0f64, 0f64);
-            for ((px, pdy), py) in planes.iter().zip(channel(&dy, ch)).zip(channel(&y, ch)) {
-                let (a, b) = backward
-                    .terms(ch, px, &pdy, &py)
-                    .fold((0f32, 0f32), |(s, sx), (xhat, g)| (s + g, sx + g * xhat));
-                s += a as f64;
-                sx += b as f64;
+        }
+        for relu in [true, false] {
+            let backward = Backward {
+                mean: (0..c).map(|ch| ch as f32 * 0.1).collect(),
+                inv_std: (0..c).map(|ch| 1.0 + ch as f32 * 0.2).collect(),
+                relu,
+            };
+            let layout = Layout::contiguous((b, c, 2, 5));
+            let storage = |v: &Vec<f32>| CpuStorage::F32(v.clone());
+            let (CpuStorage::F32(grad_sums), _) = GradSums(&backward)
+                .cpu_fwd(
+                    &storage(&x),
+                    &layout,
+                    &storage(&dy),
+                    &layout,
+                    &storage(&y),
+                    &layout,
+                )
+                .unwrap()
+            else {
+                panic!("f32 sums")
+            };
+            for ch in 0..c {
+                let (mut s, mut sx) = (0f64, 0f64);
+                let planes = channel(&x, ch).into_iter().zip(channel(&dy, ch));
+                for ((px, pdy), py) in planes.zip(channel(&y, ch)) {
+                    let (a, b) = backward
+                        .terms(ch, &px, &pdy, &py)
+                        .fold((0f32, 0f32), |(s, sx), (xhat, g)| (s + g, sx + g * xhat));
+                    s += a as f64;
+                    sx += b as f64;
+                }
+                assert_eq!(grad_sums[ch], s as f32, "relu {relu}: Σ dy of channel {ch}");
+                let what = format!("relu {relu}: Σ dy·x̂ of channel {ch}");
+                assert_eq!(grad_sums[c + ch], sx as f32, "{what}");
             }
-            assert_eq!(grad_sums[ch], s as f32, "Σ dy of channel {ch}");
-            assert_eq!(grad_sums[c + ch], sx as f32, "Σ dy·x̂ of channel {ch}");
         }
     }
 
