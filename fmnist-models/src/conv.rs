@@ -692,6 +692,34 @@ impl CustomOp2 for BlockedConv {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle::Result<(Option<Tensor>, Option<Tensor>)> {
+        self.backward(x, kernel, grad_res, None)
+    }
+}
+
+/// Writes plane `i` of a convolution's output gradient (`[B, O, H', W']` counted plane by
+/// plane) into `dst`, given that plane of the tensor handed to the backward pass.
+pub(crate) type PlaneGradient<'a> = &'a (dyn Fn(usize, &[f32], &mut [f32]) + Sync);
+
+impl BlockedConv {
+    /// Whether [`BlockedConv::backward`] takes a [`PlaneGradient`]: no pooling, and output
+    /// planes stored whole in the GEMM's columns.
+    pub(crate) fn takes_plane_gradient(&self) -> bool {
+        self.epilogue == Epilogue::None && !self.geometry.spans_lines()
+    }
+
+    /// The gradients of the input (if it is tracked) and the kernel matrix from `grad_res`,
+    /// the gradient of the output, or with `planes` from what it computes out of each plane of
+    /// `grad_res` (written straight into the GEMM's layout, never as a tensor of its own).
+    pub(crate) fn backward(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        grad_res: &Tensor,
+        planes: Option<PlaneGradient>,
+    ) -> candle::Result<(Option<Tensor>, Option<Tensor>)> {
+        if planes.is_some() && !self.takes_plane_gradient() {
+            candle::bail!("conv2d backward: a plane gradient needs whole output planes");
+        }
         let input_grad = x.track_op();
         let x = x.detach().contiguous()?;
         let kernel = kernel.detach().contiguous()?;
@@ -715,6 +743,7 @@ impl CustomOp2 for BlockedConv {
             argmax,
             kernel_t: kernel.t()?.contiguous()?.flatten_all()?.to_vec1()?,
             input_grad,
+            planes,
         };
         let grads = x.apply_op2_no_bwd(&grad_res.contiguous()?, &backward)?;
         let d_kernel = grads.narrow(0, 0, o * r)?.reshape((o, r))?;
@@ -741,21 +770,34 @@ struct BlockedConvBackward<'a> {
     /// The kernel matrix transposed, `[R, O]`.
     kernel_t: Vec<f32>,
     input_grad: bool,
+    /// Computes the output gradient's planes from the tensor handed over (else it is that).
+    planes: Option<PlaneGradient<'a>>,
 }
 
 impl BlockedConvBackward<'_> {
     /// The gradient of the GEMM's output `d_y [O, n]` for `images` images from the gradient
-    /// of theirs `grad` (and, with pooling, their maxima `argmax`).
-    fn output_gradient(&self, d_y: &mut [f32], grad: &[f32], argmax: &[u8], images: usize) {
+    /// of theirs `grad`, whose first plane is the batch's plane `first` (and, with pooling,
+    /// their maxima `argmax`).
+    fn output_gradient(
+        &self,
+        d_y: &mut [f32],
+        (grad, first): (&[f32], usize),
+        argmax: &[u8],
+        images: usize,
+    ) {
         let f = self.forward;
         let g = f.geometry;
         let (l, n) = (g.columns(), images * g.columns());
         let o = d_y.len() / n;
         let (oh, ow) = f.output_size();
-        if f.epilogue == Epilogue::None && !g.spans_lines() {
+        if f.takes_plane_gradient() {
             for (p, grad) in grad.chunks_exact(l).take(images * o).enumerate() {
                 let (img, ch) = (p / o, p % o);
-                d_y[ch * n + img * l..][..l].copy_from_slice(grad);
+                let dst = &mut d_y[ch * n + img * l..][..l];
+                match self.planes {
+                    Some(planes) => planes(first + p, grad, dst),
+                    None => dst.copy_from_slice(grad),
+                }
             }
             return;
         }
@@ -820,7 +862,8 @@ impl CustomOp2 for BlockedConvBackward<'_> {
                     let x = &x[blk * BLOCK * image..][..images * image];
                     SCRATCH.with_borrow_mut(|s| {
                         let d_y = sized(&mut s.y, o * n);
-                        self.output_gradient(d_y, &grad[first..], argmax, images);
+                        let planes = (&grad[first..], first / (oh * ow));
+                        self.output_gradient(d_y, planes, argmax, images);
                         let cols = sized(&mut s.cols, r * n);
                         unfold_block(g, x, images, cols);
                         gemm_into(d_kernel, d_y, cols, (o, n, r), true, false);

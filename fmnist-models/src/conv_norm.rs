@@ -10,7 +10,7 @@
 //! same ones in the same order, so the results are the same bits as the two layers apart.
 use std::sync::{Arc, Mutex};
 
-use candle::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor};
+use candle::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Storage, Tensor};
 
 use crate::conv::{BlockedConv, Conv2d, Epilogue};
 use crate::kernels::f32_slice;
@@ -153,11 +153,31 @@ impl CustomOp3 for ConvNorm {
             candle::bail!("conv + batch norm: no forward pass kept for the backward pass");
         };
         let gamma = gamma_beta.detach().get(0)?;
-        let (d_conv_out, d_gamma, d_beta) =
-            saved
-                .normalize
-                .gradients(&saved.conv_out, &gamma, &y.detach(), dy)?;
-        let (d_x, d_kernel) = self.conv.bwd(x, kernel, &saved.conv_out, &d_conv_out)?;
+        let (y, dy) = (y.detach().contiguous()?, dy.contiguous()?);
+        let conv_out = &saved.conv_out;
+        let (input, d_gamma, d_beta) = saved.normalize.gradient_parts(conv_out, &gamma, &y, &dy)?;
+        let (d_x, d_kernel) = if self.conv.takes_plane_gradient() {
+            // The BatchNorm's input gradient, the convolution's output gradient, is computed
+            // plane by plane straight into the convolution's backward GEMM layout.
+            let (out_storage, out_layout) = conv_out.storage_and_layout();
+            let (y_storage, y_layout) = y.storage_and_layout();
+            let (Storage::Cpu(out_storage), Storage::Cpu(y_storage)) = (&*out_storage, &*y_storage)
+            else {
+                candle::bail!("conv + batch norm: the backward pass runs on the CPU");
+            };
+            let out = f32_slice(out_storage, out_layout, "conv + batch norm")?;
+            let y = f32_slice(y_storage, y_layout, "conv + batch norm")?;
+            let (b, _, h, w) = conv_out.dims4()?;
+            let plane = h * w;
+            let planes = |i: usize, dy: &[f32], dst: &mut [f32]| {
+                let at = i * plane..(i + 1) * plane;
+                input.plane(i, b * plane, [&out[at.clone()], dy, &y[at]], dst)
+            };
+            self.conv.backward(x, kernel, &dy, Some(&planes))?
+        } else {
+            let d_conv_out = conv_out.apply_op3_no_bwd(&dy, &y, &input)?;
+            self.conv.backward(x, kernel, &d_conv_out, None)?
+        };
         let d_gamma_beta = Tensor::stack(&[&d_gamma, &d_beta], 0)?;
         Ok((d_x, d_kernel, Some(d_gamma_beta)))
     }
@@ -176,16 +196,18 @@ mod tests {
 
     #[test]
     fn one_operation_gives_the_bits_of_the_two_layers_apart() {
-        // "Same" and strided convolutions, with and without ReLU, 19 images (two blocks and a
-        // partial one): output, every gradient and the running statistics, bit for bit.
+        // "Same" and strided convolutions, with and without ReLU, and one without padding (its
+        // GEMM columns span whole input lines, so the BatchNorm's input gradient is a tensor of
+        // its own), 19 images (two blocks and a partial one): output, every gradient and the
+        // running statistics, bit for bit.
         let dev = Device::Cpu;
-        for (stride, relu) in [(1, true), (1, false), (2, true)] {
+        for (stride, padding, relu) in [(1, 1, true), (1, 1, false), (2, 1, true), (1, 0, true)] {
             let x = Var::randn(0f32, 1.0, (19, 3, 9, 9), &dev).unwrap();
             let w = Var::randn(0f32, 0.3, (6, 3, 3, 3), &dev).unwrap();
             let gamma = Var::randn(1f32, 0.3, 6, &dev).unwrap();
             let beta = Var::randn(0f32, 0.3, 6, &dev).unwrap();
             let cfg = Conv2dConfig {
-                padding: 1,
+                padding,
                 stride,
                 ..Default::default()
             };
@@ -244,7 +266,10 @@ mod tests {
             let (together, apart) = (run(true), run(false));
             let names = ["output", "mean", "var", "dx", "dw", "dγ", "dβ"];
             for ((name, a), b) in names.iter().zip(&together).zip(&apart) {
-                assert_eq!(a, b, "stride {stride}, relu {relu}: {name}");
+                assert_eq!(
+                    a, b,
+                    "stride {stride}, padding {padding}, relu {relu}: {name}"
+                );
             }
             // The running statistics moved.
             assert!(together[1].iter().any(|&m| m != 0.0));

@@ -436,6 +436,20 @@ impl Normalize {
         y: &Tensor,
         dy: &Tensor,
     ) -> candle::Result<(Tensor, Tensor, Tensor)> {
+        let (input, d_gamma, d_beta) = self.gradient_parts(x, gamma, y, dy)?;
+        let dx = x.apply_op3_no_bwd(&dy.contiguous()?, &y.contiguous()?, &input)?;
+        Ok((dx, d_gamma, d_beta))
+    }
+
+    /// The gradients of γ and β, and the [`InputGradient`] that gives the input's plane by
+    /// plane, from the output `y` and its gradient `dy`.
+    pub(crate) fn gradient_parts(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> candle::Result<(InputGradient, Tensor, Tensor)> {
         let dy = dy.contiguous()?;
         let y = y.contiguous()?;
         let backward = Backward {
@@ -446,17 +460,13 @@ impl Normalize {
         // [2, C]: Σ dy and Σ dy·x̂ per channel (dy after the ReLU's mask).
         let sums = x.apply_op3_no_bwd(&dy, &y, &GradSums(&backward))?;
         let host = sums.to_vec2::<f32>()?;
-        let dx = x.apply_op3_no_bwd(
-            &dy,
-            &y,
-            &GradInput {
-                backward: &backward,
-                gamma: gamma.to_vec1::<f32>()?,
-                sum_dy: host[0].clone(),
-                sum_dy_xhat: host[1].clone(),
-            },
-        )?;
-        Ok((dx, sums.get(1)?, sums.get(0)?))
+        let input = InputGradient {
+            backward,
+            gamma: gamma.to_vec1::<f32>()?,
+            sum_dy: host[0].clone(),
+            sum_dy_xhat: host[1].clone(),
+        };
+        Ok((input, sums.get(1)?, sums.get(0)?))
     }
 }
 
@@ -621,14 +631,38 @@ impl CustomOp3 for GradSums<'_> {
     }
 }
 
-struct GradInput<'a> {
-    backward: &'a Backward,
+/// The input gradient `dx = γ/σ · (dy - mean(dy) - x̂·mean(dy·x̂))` once the per-channel sums
+/// are known: as an operation on x, dy and y, or plane by plane ([`InputGradient::plane`]) for
+/// a caller that writes each plane where it needs it.
+pub(crate) struct InputGradient {
+    backward: Backward,
     gamma: Vec<f32>,
     sum_dy: Vec<f32>,
     sum_dy_xhat: Vec<f32>,
 }
 
-impl CustomOp3 for GradInput<'_> {
+impl InputGradient {
+    /// Plane `i` (image `i / C`, channel `i % C`) of the input gradient into `dst`, from that
+    /// plane of x, dy and y; `per_channel` values per channel in the batch.
+    #[inline]
+    pub(crate) fn plane(
+        &self,
+        i: usize,
+        per_channel: usize,
+        [x, dy, y]: [&[f32]; 3],
+        dst: &mut [f32],
+    ) {
+        let ch = i % self.gamma.len();
+        let n = per_channel as f32;
+        let k = self.gamma[ch] * self.backward.inv_std[ch];
+        let (mean_dy, mean_dy_xhat) = (self.sum_dy[ch] / n, self.sum_dy_xhat[ch] / n);
+        for (d, (xhat, g)) in dst.iter_mut().zip(self.backward.terms(ch, x, dy, y)) {
+            *d = k * (g - mean_dy - xhat * mean_dy_xhat);
+        }
+    }
+}
+
+impl CustomOp3 for InputGradient {
     fn name(&self) -> &'static str {
         "fmnist-batch-norm-grad-input"
     }
@@ -643,19 +677,17 @@ impl CustomOp3 for GradInput<'_> {
         l3: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
         let ([x, dy, y], c, plane) = three([(s1, l1), (s2, l2), (s3, l3)])?;
-        let n = (x.len() / c) as f32;
+        if c != self.gamma.len() {
+            candle::bail!(
+                "batch norm backward: {c} channels, {} parameters",
+                self.gamma.len()
+            );
+        }
         let mut out = output_buffer(x.len());
         out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
-            let ch = i % c;
             let at = i * plane..(i + 1) * plane;
-            let k = self.gamma[ch] * self.backward.inv_std[ch];
-            let (mean_dy, mean_dy_xhat) = (self.sum_dy[ch] / n, self.sum_dy_xhat[ch] / n);
-            let terms = self
-                .backward
-                .terms(ch, &x[at.clone()], &dy[at.clone()], &y[at]);
-            for (d, (xhat, g)) in dst.iter_mut().zip(terms) {
-                *d = k * (g - mean_dy - xhat * mean_dy_xhat);
-            }
+            let planes = [&x[at.clone()], &dy[at.clone()], &y[at]];
+            self.plane(i, x.len() / c, planes, dst);
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
