@@ -262,7 +262,10 @@ mod gathered {
             plane_sums_avx2(block, plane, mean, start)
         }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("no gathers on this architecture")
+        {
+            let _ = (mean, start);
+            unreachable!("no gathers on this architecture")
+        }
     }
 
     /// `Σ dy` and `Σ dy·x̂` in f32 from zero per plane of the blocks `[LANES, plane]` of x,
@@ -281,7 +284,10 @@ mod gathered {
             grad_sums_avx2([x, dy, y], plane, (mean, inv_std), relu)
         }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("no gathers on this architecture")
+        {
+            let _ = (mean, inv_std, relu);
+            unreachable!("no gathers on this architecture")
+        }
     }
 
     /// The lanes' offsets into a block: `j · plane`.
