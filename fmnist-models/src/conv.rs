@@ -17,8 +17,8 @@ use candle::{CpuStorage, CustomOp2, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::{
-    blocks_of, f32_slice, first_max, gemm_into, output_buffer, pool_relu, simd, sized, sum_blocks,
-    Kernels, MaxPool2,
+    blocks_of, f32_slice, first_max, gemm_into, gemm_strided, output_buffer, pool_relu, simd,
+    sized, sum_blocks, Kernels, MaxPool2, Strided,
 };
 use crate::one_channel::{self, OneChannelKernel, OneChannelScratch};
 use crate::winograd::{self, PooledGeometry, TransformedKernel, WinogradScratch};
@@ -849,6 +849,12 @@ impl CustomOp2 for BlockedConvBackward<'_> {
         let mut grads = output_buffer(o * r + if self.input_grad { x.len() } else { 0 });
         let (d_kernel, d_x) = grads.split_at_mut(o * r);
         let mut d_x_blocks = blocks_of(d_x, BLOCK * image, f.batch * image);
+        // Both operands of the kernel gradient `d_y [O, n] · colsᵀ` run along the positions
+        // `n`, so the GEMM packs one of them transposed, an element at a time: the smaller,
+        // `d_y`, when there are fewer output channels than kernel rows (then the blocks' sums
+        // are `[R, O]`, transposed at the end). Every element is the same sum of the same
+        // products in the same order either way, so the bits do not change.
+        let kernel_gradient_transposed = o < r;
         let mut run = |partials: &mut [f32]| {
             partials
                 .par_chunks_mut(o * r)
@@ -866,7 +872,13 @@ impl CustomOp2 for BlockedConvBackward<'_> {
                         self.output_gradient(d_y, planes, argmax, images);
                         let cols = sized(&mut s.cols, r * n);
                         unfold_block(g, x, images, cols);
-                        gemm_into(d_kernel, d_y, cols, (o, n, r), true, false);
+                        if kernel_gradient_transposed {
+                            let (cols, d_y) =
+                                (Strided::dense(cols, n), Strided::transposed(d_y, n));
+                            gemm_strided(d_kernel, o, cols, d_y, (r, n, o), false);
+                        } else {
+                            gemm_into(d_kernel, d_y, cols, (o, n, r), true, false);
+                        }
                         if let Some(d_x) = d_x {
                             d_x.fill(0.0);
                             let rows = g.rows();
@@ -880,7 +892,17 @@ impl CustomOp2 for BlockedConvBackward<'_> {
                         }
                     })
                 });
-            sum_blocks(d_kernel, partials);
+            if kernel_gradient_transposed {
+                let mut d_kernel_t = vec![0f32; o * r];
+                sum_blocks(&mut d_kernel_t, partials);
+                for (row, sums) in d_kernel_t.chunks_exact(o).enumerate() {
+                    for (ch, v) in sums.iter().enumerate() {
+                        d_kernel[ch * r + row] = *v;
+                    }
+                }
+            } else {
+                sum_blocks(d_kernel, partials);
+            }
         };
         PARTIALS.with(|kept| match kept.try_borrow_mut() {
             Ok(mut kept) => run(sized(&mut kept, blocks * o * r)),

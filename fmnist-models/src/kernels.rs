@@ -540,6 +540,44 @@ mod tests {
     }
 
     #[test]
+    fn a_product_of_two_row_major_operands_has_the_bits_of_its_transpose() {
+        // A convolution's kernel gradient `d_y [m, k] · colsᵀ` runs either way round (see
+        // `BlockedConvBackward`): `cols · d_yᵀ` must give the transpose, bit for bit. Shapes
+        // of `resnet`'s layers (depth 8 images of 14x14 and 7x7 positions, so the depth is cut
+        // into several blocks), one of each size class of the `gemm` crate, and an odd one.
+        let values = |len: usize, seed: u32| -> Vec<f32> {
+            let mut state = seed;
+            (0..len)
+                .map(|_| {
+                    state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+                })
+                .collect()
+        };
+        for (m, k, n) in [
+            (32, 1568, 288),
+            (64, 392, 576),
+            (128, 128, 1152),
+            (16, 700, 40),
+            (9, 35, 70),
+        ] {
+            let a = values(m * k, 1);
+            let b = values(n * k, 2);
+            let mut product = vec![0f32; m * n];
+            gemm_into(&mut product, &a, &b, (m, k, n), true, false);
+            let mut transposed = vec![0f32; n * m];
+            let (b, a_t) = (Strided::dense(&b, k), Strided::transposed(&a, k));
+            gemm_strided(&mut transposed, m, b, a_t, (n, k, m), false);
+            for i in 0..m {
+                for j in 0..n {
+                    let (x, y) = (product[i * n + j], transposed[j * m + i]);
+                    assert_eq!(x.to_bits(), y.to_bits(), "{m}x{k}x{n} at ({i}, {j})");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn add_relu_gives_the_same_bits_on_both_paths() {
         let dev = Device::Cpu;
         let a = Tensor::randn(0f32, 1.0, (2, 3, 5, 5), &dev).unwrap();
