@@ -6,35 +6,48 @@
 //! gradient into it: two passes over some of the largest activations of `resnet` and
 //! `cnn-deep`, for a tensor with a single consumer. As one operation, the convolution's output
 //! stays inside it (kept for the backward pass, as the graph kept it), and its gradient goes
-//! from the BatchNorm's backward kernels straight into the convolution's. The kernels are the
-//! same ones in the same order, so the results are the same bits as the two layers apart.
+//! from the BatchNorm's backward kernels straight into the convolution's. Where ReLU and 2x2
+//! max-pooling follow, they are part of the operation too: forward the pooled output comes
+//! from the convolution's in one pass, and backward the BatchNorm's kernels rebuild each plane
+//! of the ReLU's output and of its gradient where they read it, so the two largest tensors of
+//! the layers apart (the normalized output and its gradient) are never written. The kernels
+//! are the same ones in the same order, so the results are the same bits as the layers apart.
 use std::sync::{Arc, Mutex};
 
 use candle::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Storage, Tensor};
 
 use crate::conv::{BlockedConv, Conv2d, Epilogue};
-use crate::kernels::f32_slice;
+use crate::kernels::{f32_slice, MaxPool2};
 use crate::norm::{channel_stats, check_count, BatchNorm2d, Normalize};
 
-/// `bn(conv(x))`, then ReLU if `relu`: one operation in training where both layers run on the
-/// fused path, the two layers one after the other otherwise.
+/// What follows the normalization inside [`conv_norm_t`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum After {
+    Nothing,
+    Relu,
+    /// ReLU, then 2x2 max-pooling.
+    ReluPool(MaxPool2),
+}
+
+/// `bn(conv(x))`, then what `after` says: one operation in training where the layers run on
+/// the fused path, the layers one after the other otherwise.
 pub(crate) fn conv_norm_t(
     conv: &Conv2d,
     bn: &BatchNorm2d,
     x: &Tensor,
     train: bool,
-    relu: bool,
+    after: After,
 ) -> candle::Result<Tensor> {
     if train {
-        if let Some(y) = fused(conv, bn, x, relu)? {
+        if let Some(y) = fused(conv, bn, x, after)? {
             return Ok(y);
         }
     }
     let y = conv.forward_t(x, train)?;
-    if relu {
-        bn.forward_relu_t(&y, train)
-    } else {
-        bn.forward_t(&y, train)
+    match after {
+        After::Nothing => bn.forward_t(&y, train),
+        After::Relu => bn.forward_relu_t(&y, train),
+        After::ReluPool(pool) => bn.forward_relu_t(&y, train)?.apply(&pool),
     }
 }
 
@@ -47,13 +60,19 @@ fn fused(
     conv: &Conv2d,
     bn: &BatchNorm2d,
     x: &Tensor,
-    relu: bool,
+    after: After,
 ) -> candle::Result<Option<Tensor>> {
     let Some((gamma, beta, eps)) = bn.fused_parameters(x) else {
         return Ok(None);
     };
     let Some((kernel, conv)) = conv.blocked_op(x, Epilogue::None)? else {
         return Ok(None);
+    };
+    let pool = match after {
+        // The pooling's backward pass rides in the convolution's plane by plane.
+        After::ReluPool(pool) if pool.kernels.fuse(x) && conv.takes_plane_gradient() => true,
+        After::ReluPool(_) => return Ok(None),
+        _ => false,
     };
     let (b, _, _, _) = x.dims4()?;
     let (oh, ow) = conv.output_size();
@@ -62,7 +81,8 @@ fn fused(
     let op = ConvNorm {
         conv,
         eps,
-        relu,
+        relu: !matches!(after, After::Nothing),
+        pool,
         statistics: statistics.clone(),
         saved: Mutex::new(None),
     };
@@ -89,6 +109,8 @@ struct ConvNorm {
     conv: BlockedConv,
     eps: f32,
     relu: bool,
+    /// 2x2 max-pooling after the ReLU.
+    pool: bool,
     statistics: Statistics,
     saved: Mutex<Option<Saved>>,
 }
@@ -124,7 +146,12 @@ impl CustomOp3 for ConvNorm {
         };
         let (mean, var) = stats.split_at(c);
         let normalize = Normalize::new(mean.to_vec(), var, self.eps, self.relu);
-        let out = normalize.apply(x, c, h * w, gamma, beta);
+        let (out, out_shape) = if self.pool {
+            let out = normalize.apply_pooled(x, c, (h, w), gamma, beta);
+            (out, Shape::from((b, c, h / 2, w / 2)))
+        } else {
+            (normalize.apply(x, c, h * w, gamma, beta), shape.clone())
+        };
         if let Ok(mut slot) = self.statistics.lock() {
             *slot = Some((mean.to_vec(), var.to_vec()));
         }
@@ -138,7 +165,7 @@ impl CustomOp3 for ConvNorm {
                 normalize,
             });
         }
-        Ok((CpuStorage::F32(out), shape))
+        Ok((CpuStorage::F32(out), out_shape))
     }
 
     fn bwd(
@@ -152,6 +179,9 @@ impl CustomOp3 for ConvNorm {
         let Some(saved) = self.saved.lock().ok().and_then(|s| s.clone()) else {
             candle::bail!("conv + batch norm: no forward pass kept for the backward pass");
         };
+        if self.pool {
+            return self.pooled_backward(x, kernel, gamma_beta, &saved, dy);
+        }
         let gamma = gamma_beta.detach().get(0)?;
         let (y, dy) = (y.detach().contiguous()?, dy.contiguous()?);
         let conv_out = &saved.conv_out;
@@ -183,6 +213,49 @@ impl CustomOp3 for ConvNorm {
     }
 }
 
+/// Gradients of [`ConvNorm::bwd`].
+type Gradients = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+impl ConvNorm {
+    /// The backward pass with the pooling: `d_pooled` is the pooled output's gradient. The
+    /// convolution's backward pass is handed its own output, from whose planes the BatchNorm
+    /// rebuilds each plane of its output and that output's gradient.
+    fn pooled_backward(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        gamma_beta: &Tensor,
+        saved: &Saved,
+        d_pooled: &Tensor,
+    ) -> candle::Result<Gradients> {
+        let conv_out = &saved.conv_out;
+        let (b, c, h, w) = conv_out.dims4()?;
+        let (plane, pooled) = (h * w, (h / 2) * (w / 2));
+        let d_pooled = d_pooled.contiguous()?;
+        let params = gamma_beta.detach().flatten_all()?.to_vec1::<f32>()?;
+        let (gamma, beta) = params.split_at(c);
+        let (out_storage, out_layout) = conv_out.storage_and_layout();
+        let (d_storage, d_layout) = d_pooled.storage_and_layout();
+        let (Storage::Cpu(out_storage), Storage::Cpu(d_storage)) = (&*out_storage, &*d_storage)
+        else {
+            candle::bail!("conv + batch norm + pooling: the backward pass runs on the CPU");
+        };
+        let out = f32_slice(out_storage, out_layout, "conv + batch norm + pooling")?;
+        let d_pooled = f32_slice(d_storage, d_layout, "conv + batch norm + pooling")?;
+        let (input, unpool, d_gamma, d_beta) =
+            saved
+                .normalize
+                .pooled_gradient_parts(out, (c, h, w), [gamma, beta], d_pooled)?;
+        let planes = |i: usize, out: &[f32], dst: &mut [f32]| {
+            let d_pooled = &d_pooled[i * pooled..(i + 1) * pooled];
+            input.unpooled_plane(i, b * plane, &unpool, [out, d_pooled], dst)
+        };
+        let (d_x, d_kernel) = self.conv.backward(x, kernel, conv_out, Some(&planes))?;
+        let d_gamma_beta = Tensor::stack(&[&d_gamma, &d_beta], 0)?;
+        Ok((d_x, d_kernel, Some(d_gamma_beta)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,17 +268,31 @@ mod tests {
     }
 
     #[test]
-    fn one_operation_gives_the_bits_of_the_two_layers_apart() {
+    fn one_operation_gives_the_bits_of_the_layers_apart() {
         // "Same" and strided convolutions, with and without ReLU, and one without padding (its
         // GEMM columns span whole input lines, so the BatchNorm's input gradient is a tensor of
-        // its own), 19 images (two blocks and a partial one): output, every gradient and the
-        // running statistics, bit for bit.
+        // its own); with the pooling, odd sizes (a line no window covers) and 6 or 16 channels
+        // (the BatchNorm's sums on lanes of their own or gathered); 19 images (two blocks and
+        // a partial one): output, every gradient and the running statistics, bit for bit.
         let dev = Device::Cpu;
-        for (stride, padding, relu) in [(1, 1, true), (1, 1, false), (2, 1, true), (1, 0, true)] {
+        let pool = After::ReluPool(MaxPool2 {
+            kernels: Kernels::Fused,
+        });
+        let cases = [
+            (1, 1, After::Relu, 6),
+            (1, 1, After::Nothing, 6),
+            (2, 1, After::Relu, 6),
+            (1, 0, After::Relu, 6),
+            (1, 1, pool, 6),
+            (1, 1, pool, 16),
+            (2, 1, pool, 16),
+            (1, 0, pool, 6),
+        ];
+        for (stride, padding, after, o) in cases {
             let x = Var::randn(0f32, 1.0, (19, 3, 9, 9), &dev).unwrap();
-            let w = Var::randn(0f32, 0.3, (6, 3, 3, 3), &dev).unwrap();
-            let gamma = Var::randn(1f32, 0.3, 6, &dev).unwrap();
-            let beta = Var::randn(0f32, 0.3, 6, &dev).unwrap();
+            let w = Var::randn(0f32, 0.3, (o, 3, 3, 3), &dev).unwrap();
+            let gamma = Var::randn(1f32, 0.3, o, &dev).unwrap();
+            let beta = Var::randn(0f32, 0.3, o, &dev).unwrap();
             let cfg = Conv2dConfig {
                 padding,
                 stride,
@@ -218,12 +305,12 @@ mod tests {
                 );
                 // Variables, as the builder makes them, so that the update lands in them.
                 let (mean, var) = (
-                    Var::zeros(6, candle::DType::F32, &dev).unwrap(),
-                    Var::ones(6, candle::DType::F32, &dev).unwrap(),
+                    Var::zeros(o, candle::DType::F32, &dev).unwrap(),
+                    Var::ones(o, candle::DType::F32, &dev).unwrap(),
                 );
                 let (mean, var) = (mean.as_tensor(), var.as_tensor());
                 let bn = BatchNorm::new(
-                    6,
+                    o,
                     mean.clone(),
                     var.clone(),
                     gamma.as_tensor().clone(),
@@ -233,13 +320,15 @@ mod tests {
                 .unwrap();
                 let bn = BatchNorm2d::new(bn, Kernels::Fused);
                 let y = if together {
-                    conv_norm_t(&conv, &bn, x.as_tensor(), true, relu).unwrap()
+                    conv_norm_t(&conv, &bn, x.as_tensor(), true, after).unwrap()
                 } else {
                     let c = conv.forward_t(x.as_tensor(), true).unwrap();
-                    if relu {
-                        bn.forward_relu_t(&c, true).unwrap()
-                    } else {
-                        bn.forward_t(&c, true).unwrap()
+                    match after {
+                        After::Nothing => bn.forward_t(&c, true).unwrap(),
+                        After::Relu => bn.forward_relu_t(&c, true).unwrap(),
+                        After::ReluPool(pool) => {
+                            bn.forward_relu_t(&c, true).unwrap().apply(&pool).unwrap()
+                        }
                     }
                 };
                 let up = Tensor::arange(0f32, y.elem_count() as f32, &dev)
@@ -261,18 +350,29 @@ mod tests {
                 for v in [&x, &w, &gamma, &beta] {
                     all.push(flat(grads.get(v.as_tensor()).expect("a gradient")));
                 }
-                all
+                // The graph's tensors of the convolution's output size.
+                let side = (9 + 2 * padding - 3) / stride + 1;
+                let full_size = |t: &&&Tensor| t.elem_count() == 19 * o * side * side;
+                (all, y.sorted_nodes().iter().filter(full_size).count())
             };
-            let (together, apart) = (run(true), run(false));
+            let ((together, nodes_together), (apart, nodes_apart)) = (run(true), run(false));
+            let case = format!("stride {stride}, padding {padding}, {after:?}, {o} channels");
             let names = ["output", "mean", "var", "dx", "dw", "dγ", "dβ"];
             for ((name, a), b) in names.iter().zip(&together).zip(&apart) {
-                assert_eq!(
-                    a, b,
-                    "stride {stride}, padding {padding}, relu {relu}: {name}"
-                );
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(a), bits(b), "{case}: {name}");
             }
             // The running statistics moved.
             assert!(together[1].iter().any(|&m| m != 0.0));
+            // One operation ran (the convolution's output is no tensor of the graph, nor with
+            // the pooling the normalized one), except with the pooling after a convolution
+            // whose output planes the GEMM does not hold whole (no padding): apart then.
+            let expected = match after {
+                After::ReluPool(_) if padding == 0 => (2, 2),
+                After::ReluPool(_) => (0, 2),
+                _ => (1, 2),
+            };
+            assert_eq!((nodes_together, nodes_apart), expected, "{case}");
         }
     }
 
@@ -303,7 +403,7 @@ mod tests {
         )
         .unwrap();
         let bn = BatchNorm2d::new(bn, Kernels::Fused);
-        let y = conv_norm_t(&conv, &bn, &x, false, true).unwrap();
+        let y = conv_norm_t(&conv, &bn, &x, false, After::Relu).unwrap();
         let apart = bn
             .forward_relu_t(&conv.forward_t(&x, false).unwrap(), false)
             .unwrap();

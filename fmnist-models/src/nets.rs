@@ -7,7 +7,7 @@ use candle_nn::{Conv2dConfig, Linear};
 
 use crate::builder::{Builder, Dropout};
 use crate::conv::Conv2d;
-use crate::conv_norm::conv_norm_t;
+use crate::conv_norm::{conv_norm_t, After};
 use crate::kernels::{AddRelu, MaxPool2};
 use crate::norm::BatchNorm2d;
 use crate::recurrent::Lstm as LstmLayer;
@@ -330,12 +330,22 @@ impl ConvBn {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        conv_norm_t(&self.conv, &self.bn, x, train, false)
+        conv_norm_t(&self.conv, &self.bn, x, train, After::Nothing)
     }
 
     /// `relu(forward_t(x, train))`, fused into the normalization.
     fn forward_relu_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        conv_norm_t(&self.conv, &self.bn, x, train, true)
+        conv_norm_t(&self.conv, &self.bn, x, train, After::Relu)
+    }
+
+    /// `pool(forward_relu_t(x, train))`, in training one operation with the convolution.
+    fn forward_relu_pool_t(
+        &self,
+        x: &Tensor,
+        pool: MaxPool2,
+        train: bool,
+    ) -> candle::Result<Tensor> {
+        conv_norm_t(&self.conv, &self.bn, x, train, After::ReluPool(pool))
     }
 }
 
@@ -376,12 +386,12 @@ impl Net for CnnDeep {
 
     fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         // ReLU rides in the normalization's pass, so it comes before the pooling here.
-        let x = self.stage1.forward_relu_t(x, train)?.apply(&self.pool)?; // 32x14x14
+        let x = self.stage1.forward_relu_pool_t(x, self.pool, train)?; // 32x14x14
         let x = self.drop_conv.forward_t(&x, train)?;
-        let x = self.stage2.forward_relu_t(&x, train)?.apply(&self.pool)?; // 64x7x7
+        let x = self.stage2.forward_relu_pool_t(&x, self.pool, train)?; // 64x7x7
         let x = self.drop_conv.forward_t(&x, train)?;
         let x = self.stage3a.forward_relu_t(&x, train)?;
-        let x = self.stage3b.forward_relu_t(&x, train)?.apply(&self.pool)?; // 128x3x3
+        let x = self.stage3b.forward_relu_pool_t(&x, self.pool, train)?; // 128x3x3
         let x = self.drop_conv.forward_t(&x, train)?;
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
         self.drop_fc.forward_t(&x, train)
@@ -478,7 +488,7 @@ impl Net for Resnet {
     }
 
     fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        let mut x = self.stem.forward_relu_t(x, train)?.apply(&self.pool)?; // 32x14x14
+        let mut x = self.stem.forward_relu_pool_t(x, self.pool, train)?; // 32x14x14
         for block in &self.blocks {
             x = block.forward_t(&x, train)?;
         }

@@ -8,12 +8,17 @@
 //! closed form `dx = γ/σ · (dy - mean(dy) - x̂·mean(dy·x̂))`. In evaluation the fused path
 //! records no graph: nothing is kept for a backward pass that will not come. Where a
 //! convolution feeds the layer in training, `conv_norm` runs the two as one operation with
-//! these kernels.
+//! these kernels, and where a 2x2 max-pooling follows the ReLU, with that too: the pooled
+//! output is computed from the input in one pass, and backward each plane's output and its
+//! gradient are rebuilt where a kernel reads them ([`Unpool`]), so neither full-size tensor
+//! is ever written.
+use std::cell::RefCell;
+
 use candle::{CpuStorage, CustomOp3, Layout, Module, ModuleT, Shape, Tensor, Var};
 use candle_nn::BatchNorm;
 use rayon::prelude::*;
 
-use crate::kernels::{f32_slice, output_buffer, Kernels};
+use crate::kernels::{f32_slice, output_buffer, sized, windows, Kernels};
 
 /// A BatchNorm layer (`candle_nn::BatchNorm` underneath, so checkpoints are unchanged).
 #[derive(Debug, Clone)]
@@ -422,15 +427,46 @@ impl Normalize {
             .for_each(|(i, (dst, src))| {
                 let (scale, shift) = affine[i % c];
                 if self.relu {
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        *d = (scale * v + shift).max(0.0);
-                    }
+                    rectified((scale, shift), src, dst);
                 } else {
                     for (d, &v) in dst.iter_mut().zip(src) {
                         *d = scale * v + shift;
                     }
                 }
             });
+        out
+    }
+
+    /// [`Self::apply`] (with its ReLU) followed by 2x2 max-pooling, in one pass: the pooled
+    /// `[B, c, h/2, w/2]` of the contiguous `x [B, c, h, w]`, the bits of [`MaxPool2`]'s fused
+    /// kernel run on the output of [`Self::apply`].
+    ///
+    /// [`MaxPool2`]: crate::kernels::MaxPool2
+    pub(crate) fn apply_pooled(
+        &self,
+        x: &[f32],
+        c: usize,
+        (h, w): (usize, usize),
+        gamma: &[f32],
+        beta: &[f32],
+    ) -> Vec<f32> {
+        assert!(self.relu, "the fused pooling follows the ReLU");
+        let affine = self.affine(gamma, beta);
+        let (plane, ph, pw) = (h * w, h / 2, w / 2);
+        let mut out = output_buffer(x.len() / plane * ph * pw);
+        if ph * pw == 0 {
+            return out;
+        }
+        out.par_chunks_mut(ph * pw)
+            .zip(x.par_chunks(plane))
+            .enumerate()
+            .for_each_init(
+                || vec![0f32; plane],
+                |y, (i, (dst, src))| {
+                    rectified(affine[i % c], src, y);
+                    windows(y, w, ph, pw, |i, j, _, max| dst[i * pw + j] = max);
+                },
+            );
         out
     }
 
@@ -473,6 +509,116 @@ impl Normalize {
             sum_dy_xhat: host[1].clone(),
         };
         Ok((input, sums.get(1)?, sums.get(0)?))
+    }
+
+    /// [`Self::gradient_parts`] of [`Self::apply_pooled`]: from its input `x [B, C, H, W]`
+    /// (contiguous), γ, β and the pooled output's gradient `d_pooled [B, C, H/2, W/2]`, with
+    /// each plane's output and its gradient rebuilt where the sums read them ([`Unpool`]).
+    /// Also gives the [`Unpool`] that [`InputGradient::unpooled_plane`] needs.
+    pub(crate) fn pooled_gradient_parts(
+        &self,
+        x: &[f32],
+        (c, h, w): (usize, usize, usize),
+        [gamma, beta]: [&[f32]; 2],
+        d_pooled: &[f32],
+    ) -> candle::Result<(InputGradient, Unpool, Tensor, Tensor)> {
+        let plane = h * w;
+        let unpool = Unpool {
+            affine: self.affine(gamma, beta),
+            w,
+        };
+        let pooled = unpool.pooled(plane);
+        let b = x.len() / (c * plane);
+        if x.len() != b * c * plane || d_pooled.len() != b * c * pooled {
+            candle::bail!(
+                "batch norm + pooling backward: gradient of {} values",
+                d_pooled.len()
+            );
+        }
+        let backward = Backward {
+            mean: self.mean.clone(),
+            inv_std: self.inv_std.clone(),
+            relu: true,
+        };
+        let (sums, _) = backward.channel_sums(c, b, |i, chs| {
+            UNPOOLED.with_borrow_mut(|scratch| {
+                let (ys, dys) = sized(scratch, 2 * LANES * plane).split_at_mut(LANES * plane);
+                for (j, &ch) in chs.iter().enumerate() {
+                    let at = (i * c + ch) * pooled..(i * c + ch + 1) * pooled;
+                    let lane = j * plane..(j + 1) * plane;
+                    let x = &x[plane_of(i, ch, c, plane)];
+                    unpool.plane(ch, x, &d_pooled[at], &mut ys[lane.clone()], &mut dys[lane]);
+                }
+                let (ys, dys) = (&*ys, &*dys);
+                let lanes = [
+                    chs.map(|ch| &x[plane_of(i, ch, c, plane)]),
+                    std::array::from_fn(|j| &dys[j * plane..(j + 1) * plane]),
+                    std::array::from_fn(|j| &ys[j * plane..(j + 1) * plane]),
+                ];
+                let blocks = gathered_group(chs, plane).map(|first| {
+                    let x = &x[plane_of(i, first, c, plane).start..][..LANES * plane];
+                    [x, dys, ys]
+                });
+                backward.image_sums(chs, lanes, blocks)
+            })
+        });
+        let CpuStorage::F32(sums) = sums else {
+            candle::bail!("batch norm + pooling backward: sums are not f32");
+        };
+        let (sum_dy, sum_dy_xhat) = sums.split_at(c);
+        let d_gamma = Tensor::new(sum_dy_xhat, &candle::Device::Cpu)?;
+        let d_beta = Tensor::new(sum_dy, &candle::Device::Cpu)?;
+        let input = InputGradient {
+            backward,
+            gamma: gamma.to_vec(),
+            sum_dy: sum_dy.to_vec(),
+            sum_dy_xhat: sum_dy_xhat.to_vec(),
+        };
+        Ok((input, unpool, d_gamma, d_beta))
+    }
+}
+
+/// `relu(scale·x + shift)` of `src` into `dst`: the normalization's output with its ReLU.
+#[inline]
+fn rectified((scale, shift): (f32, f32), src: &[f32], dst: &mut [f32]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = (scale * v + shift).max(0.0);
+    }
+}
+
+thread_local! {
+    /// A thread's rebuilt planes of output and gradient ([`Unpool`]), kept from call to call.
+    static UNPOOLED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Rebuilds, in the backward pass of [`Normalize::apply_pooled`], a plane's output `y` and
+/// its gradient `dy` from the plane's input and the pooled gradient: the operations of
+/// [`Normalize::apply`] and of the fused max-pooling's backward pass, so the same bits as the
+/// tensors the layers apart would have kept and handed over.
+pub(crate) struct Unpool {
+    /// Per channel `(scale, shift)` of the affine map.
+    affine: Vec<(f32, f32)>,
+    /// Width of a plane.
+    w: usize,
+}
+
+impl Unpool {
+    /// Pooled values per plane of `plane` values.
+    fn pooled(&self, plane: usize) -> usize {
+        (plane / self.w / 2) * (self.w / 2)
+    }
+
+    /// `y` and `dy` of a plane of channel `ch` from its input `x` and pooled gradient: each
+    /// window's gradient at its first maximum, zero elsewhere (an odd size's last line too).
+    #[inline]
+    fn plane(&self, ch: usize, x: &[f32], d_pooled: &[f32], y: &mut [f32], dy: &mut [f32]) {
+        let w = self.w;
+        let (ph, pw) = (x.len() / w / 2, w / 2);
+        rectified(self.affine[ch], x, y);
+        dy.fill(0.0);
+        windows(y, w, ph, pw, |i, j, at, _| {
+            dy[(2 * i + at / 2) * w + 2 * j + at % 2] = d_pooled[i * pw + j];
+        });
     }
 }
 
@@ -570,6 +716,47 @@ impl Backward {
         }
         (s, sx)
     }
+
+    /// [`Self::plane_sums`] of one image's planes of the channels `chs`: `lanes` holds lane
+    /// `j`'s planes of x, dy and y; `blocks`, where [`gathered_group`] allows, the same
+    /// planes as `[LANES, plane]` blocks for the gathers.
+    #[inline]
+    fn image_sums(
+        &self,
+        chs: [usize; LANES],
+        [x, dy, y]: [[&[f32]; LANES]; 3],
+        blocks: Option<[&[f32]; 3]>,
+    ) -> ([f32; LANES], [f32; LANES]) {
+        match blocks {
+            Some(blocks) => {
+                let mean = chs.map(|ch| self.mean[ch]);
+                let inv_std = chs.map(|ch| self.inv_std[ch]);
+                gathered::grad_sums(blocks, x[0].len(), (mean, inv_std), self.relu)
+            }
+            None => self.plane_sums(chs, x, dy, y),
+        }
+    }
+
+    /// `[2, C]`: `Σ dy` and `Σ dy·x̂` per channel over `b` images, each image's
+    /// `image_sums(i, chs)` added in f64 in image order.
+    fn channel_sums(
+        &self,
+        c: usize,
+        b: usize,
+        image_sums: impl Fn(usize, [usize; LANES]) -> ([f32; LANES], [f32; LANES]) + Sync + Send,
+    ) -> (CpuStorage, Shape) {
+        per_channel_pairs(c, |chs| {
+            let (mut sum, mut sum_xhat) = ([0f64; LANES], [0f64; LANES]);
+            for i in 0..b {
+                let (s, sx) = image_sums(i, chs);
+                for j in 0..LANES {
+                    sum[j] += s[j] as f64;
+                    sum_xhat[j] += sx[j] as f64;
+                }
+            }
+            std::array::from_fn(|j| (sum[j], sum_xhat[j]))
+        })
+    }
 }
 
 /// Arguments x, dy, y, all `[B, C, H, W]`.
@@ -603,36 +790,13 @@ impl CustomOp3 for GradSums<'_> {
     ) -> candle::Result<(CpuStorage, Shape)> {
         let ([x, dy, y], c, plane) = three([(s1, l1), (s2, l2), (s3, l3)])?;
         let b = x.len() / (c * plane);
-        Ok(per_channel_pairs(c, |chs| {
-            let (mut sum, mut sum_xhat) = ([0f64; LANES], [0f64; LANES]);
-            let gathered = gathered_group(chs, plane);
-            let (mean, inv_std) = (
-                chs.map(|ch| self.0.mean[ch]),
-                chs.map(|ch| self.0.inv_std[ch]),
-            );
-            for i in 0..b {
-                let (s, sx) = match gathered {
-                    Some(first) => {
-                        let at = plane_of(i, first, c, plane).start..;
-                        let blocks = [x, dy, y].map(|v| &v[at.clone()][..LANES * plane]);
-                        gathered::grad_sums(blocks, plane, (mean, inv_std), self.0.relu)
-                    }
-                    None => {
-                        let at = chs.map(|ch| plane_of(i, ch, c, plane));
-                        self.0.plane_sums(
-                            chs,
-                            at.clone().map(|r| &x[r]),
-                            at.clone().map(|r| &dy[r]),
-                            at.map(|r| &y[r]),
-                        )
-                    }
-                };
-                for j in 0..LANES {
-                    sum[j] += s[j] as f64;
-                    sum_xhat[j] += sx[j] as f64;
-                }
-            }
-            std::array::from_fn(|j| (sum[j], sum_xhat[j]))
+        Ok(self.0.channel_sums(c, b, |i, chs| {
+            let blocks = gathered_group(chs, plane).map(|first| {
+                let at = plane_of(i, first, c, plane).start..;
+                [x, dy, y].map(|v| &v[at.clone()][..LANES * plane])
+            });
+            let lanes = [x, dy, y].map(|v| chs.map(|ch| &v[plane_of(i, ch, c, plane)]));
+            self.0.image_sums(chs, lanes, blocks)
         }))
     }
 }
@@ -665,6 +829,24 @@ impl InputGradient {
         for (d, (xhat, g)) in dst.iter_mut().zip(self.backward.terms(ch, x, dy, y)) {
             *d = k * (g - mean_dy - xhat * mean_dy_xhat);
         }
+    }
+
+    /// [`Self::plane`] of a [`Normalize::apply_pooled`], from plane `i` of its input and of
+    /// the pooled output's gradient, the output and its gradient rebuilt by `unpool`.
+    #[inline]
+    pub(crate) fn unpooled_plane(
+        &self,
+        i: usize,
+        per_channel: usize,
+        unpool: &Unpool,
+        [x, d_pooled]: [&[f32]; 2],
+        dst: &mut [f32],
+    ) {
+        UNPOOLED.with_borrow_mut(|scratch| {
+            let (y, dy) = sized(scratch, 2 * x.len()).split_at_mut(x.len());
+            unpool.plane(i % self.gamma.len(), x, d_pooled, y, dy);
+            self.plane(i, per_channel, [x, dy, y], dst);
+        })
     }
 }
 
