@@ -102,6 +102,8 @@ struct Saved {
     /// The convolution's output, `[B, O, H', W']`.
     conv_out: Tensor,
     normalize: Normalize,
+    /// With the pooling, where in its window each maximum lies (else empty).
+    argmax: Arc<Vec<u8>>,
 }
 
 /// Arguments: x `[B, C, H, W]`, the convolution's kernel matrix and `[γ; β]` (`[2, O]`).
@@ -146,11 +148,12 @@ impl CustomOp3 for ConvNorm {
         };
         let (mean, var) = stats.split_at(c);
         let normalize = Normalize::new(mean.to_vec(), var, self.eps, self.relu);
-        let (out, out_shape) = if self.pool {
-            let out = normalize.apply_pooled(x, c, (h, w), gamma, beta);
-            (out, Shape::from((b, c, h / 2, w / 2)))
+        let (out, argmax, out_shape) = if self.pool {
+            let (out, argmax) = normalize.apply_pooled(x, c, (h, w), gamma, beta);
+            (out, Arc::new(argmax), Shape::from((b, c, h / 2, w / 2)))
         } else {
-            (normalize.apply(x, c, h * w, gamma, beta), shape.clone())
+            let out = normalize.apply(x, c, h * w, gamma, beta);
+            (out, Arc::default(), shape.clone())
         };
         if let Ok(mut slot) = self.statistics.lock() {
             *slot = Some((mean.to_vec(), var.to_vec()));
@@ -163,6 +166,7 @@ impl CustomOp3 for ConvNorm {
             *slot = Some(Saved {
                 conv_out,
                 normalize,
+                argmax,
             });
         }
         Ok((CpuStorage::F32(out), out_shape))
@@ -242,13 +246,17 @@ impl ConvNorm {
         };
         let out = f32_slice(out_storage, out_layout, "conv + batch norm + pooling")?;
         let d_pooled = f32_slice(d_storage, d_layout, "conv + batch norm + pooling")?;
-        let (input, unpool, d_gamma, d_beta) =
-            saved
-                .normalize
-                .pooled_gradient_parts(out, (c, h, w), [gamma, beta], d_pooled)?;
+        let argmax = &saved.argmax[..];
+        let (input, unpool, d_gamma, d_beta) = saved.normalize.pooled_gradient_parts(
+            out,
+            (c, h, w),
+            [gamma, beta],
+            (d_pooled, argmax),
+        )?;
         let planes = |i: usize, out: &[f32], dst: &mut [f32]| {
-            let d_pooled = &d_pooled[i * pooled..(i + 1) * pooled];
-            input.unpooled_plane(i, b * plane, &unpool, [out, d_pooled], dst)
+            let at = i * pooled..(i + 1) * pooled;
+            let pooled = (&d_pooled[at.clone()], &argmax[at]);
+            input.unpooled_plane(i, b * plane, &unpool, out, pooled, dst)
         };
         let (d_x, d_kernel) = self.conv.backward(x, kernel, conv_out, Some(&planes))?;
         let d_gamma_beta = Tensor::stack(&[&d_gamma, &d_beta], 0)?;

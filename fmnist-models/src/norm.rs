@@ -439,7 +439,8 @@ impl Normalize {
 
     /// [`Self::apply`] (with its ReLU) followed by 2x2 max-pooling, in one pass: the pooled
     /// `[B, c, h/2, w/2]` of the contiguous `x [B, c, h, w]`, the bits of [`MaxPool2`]'s fused
-    /// kernel run on the output of [`Self::apply`].
+    /// kernel run on the output of [`Self::apply`], and where in its window each maximum lies
+    /// (the offset of [`first_max`]), for the backward pass.
     ///
     /// [`MaxPool2`]: crate::kernels::MaxPool2
     pub(crate) fn apply_pooled(
@@ -449,25 +450,30 @@ impl Normalize {
         (h, w): (usize, usize),
         gamma: &[f32],
         beta: &[f32],
-    ) -> Vec<f32> {
+    ) -> (Vec<f32>, Vec<u8>) {
         assert!(self.relu, "the fused pooling follows the ReLU");
         let affine = self.affine(gamma, beta);
         let (plane, ph, pw) = (h * w, h / 2, w / 2);
-        let mut out = output_buffer(x.len() / plane * ph * pw);
+        let pooled = x.len() / plane * ph * pw;
+        let (mut out, mut argmax) = (output_buffer(pooled), vec![0u8; pooled]);
         if ph * pw == 0 {
-            return out;
+            return (out, argmax);
         }
         out.par_chunks_mut(ph * pw)
+            .zip(argmax.par_chunks_mut(ph * pw))
             .zip(x.par_chunks(plane))
             .enumerate()
             .for_each_init(
                 || vec![0f32; plane],
-                |y, (i, (dst, src))| {
+                |y, (i, ((dst, argmax), src))| {
                     rectified(affine[i % c], src, y);
-                    windows(y, w, ph, pw, |i, j, _, max| dst[i * pw + j] = max);
+                    windows(y, w, ph, pw, |i, j, at, max| {
+                        dst[i * pw + j] = max;
+                        argmax[i * pw + j] = at as u8;
+                    });
                 },
             );
-        out
+        (out, argmax)
     }
 
     /// The gradients of the input, γ and β from the output `y` and its gradient `dy`.
@@ -512,15 +518,16 @@ impl Normalize {
     }
 
     /// [`Self::gradient_parts`] of [`Self::apply_pooled`]: from its input `x [B, C, H, W]`
-    /// (contiguous), γ, β and the pooled output's gradient `d_pooled [B, C, H/2, W/2]`, with
-    /// each plane's output and its gradient rebuilt where the sums read them ([`Unpool`]).
-    /// Also gives the [`Unpool`] that [`InputGradient::unpooled_plane`] needs.
+    /// (contiguous), γ, β, the pooled output's gradient `d_pooled [B, C, H/2, W/2]` and the
+    /// maxima's offsets, with each plane's output and its gradient rebuilt where the sums
+    /// read them ([`Unpool`]). Also gives the [`Unpool`] that
+    /// [`InputGradient::unpooled_plane`] needs.
     pub(crate) fn pooled_gradient_parts(
         &self,
         x: &[f32],
         (c, h, w): (usize, usize, usize),
         [gamma, beta]: [&[f32]; 2],
-        d_pooled: &[f32],
+        (d_pooled, argmax): (&[f32], &[u8]),
     ) -> candle::Result<(InputGradient, Unpool, Tensor, Tensor)> {
         let plane = h * w;
         let unpool = Unpool {
@@ -529,7 +536,7 @@ impl Normalize {
         };
         let pooled = unpool.pooled(plane);
         let b = x.len() / (c * plane);
-        if x.len() != b * c * plane || d_pooled.len() != b * c * pooled {
+        if x.len() != b * c * plane || [d_pooled.len(), argmax.len()] != [b * c * pooled; 2] {
             candle::bail!(
                 "batch norm + pooling backward: gradient of {} values",
                 d_pooled.len()
@@ -547,7 +554,8 @@ impl Normalize {
                     let at = (i * c + ch) * pooled..(i * c + ch + 1) * pooled;
                     let lane = j * plane..(j + 1) * plane;
                     let x = &x[plane_of(i, ch, c, plane)];
-                    unpool.plane(ch, x, &d_pooled[at], &mut ys[lane.clone()], &mut dys[lane]);
+                    let pooled = (&d_pooled[at.clone()], &argmax[at]);
+                    unpool.plane(ch, x, pooled, &mut ys[lane.clone()], &mut dys[lane]);
                 }
                 let (ys, dys) = (&*ys, &*dys);
                 let lanes = [
@@ -608,17 +616,26 @@ impl Unpool {
         (plane / self.w / 2) * (self.w / 2)
     }
 
-    /// `y` and `dy` of a plane of channel `ch` from its input `x` and pooled gradient: each
-    /// window's gradient at its first maximum, zero elsewhere (an odd size's last line too).
+    /// `y` and `dy` of a plane of channel `ch` from its input `x`, pooled gradient and
+    /// maxima's offsets: each window's gradient at its (first) maximum, zero elsewhere (an
+    /// odd size's last line too).
     #[inline]
-    fn plane(&self, ch: usize, x: &[f32], d_pooled: &[f32], y: &mut [f32], dy: &mut [f32]) {
+    fn plane(
+        &self,
+        ch: usize,
+        x: &[f32],
+        (d_pooled, argmax): (&[f32], &[u8]),
+        y: &mut [f32],
+        dy: &mut [f32],
+    ) {
         let w = self.w;
-        let (ph, pw) = (x.len() / w / 2, w / 2);
+        let pw = w / 2;
         rectified(self.affine[ch], x, y);
         dy.fill(0.0);
-        windows(y, w, ph, pw, |i, j, at, _| {
-            dy[(2 * i + at / 2) * w + 2 * j + at % 2] = d_pooled[i * pw + j];
-        });
+        for (k, (&g, &at)) in d_pooled.iter().zip(argmax).enumerate() {
+            let (i, j, at) = (k / pw, k % pw, usize::from(at));
+            dy[(2 * i + at / 2) * w + 2 * j + at % 2] = g;
+        }
     }
 }
 
@@ -832,19 +849,21 @@ impl InputGradient {
     }
 
     /// [`Self::plane`] of a [`Normalize::apply_pooled`], from plane `i` of its input and of
-    /// the pooled output's gradient, the output and its gradient rebuilt by `unpool`.
+    /// the pooled output's gradient and maxima's offsets, the output and its gradient rebuilt
+    /// by `unpool`.
     #[inline]
     pub(crate) fn unpooled_plane(
         &self,
         i: usize,
         per_channel: usize,
         unpool: &Unpool,
-        [x, d_pooled]: [&[f32]; 2],
+        x: &[f32],
+        pooled: (&[f32], &[u8]),
         dst: &mut [f32],
     ) {
         UNPOOLED.with_borrow_mut(|scratch| {
             let (y, dy) = sized(scratch, 2 * x.len()).split_at_mut(x.len());
-            unpool.plane(i % self.gamma.len(), x, d_pooled, y, dy);
+            unpool.plane(i % self.gamma.len(), x, pooled, y, dy);
             self.plane(i, per_channel, [x, dy, y], dst);
         })
     }
