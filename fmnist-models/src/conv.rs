@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::kernels::{
     blocks_of, f32_slice, first_max, gemm_into, gemm_strided, output_buffer, pool_relu, simd,
-    sized, sum_blocks, Kernels, MaxPool2, Strided,
+    sized, sum_blocks, transpose, Kernels, MaxPool2, Strided,
 };
 use crate::one_channel::{self, OneChannelKernel, OneChannelScratch};
 use crate::winograd::{self, PooledGeometry, TransformedKernel, WinogradScratch};
@@ -895,11 +895,7 @@ impl CustomOp2 for BlockedConvBackward<'_> {
             if kernel_gradient_transposed {
                 let mut d_kernel_t = vec![0f32; o * r];
                 sum_blocks(&mut d_kernel_t, partials);
-                for (row, sums) in d_kernel_t.chunks_exact(o).enumerate() {
-                    for (ch, v) in sums.iter().enumerate() {
-                        d_kernel[ch * r + row] = *v;
-                    }
-                }
+                d_kernel.copy_from_slice(&transpose(&d_kernel_t, o));
             } else {
                 sum_blocks(d_kernel, partials);
             }

@@ -214,6 +214,20 @@ pub(crate) fn gemm_into(
     gemm_strided(dst, n, Strided::dense(a, k), b, (m, k, n), accumulate)
 }
 
+/// The transpose of the row-major matrix `m` of `cols` columns, row-major. A GEMM operand
+/// read transposed is packed by the `gemm` crate an element at a time, at every call: an
+/// operand used by many calls (a recurrence's weights at every step) is transposed once.
+pub(crate) fn transpose(m: &[f32], cols: usize) -> Vec<f32> {
+    let rows = m.len() / cols.max(1);
+    let mut t = vec![0f32; m.len()];
+    for (r, row) in m.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
+}
+
 /// A matrix operand of [`gemm_strided`]: element `(r, c)` is `data[r·row + c·col]`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Strided<'a> {
@@ -537,6 +551,14 @@ mod tests {
         assert_eq!(fast, [1.0, 0.0, 7.0, 0.0, 5.0, 2.0]);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&fast), bits(&reference));
+    }
+
+    #[test]
+    fn transposing_a_known_matrix() {
+        let m = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(transpose(&m, 3), [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+        assert_eq!(transpose(&m, 2), [1.0, 3.0, 5.0, 2.0, 4.0, 6.0]);
+        assert_eq!(transpose(&transpose(&m, 3), 2), m);
     }
 
     #[test]

@@ -26,8 +26,8 @@ use candle::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::{
-    blocks_of, f32_slice, gemm_into, gemm_strided, output_buffer, simd, sum_blocks, Kernels,
-    Strided,
+    blocks_of, f32_slice, gemm_into, gemm_strided, output_buffer, simd, sum_blocks, transpose,
+    Kernels, Strided,
 };
 
 /// A single-layer LSTM (PyTorch's gate order i, f, g, o) read for its last hidden state.
@@ -292,6 +292,8 @@ fn forward(x: &[f32], w_in: &[f32], w_hh: &[f32], dims: Dims) -> (Vec<f32>, Save
         tanh_cells: output_buffer(b * per_state),
     };
     let mut last = output_buffer(b * hidden);
+    // The weights as the GEMMs' right operands `[I + 1, 4H]` and `[H, 4H]`, row-major.
+    let (w_in, w_hh) = (transpose(w_in, i + 1), transpose(w_hh, hidden));
     saved
         .gates
         .par_chunks_mut(block * per_gates)
@@ -304,10 +306,10 @@ fn forward(x: &[f32], w_in: &[f32], w_hh: &[f32], dims: Dims) -> (Vec<f32>, Save
             |(((((gates, inputs), cells), hiddens), tanh_cells), last)| {
                 let n = last.len() / hidden;
                 let (rows, g4) = (n * dims.steps, 4 * hidden);
-                let w_in = Strided::transposed(w_in, i + 1);
+                let w_in = Strided::dense(&w_in, g4);
                 let inputs = Strided::dense(inputs, i + 1);
                 gemm_strided(gates, g4, inputs, w_in, (rows, i + 1, g4), false);
-                forward_block([gates, cells, hiddens, tanh_cells], last, w_hh, dims);
+                forward_block([gates, cells, hiddens, tanh_cells], last, &w_hh, dims);
             },
         );
     (last, saved)
@@ -316,10 +318,11 @@ fn forward(x: &[f32], w_in: &[f32], w_hh: &[f32], dims: Dims) -> (Vec<f32>, Save
 /// One block of `n` images through every step: `gates [n, T, 4H]` (projections in, activated
 /// gates out); the cells and hidden states before each step and the cells' tanh after it
 /// (`[n, T, H]`; the states before the first step are zero); the last hidden states `[n, H]`.
+/// `w_hh_t` is `W_hhᵀ`, `[H, 4H]`.
 fn forward_block(
     [gates, cells, hiddens, tanh_cells]: [&mut [f32]; 4],
     last: &mut [f32],
-    w_hh: &[f32],
+    w_hh_t: &[f32],
     dims: Dims,
 ) {
     let (t, hidden) = (dims.steps, dims.hidden);
@@ -340,7 +343,7 @@ fn forward_block(
                 row: t * hidden,
                 col: 1,
             };
-            let w = Strided::transposed(w_hh, hidden);
+            let w = Strided::dense(w_hh_t, g4);
             gemm_strided(&mut gates[step * g4..], t * g4, h, w, (n, hidden, g4), true);
         }
         for ((((g, c), h), tc), h_last) in gates
@@ -551,19 +554,21 @@ impl CustomOp2 for Evaluation {
             candle::bail!("lstm: weights [{g4}, {k}] do not fit inputs of {i} features");
         }
         let x = f32_slice(s1, l1, "lstm")?;
-        let w = f32_slice(s2, l2, "lstm")?;
+        // The weights as each step's GEMM's right operand, `[I + 1 + H, 4H]`.
+        let w = transpose(f32_slice(s2, l2, "lstm")?, k);
         let block = b
             .div_ceil(rayon::current_num_threads())
             .clamp(1, EVAL_BLOCK);
         let mut out = vec![0f32; b * hidden];
         out.par_chunks_mut(block * hidden)
             .zip(x.par_chunks(block * t * i))
-            .for_each(|(out, x)| last_hidden_block(x, w, (t, i, hidden), out));
+            .for_each(|(out, x)| last_hidden_block(x, &w, (t, i, hidden), out));
         Ok((CpuStorage::F32(out), Shape::from((b, hidden))))
     }
 }
 
-/// One block of [`Evaluation`]: `x [n, T, I]` in, the last hidden states `[n, H]` out.
+/// One block of [`Evaluation`]: `x [n, T, I]` in, the last hidden states `[n, H]` out; `w` is
+/// the weights transposed, `[I + 1 + H, 4H]`.
 fn last_hidden_block(x: &[f32], w: &[f32], (t, i, hidden): (usize, usize, usize), out: &mut [f32]) {
     let (n, k, g4) = (out.len() / hidden, i + 1 + hidden, 4 * hidden);
     // Each image's GEMM row: its step's input, a 1 for the bias, its previous hidden state,
@@ -577,7 +582,7 @@ fn last_hidden_block(x: &[f32], w: &[f32], (t, i, hidden): (usize, usize, usize)
         for (image, row) in rows.chunks_exact_mut(k).enumerate() {
             row[..i].copy_from_slice(&x[(image * t + step) * i..][..i]);
         }
-        gemm_into(&mut gates, &rows, w, (n, k, g4), true, false);
+        gemm_into(&mut gates, &rows, w, (n, k, g4), false, false);
         let (even, odd) = cells.split_at_mut(n * hidden);
         let (c_prev, c) = if step % 2 == 0 {
             (even, odd)
