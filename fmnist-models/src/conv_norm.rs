@@ -193,21 +193,15 @@ impl CustomOp3 for ConvNorm {
         let (d_x, d_kernel) = if self.conv.takes_plane_gradient() {
             // The BatchNorm's input gradient, the convolution's output gradient, is computed
             // plane by plane straight into the convolution's backward GEMM layout.
-            let (out_storage, out_layout) = conv_out.storage_and_layout();
-            let (y_storage, y_layout) = y.storage_and_layout();
-            let (Storage::Cpu(out_storage), Storage::Cpu(y_storage)) = (&*out_storage, &*y_storage)
-            else {
-                candle::bail!("conv + batch norm: the backward pass runs on the CPU");
-            };
-            let out = f32_slice(out_storage, out_layout, "conv + batch norm")?;
-            let y = f32_slice(y_storage, y_layout, "conv + batch norm")?;
             let (b, _, h, w) = conv_out.dims4()?;
             let plane = h * w;
-            let planes = |i: usize, dy: &[f32], dst: &mut [f32]| {
-                let at = i * plane..(i + 1) * plane;
-                input.plane(i, b * plane, [&out[at.clone()], dy, &y[at]], dst)
-            };
-            self.conv.backward(x, kernel, &dy, Some(&planes))?
+            with_cpu_slices([conv_out, &y], "conv + batch norm", |out, y| {
+                let planes = |i: usize, dy: &[f32], dst: &mut [f32]| {
+                    let at = i * plane..(i + 1) * plane;
+                    input.plane(i, b * plane, [&out[at.clone()], dy, &y[at]], dst)
+                };
+                self.conv.backward(x, kernel, &dy, Some(&planes))
+            })?
         } else {
             let d_conv_out = conv_out.apply_op3_no_bwd(&dy, &y, &input)?;
             self.conv.backward(x, kernel, &d_conv_out, None)?
@@ -238,30 +232,42 @@ impl ConvNorm {
         let d_pooled = d_pooled.contiguous()?;
         let params = gamma_beta.detach().flatten_all()?.to_vec1::<f32>()?;
         let (gamma, beta) = params.split_at(c);
-        let (out_storage, out_layout) = conv_out.storage_and_layout();
-        let (d_storage, d_layout) = d_pooled.storage_and_layout();
-        let (Storage::Cpu(out_storage), Storage::Cpu(d_storage)) = (&*out_storage, &*d_storage)
-        else {
-            candle::bail!("conv + batch norm + pooling: the backward pass runs on the CPU");
-        };
-        let out = f32_slice(out_storage, out_layout, "conv + batch norm + pooling")?;
-        let d_pooled = f32_slice(d_storage, d_layout, "conv + batch norm + pooling")?;
         let argmax = &saved.argmax[..];
-        let (input, unpool, d_gamma, d_beta) = saved.normalize.pooled_gradient_parts(
-            out,
-            (c, h, w),
-            [gamma, beta],
-            (d_pooled, argmax),
-        )?;
-        let planes = |i: usize, out: &[f32], dst: &mut [f32]| {
-            let at = i * pooled..(i + 1) * pooled;
-            let pooled = (&d_pooled[at.clone()], &argmax[at]);
-            input.unpooled_plane(i, b * plane, &unpool, out, pooled, dst)
-        };
-        let (d_x, d_kernel) = self.conv.backward(x, kernel, conv_out, Some(&planes))?;
-        let d_gamma_beta = Tensor::stack(&[&d_gamma, &d_beta], 0)?;
-        Ok((d_x, d_kernel, Some(d_gamma_beta)))
+        let what = "conv + batch norm + pooling";
+        with_cpu_slices([conv_out, &d_pooled], what, |out, d_pooled| {
+            let (input, unpool, d_gamma, d_beta) = saved.normalize.pooled_gradient_parts(
+                out,
+                (c, h, w),
+                [gamma, beta],
+                (d_pooled, argmax),
+            )?;
+            let planes = |i: usize, out: &[f32], dst: &mut [f32]| {
+                let at = i * pooled..(i + 1) * pooled;
+                let pooled = (&d_pooled[at.clone()], &argmax[at]);
+                input.unpooled_plane(i, b * plane, &unpool, out, pooled, dst)
+            };
+            let (d_x, d_kernel) = self.conv.backward(x, kernel, conv_out, Some(&planes))?;
+            let d_gamma_beta = Tensor::stack(&[&d_gamma, &d_beta], 0)?;
+            Ok((d_x, d_kernel, Some(d_gamma_beta)))
+        })
     }
+}
+
+/// `f` of the data of two contiguous f32 tensors on the CPU, read in place.
+fn with_cpu_slices<R>(
+    [a, b]: [&Tensor; 2],
+    what: &str,
+    f: impl FnOnce(&[f32], &[f32]) -> candle::Result<R>,
+) -> candle::Result<R> {
+    let (a_storage, a_layout) = a.storage_and_layout();
+    let (b_storage, b_layout) = b.storage_and_layout();
+    let (Storage::Cpu(a_storage), Storage::Cpu(b_storage)) = (&*a_storage, &*b_storage) else {
+        candle::bail!("{what}: the backward pass runs on the CPU");
+    };
+    f(
+        f32_slice(a_storage, a_layout, what)?,
+        f32_slice(b_storage, b_layout, what)?,
+    )
 }
 
 #[cfg(test)]
