@@ -480,7 +480,7 @@ fn pool_relu_offsets(
 /// The adjoint of [`pool_relu_offsets`]: writes each window's gradient `grad [ph, pw]` at its
 /// recorded maximum and zero at its three other places (all four where it was [`STOPPED`]),
 /// in a plane whose lines lie `line` apart. Places outside every window are left alone.
-fn to_maxima(
+pub(crate) fn to_maxima(
     grad: &[f32],
     offsets: &[u8],
     line: usize,

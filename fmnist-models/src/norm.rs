@@ -18,6 +18,7 @@ use candle::{CpuStorage, CustomOp3, Layout, Module, ModuleT, Shape, Tensor, Var}
 use candle_nn::BatchNorm;
 use rayon::prelude::*;
 
+use crate::conv::to_maxima;
 use crate::kernels::{f32_slice, output_buffer, sized, windows, Kernels};
 
 /// A BatchNorm layer (`candle_nn::BatchNorm` underneath, so checkpoints are unchanged).
@@ -629,13 +630,10 @@ impl Unpool {
         dy: &mut [f32],
     ) {
         let w = self.w;
-        let pw = w / 2;
         rectified(self.affine[ch], x, y);
+        // Zero first for the places outside every window (an odd size's last line).
         dy.fill(0.0);
-        for (k, (&g, &at)) in d_pooled.iter().zip(argmax).enumerate() {
-            let (i, j, at) = (k / pw, k % pw, usize::from(at));
-            dy[(2 * i + at / 2) * w + 2 * j + at % 2] = g;
-        }
+        to_maxima(d_pooled, argmax, w, (x.len() / w / 2, w / 2), dy);
     }
 }
 
