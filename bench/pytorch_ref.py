@@ -131,6 +131,9 @@ def main():
     p.add_argument("--epochs", type=int, help="train the study recipe for this many epochs")
     p.add_argument("--init", choices=["pytorch", "keras"], default="pytorch",
                    help="initial weights: PyTorch's defaults or Keras' (as fmnist-train --init)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu or cuda (eager, cuDNN; batches assembled on the host and uploaded "
+                        "each step, as fmnist-bench does)")
     a = p.parse_args()
 
     import numpy as np
@@ -144,6 +147,8 @@ def main():
     model = build(a.model, nn)
     if a.init == "keras":
         keras_init(model, nn)
+    device = torch.device(a.device)
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     if a.epochs:
@@ -154,7 +159,9 @@ def main():
     def batch(i):
         idx = order[(i * a.batch_size) % 48_000 :][: a.batch_size]
         x = torch.from_numpy(train_x[idx].astype(np.float32) / 255.0).unsqueeze(1)
-        return x, torch.from_numpy(train_y[idx].astype(np.int64))
+        return x.to(device), torch.from_numpy(train_y[idx].astype(np.int64)).to(device)
+
+    on_gpu = device.type == "cuda"
 
     def step(i):
         x, y = batch(i)
@@ -162,10 +169,12 @@ def main():
         loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
-        return loss.item()
+        # On a GPU the steps queue up and the timer waits once for the last.
+        return loss if on_gpu else loss.item()
 
     model.train()
-    rate = time_steps(step, a.warmup, a.batches, a.batch_size)
+    sync = torch.cuda.synchronize if on_gpu else None
+    rate = time_steps(step, a.warmup, a.batches, a.batch_size, sync)
 
     model.eval()
     start = time.perf_counter()
@@ -173,12 +182,13 @@ def main():
     with torch.no_grad():
         for i in range(0, len(test_x), 1000):
             x = torch.from_numpy(test_x[i : i + 1000].astype(np.float32) / 255.0).unsqueeze(1)
-            pred = model(x).argmax(1).numpy()
+            pred = model(x.to(device)).argmax(1).cpu().numpy()
             correct += int((pred == test_y[i : i + 1000]).sum())
     infer = time.perf_counter() - start
 
+    name = f"pytorch-{torch.__version__}" + ("-cuda" if on_gpu else "")
     print_result(
-        a, f"pytorch-{torch.__version__}", torch.get_num_threads(), rate, len(test_x) / infer, correct / len(test_x), load_seconds
+        a, name, torch.get_num_threads(), rate, len(test_x) / infer, correct / len(test_x), load_seconds
     )
 
 

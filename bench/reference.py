@@ -58,11 +58,20 @@ def load(data_dir):
     return sets, time.perf_counter() - start
 
 
-def time_steps(step, warmup, batches, batch_size):
-    """Runs step(i) for `warmup` untimed steps, then `batches` timed ones (each must have
-    finished when it returns); the training images per second of the timed ones."""
+def time_steps(step, warmup, batches, batch_size, sync=None):
+    """Runs step(i) for `warmup` untimed steps, then `batches` timed ones; the training
+    images per second of the timed ones. Without `sync` each step must have finished when it
+    returns; with it (a GPU), the steps are queued back to back and sync() waits for the last,
+    as fmnist-bench reads only the last step's loss."""
     for i in range(warmup):
         step(i)
+    if sync is not None:
+        sync()
+        t = time.perf_counter()
+        for i in range(warmup, warmup + batches):
+            step(i)
+        sync()
+        return batches * batch_size / (time.perf_counter() - t)
     timed = 0.0
     for i in range(warmup, warmup + batches):
         t = time.perf_counter()

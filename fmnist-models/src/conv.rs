@@ -49,8 +49,29 @@ impl Conv2d {
         let layer = self.for_mode(train);
         match layer.blocked(x, Epilogue::None)? {
             Some(y) => Ok(y),
-            None => layer.inner.forward(x),
+            None => layer.unfused(x),
         }
+    }
+
+    /// The convolution where the fused CPU path does not run: the CUDA kernels' convolution
+    /// ([`crate::cuda::conv2d`]) and bias where they run, candle's layer elsewhere.
+    fn unfused(&self, x: &Tensor) -> candle::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if self.kernels.fuse_cuda(x) && self.inner.config().groups == 1 {
+            let y = self.cuda_conv(x)?;
+            return match self.inner.bias() {
+                Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+                None => Ok(y),
+            };
+        }
+        self.inner.forward(x)
+    }
+
+    /// The convolution without its bias on the CUDA kernels.
+    #[cfg(feature = "cuda")]
+    fn cuda_conv(&self, x: &Tensor) -> candle::Result<Tensor> {
+        let c = self.inner.config();
+        crate::cuda::conv2d(x, self.inner.weight(), c.padding, c.stride, c.dilation)
     }
 
     /// The convolution, 2x2 max-pooling ([`MaxPool2`]) and ReLU (which commute with each
@@ -61,11 +82,17 @@ impl Conv2d {
     /// kernel gradient does not depend on the thread count.
     pub fn forward_pool_relu_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         let layer = self.for_mode(train);
+        #[cfg(feature = "cuda")]
+        if let (true, Some(bias)) = (
+            layer.kernels.fuse_cuda(x) && layer.inner.config().groups == 1,
+            layer.inner.bias(),
+        ) {
+            return crate::cuda::bias_pool_relu(&layer.cuda_conv(x)?, bias);
+        }
         match layer.blocked(x, Epilogue::PoolRelu)? {
             Some(y) => Ok(y),
             None => layer
-                .inner
-                .forward(x)?
+                .unfused(x)?
                 .apply(&MaxPool2 {
                     kernels: self.kernels,
                 })?

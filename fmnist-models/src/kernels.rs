@@ -1,5 +1,6 @@
 //! CPU kernels fused by hand where plain candle loses time, each with the generic candle path
-//! beside it (used on CUDA and Metal, and on the CPU with `Kernels::Generic`).
+//! beside it (used on Metal, on CUDA where `crate::cuda` has no kernel of its own, and on the
+//! CPU with `Kernels::Generic`).
 //!
 //! 2x2 max-pooling: candle's backward of `max_pool2d` builds the mask from an upsample, a
 //! comparison, an average pool, two more upsamples and two products over the largest
@@ -14,7 +15,9 @@ use rayon::prelude::*;
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Kernels {
-    /// The fused CPU kernels where the tensor is f32 on the CPU, the generic path elsewhere.
+    /// The fused kernels where the tensor is f32 on the CPU (and, built with `cuda`, the CUDA
+    /// kernels of [`crate::cuda`] where it is f32 on a CUDA device), the generic path
+    /// elsewhere.
     #[default]
     Fused,
     /// candle's generic operations everywhere.
@@ -25,6 +28,13 @@ impl Kernels {
     /// Whether the fused kernels run on `x`: chosen, and `x` an f32 tensor on the CPU.
     pub fn fuse(self, x: &Tensor) -> bool {
         self == Kernels::Fused && x.device().is_cpu() && x.dtype() == DType::F32
+    }
+
+    /// Whether the CUDA kernels ([`crate::cuda`]) run on `x`: chosen, and `x` an f32 tensor
+    /// on a CUDA device.
+    #[cfg(feature = "cuda")]
+    pub fn fuse_cuda(self, x: &Tensor) -> bool {
+        self == Kernels::Fused && x.device().is_cuda() && x.dtype() == DType::F32
     }
 }
 

@@ -24,6 +24,8 @@ pub mod classifier;
 pub mod config;
 pub mod conv;
 mod conv_norm;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod explain;
 pub mod kernels;

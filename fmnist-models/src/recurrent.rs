@@ -63,6 +63,12 @@ impl Lstm {
     /// The hidden state `[B, H]` after the last step of `x [B, T, I]`, from a zero state.
     /// In evaluation (`train` false) the fused path records no graph and keeps no activations.
     pub fn last_hidden_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if self.kernels.fuse_cuda(x) {
+            let bias = (&self.b_ih + &self.b_hh)?.unsqueeze(1)?;
+            let w_in = Tensor::cat(&[&self.w_ih, &bias], 1)?;
+            return crate::cuda::lstm_last_hidden(x, &w_in, &self.w_hh, train);
+        }
         if !self.kernels.fuse(x) {
             return generic_recurrence(x, &self.stacked_weights()?);
         }
@@ -91,16 +97,17 @@ impl Lstm {
 fn generic_recurrence(x: &Tensor, stacked_weights: &Tensor) -> candle::Result<Tensor> {
     let (batch, steps, inputs) = x.dims3()?;
     let hidden = stacked_weights.dim(0)? / 4;
-    // The inputs with their 1, [B, T, I + 1].
+    // The inputs with their 1, step-major `[T, B, I + 1]`: each step's rows are then one
+    // contiguous block, the only layout candle's CUDA matmul takes for a left operand.
     let ones = Tensor::ones((batch, steps, 1), x.dtype(), x.device())?;
-    let rows = Tensor::cat(&[x, &ones], 2)?;
+    let rows = Tensor::cat(&[x, &ones], 2)?.transpose(0, 1)?.contiguous()?;
     let weights = stacked_weights.t()?;
     // The first step starts from a zero state: its GEMM leaves out the recurrent rows.
     let input_weights = weights.narrow(0, 0, inputs + 1)?;
     // The state (h, c) after the last step; none before the first.
     let mut state: Option<(Tensor, Tensor)> = None;
     for step in 0..steps {
-        let rows_t = rows.narrow(1, step, 1)?.squeeze(1)?;
+        let rows_t = rows.get(step)?;
         let z = match &state {
             None => rows_t.matmul(&input_weights)?,
             Some((h, _)) => Tensor::cat(&[&rows_t, h], 1)?.matmul(&weights)?,

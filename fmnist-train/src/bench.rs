@@ -26,6 +26,8 @@ pub struct BenchConfig {
     pub batches: usize,
     /// The CPU kernels measured.
     pub kernels: Kernels,
+    /// Count the tensor operations of a training step ([`count_step_ops`]).
+    pub count_ops: bool,
 }
 
 /// One measurement, as `cargo xtask bench` collects them (the PyTorch reference script
@@ -51,8 +53,9 @@ pub struct BenchResult {
     /// Where and from which commit it was measured.
     pub machine: String,
     pub commit: String,
-    /// Tensor operations of one training step.
-    pub step_ops: StepOps,
+    /// Tensor operations of one training step, where they were counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_ops: Option<StepOps>,
 }
 
 /// The tensor operations of one training step. On a GPU each is at least one kernel launch
@@ -148,10 +151,13 @@ pub fn bench(
     );
     let needed = config.warmup + config.batches;
     let mut batches = (0u64..).flat_map(|epoch| loader.epoch(epoch)).take(needed);
+    if config.count_ops && config.warmup == 0 {
+        anyhow::bail!("--warmup must be at least 1 (the operations are counted on a warm-up step)");
+    }
     let mut step_ops = None;
     for batch in batches.by_ref().take(config.warmup) {
         let batch = batch?;
-        if step_ops.is_none() {
+        if config.count_ops && step_ops.is_none() {
             step_ops = Some(count_step_ops(&model, &optimizer, &batch, 0.0)?);
         }
         train_step(&model, &mut optimizer, &batch, 0.0)?;
@@ -187,23 +193,31 @@ pub fn bench(
         data_load_seconds,
         peak_rss_mb: peak_rss_mb(),
         data_dir: data.source.dir.display().to_string(),
-        machine: crate::device::machine_description(),
+        machine: machine_of(device),
         commit: crate::device::git_commit(),
-        step_ops: match step_ops {
-            Some(ops) => ops,
-            None => anyhow::bail!(
-                "--warmup must be at least 1 (the operations are counted on a warm-up step)"
-            ),
-        },
+        step_ops,
     })
 }
 
-/// `candle-fused` or `candle-generic` on the CPU; `candle-cuda` or `candle-metal` on a GPU,
-/// where the generic path always runs.
+/// The machine measured: the CPU's description, after the GPU's name on a CUDA device.
+fn machine_of(device: &Device) -> String {
+    let cpu = crate::device::machine_description();
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        if let Ok(gpu) = d.cuda_stream().context().name() {
+            return format!("{gpu} (CUDA); host: {cpu}");
+        }
+    }
+    let _ = device;
+    cpu
+}
+
+/// `candle-fused` or `candle-generic` on the CPU; `candle-cuda-fused` (this crate's CUDA
+/// kernels) or `candle-cuda-generic` on CUDA; `candle-metal` (the generic path) on Metal.
 fn implementation_name(device: &Device, kernels: Kernels) -> String {
     match device {
         Device::Cpu => format!("candle-{}", kernels_name(kernels)),
-        Device::Cuda(_) => "candle-cuda".into(),
+        Device::Cuda(_) => format!("candle-cuda-{}", kernels_name(kernels)),
         Device::Metal(_) => "candle-metal".into(),
     }
 }

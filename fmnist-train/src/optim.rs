@@ -33,6 +33,9 @@ struct Group {
     m: Tensor,
     /// Second moment (Adam only), `[len]`.
     v: Tensor,
+    /// On the CUDA kernel, `m` and `v` as the one `[2, len]` buffer they are views of.
+    #[cfg(feature = "cuda")]
+    moments: Option<Tensor>,
 }
 
 impl Group {
@@ -61,32 +64,80 @@ impl Group {
             decay,
             v: m.clone(),
             m,
+            #[cfg(feature = "cuda")]
+            moments: None,
         }))
+    }
+
+    /// One Adam or AdamW update by the CUDA kernel ([`fmnist_models::cuda::adam_update`]), if
+    /// the group is f32 on a CUDA device: one concatenation of the parameters and gradients,
+    /// one launch, one copy into each parameter. `false` (nothing done) elsewhere.
+    #[cfg(feature = "cuda")]
+    fn step_on_cuda(
+        &mut self,
+        c: &OptimizerConfig,
+        t: i32,
+        grads: &GradStore,
+    ) -> candle::Result<bool> {
+        let on_cuda = self.m.device().is_cuda() && self.m.dtype() == candle::DType::F32;
+        if !on_cuda || c.kind == OptimizerKind::Sgd {
+            return Ok(false);
+        }
+        let len = self.m.elem_count();
+        let mut parts = self.param_parts()?;
+        parts.extend(self.grad_parts(grads)?);
+        let params_grads = Tensor::cat(&parts, 0)?.reshape((2, len))?;
+        let moments = match &self.moments {
+            Some(moments) => moments.clone(),
+            None => Tensor::stack(&[&self.m, &self.v], 0)?,
+        };
+        let step = fmnist_models::cuda::AdamStep {
+            lr: c.lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: if self.decay { c.weight_decay } else { 0.0 },
+            decoupled: c.kind == OptimizerKind::Adamw,
+            t,
+        };
+        let out = fmnist_models::cuda::adam_update(&params_grads, &moments, step)?;
+        self.scatter_params(&out.get(0)?)?;
+        let moments = out.narrow(0, 1, 2)?;
+        self.m = moments.get(0)?;
+        self.v = moments.get(1)?;
+        self.moments = Some(moments);
+        Ok(true)
     }
 
     /// The parameters as one vector, with no graph behind it.
     fn gather_params(&self) -> candle::Result<Tensor> {
-        let parts = self
-            .params
+        Tensor::cat(&self.param_parts()?, 0)
+    }
+
+    /// Each parameter as a vector, detached.
+    fn param_parts(&self) -> candle::Result<Vec<Tensor>> {
+        self.params
             .iter()
             .map(|p| p.var.as_detached_tensor().flatten_all())
-            .collect::<candle::Result<Vec<_>>>()?;
-        Tensor::cat(&parts, 0)
+            .collect()
     }
 
     /// The gradients as one vector (zero for a parameter the loss does not reach), detached:
     /// a variable's gradient still references the step's forward graph, which must not
     /// outlive the step.
     fn gather_grads(&self, grads: &GradStore) -> candle::Result<Tensor> {
-        let parts = self
-            .params
+        Tensor::cat(&self.grad_parts(grads)?, 0)
+    }
+
+    /// Each parameter's gradient as a vector, detached (zeros where the loss does not reach).
+    fn grad_parts(&self, grads: &GradStore) -> candle::Result<Vec<Tensor>> {
+        self.params
             .iter()
             .map(|p| match grads.get(p.var.as_tensor()) {
                 Some(g) => g.detach().flatten_all(),
                 None => Tensor::zeros(p.len, p.var.dtype(), p.var.device()),
             })
-            .collect::<candle::Result<Vec<_>>>()?;
-        Tensor::cat(&parts, 0)
+            .collect()
     }
 
     /// Writes each parameter's part of `flat` into it.
@@ -195,6 +246,10 @@ impl Optimizer {
         self.step += 1;
         let t = self.step as i32;
         for group in &mut self.groups {
+            #[cfg(feature = "cuda")]
+            if group.step_on_cuda(&self.config, t, grads)? {
+                continue;
+            }
             let theta = group.gather_params()?;
             let g = group.gather_grads(grads)?;
             let [theta, m, v] = update(
@@ -216,6 +271,16 @@ impl Optimizer {
     pub fn ops_per_step(&self) -> candle::Result<usize> {
         let mut ops = 0;
         for group in &self.groups {
+            // The CUDA kernel: one concatenation of parameters and gradients, one launch, one
+            // copy into each parameter.
+            #[cfg(feature = "cuda")]
+            if group.m.device().is_cuda()
+                && group.m.dtype() == candle::DType::F32
+                && self.config.kind != OptimizerKind::Sgd
+            {
+                ops += 2 + group.params.len();
+                continue;
+            }
             // Variables stand in for the parameters, gradient and moments, so that every
             // operation of the update is a node of its graph.
             let stand_in = || Var::zeros(group.m.dims(), group.m.dtype(), group.m.device());
@@ -274,6 +339,10 @@ impl Optimizer {
                     parts.push(t.flatten_all()?);
                 }
                 *dst = Tensor::cat(&parts, 0)?.to_device(dst.device())?;
+            }
+            #[cfg(feature = "cuda")]
+            {
+                group.moments = None;
             }
         }
         self.step = step;
@@ -468,6 +537,48 @@ mod tests {
             }
             for ((name, a), (_, b)) in flat_params.iter().zip(&copies) {
                 assert_eq!(bits(a.as_tensor()), bits(b.as_tensor()), "{kind:?} {name}");
+            }
+        }
+    }
+
+    /// On a GPU machine (`--features cuda`): the CUDA kernel's Adam and AdamW agree with the
+    /// generic update on the CPU over several steps, parameters and moments.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn the_cuda_update_agrees_with_the_generic_one() {
+        let gpu = Device::new_cuda(0).expect("this test needs a CUDA device");
+        for kind in [OptimizerKind::Adam, OptimizerKind::Adamw] {
+            let c = config(kind, 0.05);
+            let on_cpu = params();
+            let on_gpu: Vec<(String, Var)> = on_cpu
+                .iter()
+                .map(|(n, v)| {
+                    let t = v.as_tensor().to_device(&gpu).unwrap();
+                    (n.clone(), Var::from_tensor(&t).unwrap())
+                })
+                .collect();
+            let mut cpu_opt = Optimizer::new(c, on_cpu.clone()).unwrap();
+            let mut gpu_opt = Optimizer::new(c, on_gpu.clone()).unwrap();
+            for _ in 0..4 {
+                cpu_opt.step(&loss_of(&on_cpu).backward().unwrap()).unwrap();
+                gpu_opt.step(&loss_of(&on_gpu).backward().unwrap()).unwrap();
+            }
+            let close = |a: &Tensor, b: &Tensor, what: &str| {
+                let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+                let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+                for (x, y) in a.iter().zip(&b) {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                        "{kind:?} {what}: {a:?} vs {b:?}"
+                    );
+                }
+            };
+            for ((name, a), (_, b)) in on_gpu.iter().zip(&on_cpu) {
+                close(a.as_tensor(), b.as_tensor(), name);
+            }
+            for (g, h) in gpu_opt.groups.iter().zip(&cpu_opt.groups) {
+                close(&g.m, &h.m, "first moment");
+                close(&g.v, &h.v, "second moment");
             }
         }
     }

@@ -350,9 +350,24 @@ fn bench_times_the_steps_and_scores_the_test_set_repeatably() {
         warmup: 1,
         batches: 6,
         kernels: fmnist_models::Kernels::Fused,
+        count_ops: true,
     };
     let a = bench(&config, &data, 0.25, &Device::Cpu).unwrap();
     let b = bench(&config, &data, 0.25, &Device::Cpu).unwrap();
+    // The fused LSTM step: a constant number of operations, counted on the first warm-up step.
+    let ops = a.step_ops.expect("counted when asked");
+    assert_eq!(Some(ops), b.step_ops);
+    assert!(ops.forward > 0 && ops.backward > 0 && ops.optimizer > 0);
+    let uncounted = BenchConfig {
+        count_ops: false,
+        ..config.clone()
+    };
+    assert_eq!(
+        bench(&uncounted, &data, 0.25, &Device::Cpu)
+            .unwrap()
+            .step_ops,
+        None
+    );
     assert_eq!((a.model.as_str(), a.batches, a.batch_size), ("lstm", 6, 50));
     assert!(a.train_images_per_s > 0.0 && a.infer_images_per_s > 0.0);
     assert!((a.epoch_seconds - 48_000.0 / a.train_images_per_s).abs() < 1e-6);

@@ -2,7 +2,8 @@
 //! `fmnist-bench` (one process per measurement, so each peak-memory figure is its own),
 //! optionally beside the PyTorch reference `bench/pytorch_ref.py` and the Keras 3 on JAX one
 //! `bench/keras_ref.py`, repeated and interleaved, reported as medians with ratios in
-//! `results/bench.json` and `results/BENCH.md`.
+//! `results/bench.json` and `results/BENCH.md` (`bench-cuda.json` and `BENCH-cuda.md` with
+//! `--device cuda`, where the PyTorch peer runs on the same GPU).
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -46,12 +47,17 @@ pub struct Bench {
     /// Threads of every implementation.
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// Device for candle: cpu, cuda, metal (the PyTorch peer runs on the CPU).
+    /// Device for candle and the PyTorch peer: cpu or cuda (metal: candle only). With cuda the
+    /// report is BENCH-cuda.md and bench-cuda.json; the Keras peer runs on the CPU only.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Folder for bench.json and BENCH.md.
+    /// Folder for the report (bench.json and BENCH.md, or their -cuda twins).
     #[arg(long, default_value = "results")]
     results: PathBuf,
+    /// Run the fmnist-bench found in DIR instead of building it (on a machine without cargo,
+    /// such as a GPU machine the binaries were carried to).
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
     #[command(flatten)]
     build: Build,
 }
@@ -160,7 +166,19 @@ struct Report {
 impl Bench {
     pub fn run(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.repeats > 0, "--repeats must be at least 1");
-        let bin = self.build.build(&["fmnist-train"])?.join("fmnist-bench");
+        if self.device != "cpu" && self.peer.contains(&Peer::Keras) {
+            bail!(
+                "the Keras peer runs on the CPU only: leave it out with --device {}",
+                self.device
+            );
+        }
+        let bin = match &self.bin_dir {
+            Some(dir) => dir.join("fmnist-bench"),
+            None => self.build.build(&["fmnist-train"])?.join("fmnist-bench"),
+        };
+        if !bin.is_file() {
+            bail!("{} not found", bin.display());
+        }
         let root = project_root();
         let python = self
             .python
@@ -200,6 +218,9 @@ impl Bench {
                         .args(["--model", model])
                         .arg("--data-dir")
                         .arg(&data_dir);
+                    if self.device != "cpu" {
+                        cmd.args(["--device", &self.device]);
+                    }
                     let m = self.measure(cmd, repeat, model, name).with_context(|| {
                         format!(
                             "the {name} reference failed: are {packages} installed for {}? (docs/speed.md)",
@@ -217,9 +238,20 @@ impl Bench {
         }
         println!(
             "xtask: wrote {}",
-            root.join(&self.results).join("BENCH.md").display()
+            root.join(&self.results)
+                .join(self.file("BENCH", "md"))
+                .display()
         );
         Ok(())
+    }
+
+    /// `stem.ext`, or `stem-cuda.ext` (or the device's name) off the CPU.
+    fn file(&self, stem: &str, ext: &str) -> String {
+        if self.device == "cpu" {
+            format!("{stem}.{ext}")
+        } else {
+            format!("{stem}-{}.{ext}", self.device)
+        }
     }
 
     /// Writes bench.json and BENCH.md from the measurements so far, and returns the Markdown.
@@ -243,11 +275,11 @@ impl Bench {
         let results = root.join(&self.results);
         std::fs::create_dir_all(&results)?;
         write_atomic(
-            &results.join("bench.json"),
+            &results.join(self.file("bench", "json")),
             serde_json::to_string_pretty(&report)?.as_bytes(),
         )?;
         // The serving section (`cargo xtask bench-serve`) stays as it was.
-        let bench_md = results.join("BENCH.md");
+        let bench_md = results.join(self.file("BENCH", "md"));
         let serving = std::fs::read_to_string(&bench_md)
             .ok()
             .and_then(|old| {
@@ -305,6 +337,9 @@ impl Bench {
             self.batches,
             self.threads
         );
+        if self.device != "cpu" {
+            let _ = write!(s, " --device {}", self.device);
+        }
         if !self.peer.is_empty() {
             let names: Vec<&str> = self.peer.iter().map(|p| p.info().name).collect();
             let _ = write!(s, " --peer {}", names.join(","));

@@ -106,21 +106,31 @@ impl CudaCheck {
         // on the linker's error count (a flag of the final crate only, so nothing else is
         // rebuilt; the libraries are LLVM bitcode under LTO, so nm cannot read them).
         // fmnist-eval depends on fmnist-train, so its features unify as the two packages do.
+        // Each binary that calls the driver is probed: they do not all call the same functions.
         write_stub(&[], &link_dir)?;
-        let mut probe = crate::cargo();
-        env(&mut probe);
-        probe
-            .args(["rustc", "--release", "--features", "cuda"])
-            .args(["-p", "fmnist-eval", "--bin", "fmnist-eval", "--"])
-            .args(["-C", "link-arg=-Wl,--error-limit=0"]);
-        let out = probe
-            .output()
-            .with_context(|| format!("starting {probe:?}"))?;
-        let log = String::from_utf8_lossy(&out.stderr);
-        let symbols = undefined_driver_symbols(&log);
-        if symbols.is_empty() && !out.status.success() {
-            bail!("the CUDA build failed before linking:\n{log}");
+        let mut symbols = Vec::new();
+        for (package, bin) in [
+            ("fmnist-eval", "fmnist-eval"),
+            ("fmnist-train", "fmnist-bench"),
+        ] {
+            let mut probe = crate::cargo();
+            env(&mut probe);
+            probe
+                .args(["rustc", "--release", "--features", "cuda"])
+                .args(["-p", package, "--bin", bin, "--"])
+                .args(["-C", "link-arg=-Wl,--error-limit=0"]);
+            let out = probe
+                .output()
+                .with_context(|| format!("starting {probe:?}"))?;
+            let log = String::from_utf8_lossy(&out.stderr);
+            let found = undefined_driver_symbols(&log);
+            if found.is_empty() && !out.status.success() {
+                bail!("the CUDA build of {bin} failed before linking:\n{log}");
+            }
+            symbols.extend(found);
         }
+        symbols.sort();
+        symbols.dedup();
         write_stub(&symbols, &link_dir)?;
         let mut bins = crate::cargo();
         env(&mut bins);

@@ -101,12 +101,15 @@ impl Build {
     }
 }
 
-/// The workspace root (the parent of this crate's folder).
+/// The workspace root: the parent of this crate's folder, or the current folder where that
+/// folder is not on this machine.
 pub fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+    let built_in = Path::new(env!("CARGO_MANIFEST_DIR")).parent();
+    match built_in {
+        Some(root) if root.join("xtask").is_dir() => root.to_path_buf(),
+        // A binary carried to another machine: the checkout it runs in.
+        _ => PathBuf::from("."),
+    }
 }
 
 /// A cargo command, without the variables `cargo run` set for this process (its package's

@@ -38,8 +38,22 @@ struct Cli {
     /// Device to run on.
     #[arg(long, value_enum, default_value_t)]
     device: DeviceChoice,
+    /// Count the tensor operations of a training step (the launch budget) on the first
+    /// warm-up step: `auto` counts on the CPU only. The count runs that step on a thread of
+    /// its own that keeps every gradient's graph; on CUDA it hung in its one run on a GPU
+    /// (docs/gpu.md), so there it runs only with `always`.
+    #[arg(long, value_enum, default_value_t = OpCount::Auto)]
+    count_ops: OpCount,
     #[command(flatten)]
     data: DataArgs,
+}
+
+/// When to count a training step's tensor operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OpCount {
+    Auto,
+    Always,
+    Never,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +81,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         warmup: cli.warmup,
         batches: cli.batches,
         kernels: cli.kernels,
+        count_ops: match cli.count_ops {
+            OpCount::Auto => device.is_cpu(),
+            OpCount::Always => true,
+            OpCount::Never => false,
+        },
     };
     let result = bench(&config, &data, load, &device)?;
     println!("{}", serde_json::to_string(&result)?);
