@@ -29,6 +29,6 @@ pub use cli::DataArgs;
 pub use dataset::{FashionMnist, ImageSet, LoadOptions, Split, FASHION_MNIST_CLASSES, IMAGE_SIDE};
 pub use error::{DataError, Result};
 pub use fs::write_atomic;
-pub use loader::{Augment, Batch, Batches, Loader, Normalization, Normalizer};
+pub use loader::{Augment, Batch, Batches, Loader, Normalization, Normalizer, ResidentSet};
 pub use source::{Checksums, DataSource, IdxFile, Locator, Origin, Verify};
 pub use split::{stratified_split, stratified_subset, TrainValSplit};

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Preset, TrainConfig};
 use crate::loss::smoothed_cross_entropy;
 use crate::optim::Optimizer;
-use crate::trainer::{optimizer_config, prepare, train_step};
+use crate::trainer::{optimizer_config, prepare, resident_train_set, train_step};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -149,6 +149,10 @@ pub fn bench(
         config.batch_size,
         device,
     );
+    let loader = match resident_train_set(&train_config, &prepared, device)? {
+        Some(r) => loader.with_resident(r)?,
+        None => loader,
+    };
     let needed = config.warmup + config.batches;
     let mut batches = (0u64..).flat_map(|epoch| loader.epoch(epoch)).take(needed);
     if config.count_ops && config.warmup == 0 {

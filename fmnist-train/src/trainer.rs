@@ -7,6 +7,7 @@ use anyhow::{bail, ensure, Context};
 use candle::{DType, Device, Tensor};
 use fmnist_data::{
     stratified_split, stratified_subset, Batch, FashionMnist, ImageSet, Loader, Normalizer,
+    ResidentSet,
 };
 use fmnist_models::scoring::{logits, score};
 use fmnist_models::{Model, Score};
@@ -35,6 +36,23 @@ pub struct Prepared {
     pub train: ImageSet,
     pub val: ImageSet,
     pub normalizer: Normalizer,
+}
+
+/// The training part kept on `device` for the run ([`ResidentSet`]), off the CPU and where
+/// no augmentation runs on the host; `None` elsewhere (the batches are built on the host).
+pub(crate) fn resident_train_set(
+    config: &TrainConfig,
+    prepared: &Prepared,
+    device: &Device,
+) -> anyhow::Result<Option<ResidentSet>> {
+    if device.is_cpu() || !config.augment.is_off() {
+        return Ok(None);
+    }
+    Ok(Some(ResidentSet::upload(
+        &prepared.train,
+        prepared.normalizer,
+        device,
+    )?))
 }
 
 /// What one optimization step saw, as f32 scalars on the training device: the batch's mean
@@ -248,6 +266,7 @@ pub fn train(
         plateau: Plateau::default(),
         train_seconds: 0.0,
     };
+    let resident = resident_train_set(config, &prepared, device)?;
     Session {
         run,
         config: run_config,
@@ -256,6 +275,7 @@ pub fn train(
         optimizer,
         state,
         history: Vec::new(),
+        resident,
         data,
         device,
     }
@@ -342,6 +362,7 @@ pub fn resume(
     optimizer.load(&run.optimizer(), state.steps)?;
     let mut history = run.read_history()?;
     history.truncate(state.epochs_done);
+    let resident = resident_train_set(config, &prepared, device)?;
     Session {
         run,
         config: run_config,
@@ -350,6 +371,7 @@ pub fn resume(
         optimizer,
         state,
         history,
+        resident,
         data,
         device,
     }
@@ -364,6 +386,8 @@ struct Session<'a> {
     optimizer: Optimizer,
     state: RunState,
     history: Vec<EpochRecord>,
+    /// The training part on the device, where batches are gathered there.
+    resident: Option<ResidentSet>,
     data: &'a FashionMnist,
     device: &'a Device,
 }
@@ -467,6 +491,10 @@ impl Session<'_> {
         )
         .with_augment(c.augment)
         .with_seed(derive_seed(c.seed, 1));
+        let loader = match &self.resident {
+            Some(r) => loader.with_resident(r.clone())?,
+            None => loader,
+        };
         let bar = if options.progress {
             indicatif::ProgressBar::new(loader.num_batches() as u64)
         } else {
