@@ -37,6 +37,35 @@ const LSTM_IMAGES: usize = 4;
 /// Threads per block of the LSTM kernels: one per gate unit for H = 128.
 const LSTM_THREADS: u32 = 512;
 
+/// The `cpu_fwd` of an operation that runs on CUDA tensors only (`op2`: two operands, `op3`:
+/// three): an error naming it.
+macro_rules! cuda_only {
+    (op2) => {
+        fn cpu_fwd(
+            &self,
+            _: &candle::CpuStorage,
+            _: &Layout,
+            _: &candle::CpuStorage,
+            _: &Layout,
+        ) -> candle::Result<(candle::CpuStorage, Shape)> {
+            candle::bail!("{} runs on CUDA tensors only", self.name())
+        }
+    };
+    (op3) => {
+        fn cpu_fwd(
+            &self,
+            _: &candle::CpuStorage,
+            _: &Layout,
+            _: &candle::CpuStorage,
+            _: &Layout,
+            _: &candle::CpuStorage,
+            _: &Layout,
+        ) -> candle::Result<(candle::CpuStorage, Shape)> {
+            candle::bail!("{} runs on CUDA tensors only", self.name())
+        }
+    };
+}
+
 /// `storage` under `layout` as an f32 view, which must be contiguous.
 fn view<'a>(
     storage: &'a CudaStorage,
@@ -153,17 +182,7 @@ impl CustomOp3 for LstmForward {
         "fmnist-lstm-cuda"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle::CpuStorage,
-        _: &Layout,
-        _: &candle::CpuStorage,
-        _: &Layout,
-        _: &candle::CpuStorage,
-        _: &Layout,
-    ) -> candle::Result<(candle::CpuStorage, Shape)> {
-        candle::bail!("fmnist-lstm-cuda runs on CUDA tensors only")
-    }
+    cuda_only!(op3);
 
     fn cuda_fwd(
         &self,
@@ -280,15 +299,7 @@ impl CustomOp2 for LstmBackward {
         "fmnist-lstm-cuda-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle::CpuStorage,
-        _: &Layout,
-        _: &candle::CpuStorage,
-        _: &Layout,
-    ) -> candle::Result<(candle::CpuStorage, Shape)> {
-        candle::bail!("fmnist-lstm-cuda-backward runs on CUDA tensors only")
-    }
+    cuda_only!(op2);
 
     fn cuda_fwd(
         &self,
@@ -412,15 +423,7 @@ impl CustomOp2 for Adam {
         "fmnist-adam-cuda"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle::CpuStorage,
-        _: &Layout,
-        _: &candle::CpuStorage,
-        _: &Layout,
-    ) -> candle::Result<(candle::CpuStorage, Shape)> {
-        candle::bail!("fmnist-adam-cuda runs on CUDA tensors only")
-    }
+    cuda_only!(op2);
 
     fn cuda_fwd(
         &self,
@@ -481,15 +484,7 @@ impl CustomOp2 for BiasPoolRelu {
         "fmnist-bias-pool-relu-cuda"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle::CpuStorage,
-        _: &Layout,
-        _: &candle::CpuStorage,
-        _: &Layout,
-    ) -> candle::Result<(candle::CpuStorage, Shape)> {
-        candle::bail!("fmnist-bias-pool-relu-cuda runs on CUDA tensors only")
-    }
+    cuda_only!(op2);
 
     fn cuda_fwd(
         &self,
@@ -565,15 +560,7 @@ impl CustomOp2 for PoolBackward {
         "fmnist-bias-pool-relu-cuda-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle::CpuStorage,
-        _: &Layout,
-        _: &candle::CpuStorage,
-        _: &Layout,
-    ) -> candle::Result<(candle::CpuStorage, Shape)> {
-        candle::bail!("fmnist-bias-pool-relu-cuda-backward runs on CUDA tensors only")
-    }
+    cuda_only!(op2);
 
     fn cuda_fwd(
         &self,
@@ -643,17 +630,7 @@ impl CustomOp3 for ConvBackward {
         "fmnist-conv2d-cuda"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle::CpuStorage,
-        _: &Layout,
-        _: &candle::CpuStorage,
-        _: &Layout,
-        _: &candle::CpuStorage,
-        _: &Layout,
-    ) -> candle::Result<(candle::CpuStorage, Shape)> {
-        candle::bail!("fmnist-conv2d-cuda runs on CUDA tensors only")
-    }
+    cuda_only!(op3);
 
     fn cuda_fwd(
         &self,
