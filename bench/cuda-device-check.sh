@@ -69,7 +69,7 @@ tail -c 2000 /tmp/fmnist-count.out
 echo "== benchmark ($SECONDS s)"
 mkdir -p "$RESULTS"
 timeout "${FMNIST_GPU_BENCH_SECONDS:-420}" "$BIN"/xtask bench --bin-dir "$BIN" --device cuda \
-    --models "$MODELS" --kernels fused,generic --peer pytorch --python python3 \
+    --models "$MODELS" --kernels fused,generic --peer pytorch --python python3 --measure-timeout 120 \
     --repeats "$REPEATS" --threads 16 --results "$RESULTS" || status=1
 echo "== done ($SECONDS s)"
 exit $status

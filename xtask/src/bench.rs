@@ -58,6 +58,10 @@ pub struct Bench {
     /// such as a GPU machine the binaries were carried to).
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
+    /// Stop a measurement that runs longer than this many seconds, say so and go on with the
+    /// others (a hung process would otherwise hold the whole run, and a lent GPU with it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    measure_timeout: u64,
     #[command(flatten)]
     build: Build,
 }
@@ -198,7 +202,9 @@ impl Bench {
                         "--device",
                         &self.device,
                     ]);
-                    measurements.push(self.measure(cmd, repeat, model, kernels)?);
+                    if let Some(m) = self.measure(cmd, repeat, model, kernels)? {
+                        measurements.push(m);
+                    }
                 }
                 for peer in &self.peer {
                     let PeerInfo {
@@ -227,7 +233,7 @@ impl Bench {
                             python.display()
                         )
                     })?;
-                    measurements.push(m);
+                    measurements.extend(m);
                 }
             }
             // Written after every repeat, so that a run stopped early keeps what it measured.
@@ -296,13 +302,15 @@ impl Bench {
         Ok(table)
     }
 
+    /// One measurement: `cmd`'s JSON line, or `None` (with a warning) if it ran past
+    /// `--measure-timeout` and was stopped.
     fn measure(
         &self,
         mut cmd: Command,
         repeat: usize,
         model: &str,
         what: &str,
-    ) -> anyhow::Result<Measurement> {
+    ) -> anyhow::Result<Option<Measurement>> {
         eprintln!(
             "xtask: bench {model} {what} (repeat {repeat}/{})",
             self.repeats
@@ -314,18 +322,26 @@ impl Bench {
             .args(["--batch-size", &self.batch_size.to_string()])
             .env("RAYON_NUM_THREADS", self.threads.to_string())
             .env("OMP_NUM_THREADS", self.threads.to_string())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
-        if !out.status.success() {
-            bail!("{cmd:?} failed ({})", out.status);
+        let Some((status, stdout)) = run_with_timeout(&mut cmd, self.measure_timeout)? else {
+            eprintln!(
+                "xtask: warning: {model} {what} (repeat {repeat}) ran past {} s and was stopped; left out",
+                self.measure_timeout
+            );
+            return Ok(None);
+        };
+        if !status.success() {
+            bail!("{cmd:?} failed ({status})");
         }
-        let stdout = String::from_utf8_lossy(&out.stdout);
         let line = stdout
             .lines()
             .rev()
             .find(|l| l.trim_start().starts_with('{'))
             .with_context(|| format!("{cmd:?} printed no JSON line"))?;
-        serde_json::from_str(line).with_context(|| format!("parsing {line}"))
+        serde_json::from_str(line)
+            .map(Some)
+            .with_context(|| format!("parsing {line}"))
     }
 
     fn command_line(&self) -> String {
@@ -346,6 +362,38 @@ impl Bench {
         }
         s
     }
+}
+
+/// Runs `cmd` (stdout piped) to its end and returns its status and stdout, or `None` after
+/// killing it once it has run `seconds`.
+fn run_with_timeout(
+    cmd: &mut Command,
+    seconds: u64,
+) -> anyhow::Result<Option<(std::process::ExitStatus, String)>> {
+    use std::io::Read;
+    let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+    // Read stdout on a thread of its own, so that a full pipe never blocks the child.
+    let mut pipe = child.stdout.take().context("stdout is piped")?;
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        pipe.read_to_string(&mut text).map(|_| text)
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            child.kill()?;
+            child.wait()?;
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let stdout = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the stdout reader panicked"))??;
+    Ok(status.map(|s| (s, stdout)))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -493,6 +541,19 @@ fn markdown(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_measurement_past_its_time_is_stopped_and_a_finished_one_read() {
+        let mut done = Command::new("sh");
+        done.args(["-c", "echo '{\"a\": 1}'; exit 3"]).stdout(Stdio::piped());
+        let (status, out) = run_with_timeout(&mut done, 30).unwrap().unwrap();
+        assert_eq!((status.code(), out.as_str()), (Some(3), "{\"a\": 1}\n"));
+        let mut hung = Command::new("sleep");
+        hung.arg("30").stdout(Stdio::piped());
+        let start = std::time::Instant::now();
+        assert!(run_with_timeout(&mut hung, 1).unwrap().is_none());
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    }
 
     fn m(implementation: &str, model: &str, train: f64, infer: f64, rss: f64) -> Measurement {
         Measurement {
