@@ -545,7 +545,8 @@ mod tests {
     #[test]
     fn a_measurement_past_its_time_is_stopped_and_a_finished_one_read() {
         let mut done = Command::new("sh");
-        done.args(["-c", "echo '{\"a\": 1}'; exit 3"]).stdout(Stdio::piped());
+        done.args(["-c", "echo '{\"a\": 1}'; exit 3"])
+            .stdout(Stdio::piped());
         let (status, out) = run_with_timeout(&mut done, 30).unwrap().unwrap();
         assert_eq!((status.code(), out.as_str()), (Some(3), "{\"a\": 1}\n"));
         let mut hung = Command::new("sleep");
