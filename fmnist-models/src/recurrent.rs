@@ -65,19 +65,26 @@ impl Lstm {
     pub fn last_hidden_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         #[cfg(feature = "cuda")]
         if self.kernels.fuse_cuda(x) {
-            let bias = (&self.b_ih + &self.b_hh)?.unsqueeze(1)?;
-            let w_in = Tensor::cat(&[&self.w_ih, &bias], 1)?;
+            let w_in = self.input_weights()?;
             return crate::cuda::lstm_last_hidden(x, &w_in, &self.w_hh, train);
         }
         if !self.kernels.fuse(x) {
             return generic_recurrence(x, &self.stacked_weights()?);
         }
         if train {
-            return recurrence(x, [&self.w_ih, &self.w_hh, &self.b_ih, &self.b_hh]);
+            return recurrence(x, &self.input_weights()?, &self.w_hh);
         }
         x.contiguous()?
             .detach()
             .apply_op2(&self.stacked_weights()?.detach(), Evaluation)
+    }
+
+    /// `[W_ih | b_ih + b_hh]`, `[4H, I + 1]`: the input weights against the rows `[x_t, 1]`, the
+    /// biases riding in the input projection's GEMM as one more weight column against an input
+    /// of 1 (so their gradient comes out of the same GEMM as `W_ih`'s).
+    fn input_weights(&self) -> candle::Result<Tensor> {
+        let bias = (&self.b_ih + &self.b_hh)?.unsqueeze(1)?;
+        Tensor::cat(&[&self.w_ih, &bias], 1)
     }
 
     /// `[W_ih | b_ih + b_hh | W_hh]`, `[4H, I + 1 + H]`: all the weights against the rows
@@ -130,19 +137,16 @@ fn generic_recurrence(x: &Tensor, stacked_weights: &Tensor) -> candle::Result<Te
         .ok_or_else(|| candle::Error::Msg("empty sequence".into()))
 }
 
-/// The fused path: [`Recurrence`] on the input, `[W_ih | b_ih + b_hh]` and `W_hh`. The biases
-/// ride in the input projection's GEMM as one more weight column against an input of 1, so
-/// their gradient comes out of the same GEMM as `W_ih`'s. The only tensors of the graph are
-/// the weights and the last hidden state: candle's backward, which zeroes a buffer for each
-/// tensor's gradient and adds into it, never touches anything the size of the sequence.
-fn recurrence(x: &Tensor, [w_ih, w_hh, b_ih, b_hh]: [&Tensor; 4]) -> candle::Result<Tensor> {
-    let bias = (b_ih + b_hh)?.unsqueeze(1)?;
-    let w_in = Tensor::cat(&[w_ih, &bias], 1)?; // [4H, I + 1]
+/// The fused path: [`Recurrence`] on the input, `[W_ih | b_ih + b_hh]` and `W_hh`. The only
+/// tensors of the graph are the weights and the last hidden state: candle's backward, which
+/// zeroes a buffer for each tensor's gradient and adds into it, never touches anything the
+/// size of the sequence.
+fn recurrence(x: &Tensor, w_in: &Tensor, w_hh: &Tensor) -> candle::Result<Tensor> {
     let op = Recurrence {
         save: x.track_op() || w_in.track_op() || w_hh.track_op(),
         saved: Mutex::new(None),
     };
-    x.contiguous()?.apply_op3(&w_in, w_hh, op)
+    x.contiguous()?.apply_op3(w_in, w_hh, op)
 }
 
 /// What the forward pass keeps for the backward pass, each batch-major (rows image, step):

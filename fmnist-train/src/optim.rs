@@ -79,8 +79,7 @@ impl Group {
         t: i32,
         grads: &GradStore,
     ) -> candle::Result<bool> {
-        let on_cuda = self.m.device().is_cuda() && self.m.dtype() == candle::DType::F32;
-        if !on_cuda || c.kind == OptimizerKind::Sgd {
+        if !self.on_cuda_kernel(c.kind) {
             return Ok(false);
         }
         let len = self.m.elem_count();
@@ -107,6 +106,15 @@ impl Group {
         self.v = moments.get(1)?;
         self.moments = Some(moments);
         Ok(true)
+    }
+
+    /// Whether `kind`'s update of this group runs on the CUDA kernel: Adam or AdamW, f32 on a
+    /// CUDA device.
+    #[cfg(feature = "cuda")]
+    fn on_cuda_kernel(&self, kind: OptimizerKind) -> bool {
+        self.m.device().is_cuda()
+            && self.m.dtype() == candle::DType::F32
+            && kind != OptimizerKind::Sgd
     }
 
     /// The parameters as one vector, with no graph behind it.
@@ -274,10 +282,7 @@ impl Optimizer {
             // The CUDA kernel: one concatenation of parameters and gradients, one launch, one
             // copy into each parameter.
             #[cfg(feature = "cuda")]
-            if group.m.device().is_cuda()
-                && group.m.dtype() == candle::DType::F32
-                && self.config.kind != OptimizerKind::Sgd
-            {
+            if group.on_cuda_kernel(self.config.kind) {
                 ops += 2 + group.params.len();
                 continue;
             }
