@@ -152,7 +152,7 @@ def main():
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     if a.epochs:
-        return study(a, model, opt, loss_fn, (train_x, train_y, test_x, test_y))
+        return study(a, model, opt, loss_fn, (train_x, train_y, test_x, test_y), device)
     rng = np.random.default_rng(42)
     order = rng.permutation(48_000)
 
@@ -192,7 +192,7 @@ def main():
     )
 
 
-def study(a, model, opt, loss_fn, data):
+def study(a, model, opt, loss_fn, data, device):
     import numpy as np
     import torch
 
@@ -203,14 +203,14 @@ def study(a, model, opt, loss_fn, data):
     val_idx, fit_idx = perm[:n_val], perm[n_val:]
 
     def tensor(x):
-        return torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1)
+        return torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1).to(device)
 
     def accuracy(x, y):
         model.eval()
         correct = 0
         with torch.no_grad():
             for i in range(0, len(x), 1000):
-                pred = model(tensor(x[i : i + 1000])).argmax(1).numpy()
+                pred = model(tensor(x[i : i + 1000])).argmax(1).cpu().numpy()
                 correct += int((pred == y[i : i + 1000]).sum())
         return correct / len(x)
 
@@ -221,7 +221,8 @@ def study(a, model, opt, loss_fn, data):
         order = rng.permutation(fit_idx)
         for i in range(0, len(order), a.batch_size):
             idx = order[i : i + a.batch_size]
-            x, y = tensor(train_x[idx]), torch.from_numpy(train_y[idx].astype(np.int64))
+            x = tensor(train_x[idx])
+            y = torch.from_numpy(train_y[idx].astype(np.int64)).to(device)
             opt.zero_grad(set_to_none=True)
             loss_fn(model(x), y).backward()
             opt.step()
