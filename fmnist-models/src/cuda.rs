@@ -730,6 +730,18 @@ mod tests {
         (diff / norm.max(1e-30)).sqrt()
     }
 
+    /// ‖t‖.
+    fn norm(t: &Tensor) -> f64 {
+        let t = t.to_dtype(DType::F64).unwrap();
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            .sqrt()
+    }
+
     /// Logits and every trainable parameter's gradient (by name) of one training step's
     /// forward and backward pass of `kind` on `kernels` and `device`, from the same seed, the
     /// same dropout masks and a fixed loss `sum(logits · r)`.
@@ -772,7 +784,19 @@ mod tests {
             ] {
                 let e = relative_error(&fused, &logits);
                 assert!(e < 1e-4, "{kind:?}: logits differ from {what} by {e:e}");
+                // A bias just before a BatchNorm has a gradient of zero in exact arithmetic
+                // (the normalization removes any shift), so both sides hold rounding noise: such
+                // a gradient must be a vanishing share of the whole model's on both.
+                let whole = grads.iter().map(|(_, g)| norm(g)).fold(0.0, f64::hypot);
                 for ((name, a), (_, b)) in fused_grads.iter().zip(&grads) {
+                    if norm(b) < 1e-5 * whole {
+                        assert!(
+                            norm(a) < 1e-5 * whole,
+                            "{kind:?}: gradient of {name} is zero on {what}, here {:e}",
+                            norm(a)
+                        );
+                        continue;
+                    }
                     let e = relative_error(a, b);
                     assert!(
                         e < 1e-3,

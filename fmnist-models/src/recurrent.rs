@@ -109,8 +109,13 @@ fn generic_recurrence(x: &Tensor, stacked_weights: &Tensor) -> candle::Result<Te
     let ones = Tensor::ones((batch, steps, 1), x.dtype(), x.device())?;
     let rows = Tensor::cat(&[x, &ones], 2)?.transpose(0, 1)?.contiguous()?;
     let weights = stacked_weights.t()?;
-    // The first step starts from a zero state: its GEMM leaves out the recurrent rows.
-    let input_weights = weights.narrow(0, 0, inputs + 1)?;
+    // The first step starts from a zero state: its GEMM leaves out the recurrent rows. A
+    // copy, so that the operand is a whole transposed matrix (candle's CUDA matmul takes no
+    // other strides).
+    let input_weights = stacked_weights
+        .narrow(1, 0, inputs + 1)?
+        .contiguous()?
+        .t()?;
     // The state (h, c) after the last step; none before the first.
     let mut state: Option<(Tensor, Tensor)> = None;
     for step in 0..steps {
@@ -799,11 +804,12 @@ mod tests {
         // Per step: the rows [x_t, 1, h] (a concatenation), the GEMM, one sigmoid, the cell
         // gate's narrow and tanh, three gate narrows, two products and a sum for c, tanh(c)
         // and h. The first step starts from a zero state: no concatenation, no forget gate
-        // (9). Before the loop (5): the bias sum and its column, the weights' concatenation,
-        // its transpose and the input rows of it the first step uses.
-        assert_eq!(graph_ops(Kernels::Generic, 2), 5 + 9 + 13);
-        assert_eq!(graph_ops(Kernels::Generic, 5), 5 + 9 + 4 * 13);
-        assert_eq!(graph_ops(Kernels::Generic, 6), 5 + 9 + 5 * 13);
+        // (9). Before the loop (7): the bias sum and its column, the weights' concatenation
+        // and its transpose, and the first step's input columns of it, copied out (candle's
+        // CUDA matmul takes a transposed operand only whole) and transposed.
+        assert_eq!(graph_ops(Kernels::Generic, 2), 7 + 9 + 13);
+        assert_eq!(graph_ops(Kernels::Generic, 5), 7 + 9 + 4 * 13);
+        assert_eq!(graph_ops(Kernels::Generic, 6), 7 + 9 + 5 * 13);
         assert_eq!(graph_ops(Kernels::Fused, 5), graph_ops(Kernels::Fused, 28));
     }
 
