@@ -59,7 +59,9 @@ pub struct Bench {
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
     /// Stop a measurement that runs longer than this many seconds, say so and go on with the
-    /// others (a hung process would otherwise hold the whole run, and a lent GPU with it).
+    /// others (a hung process would otherwise hold the whole run, and a lent GPU with it). A
+    /// measurement that fails is left out the same way; the command then ends with an error
+    /// that lists what was left out.
     #[arg(long, value_name = "SECONDS", default_value_t = 900)]
     measure_timeout: u64,
     #[command(flatten)]
@@ -189,7 +191,7 @@ impl Bench {
             .clone()
             .or_else(|| std::env::var_os("FMNIST_PYTHON").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("python3"));
-        let mut measurements = Vec::new();
+        let (mut measurements, mut left_out) = (Vec::new(), Vec::new());
         for repeat in 1..=self.repeats {
             for model in &self.models {
                 for kernels in &self.kernels {
@@ -202,8 +204,9 @@ impl Bench {
                         "--device",
                         &self.device,
                     ]);
-                    if let Some(m) = self.measure(cmd, repeat, model, kernels)? {
-                        measurements.push(m);
+                    match self.measure(cmd, repeat, model, kernels)? {
+                        Outcome::Measured(m) => measurements.push(*m),
+                        Outcome::LeftOut(why) => left_out.push(why),
                     }
                 }
                 for peer in &self.peer {
@@ -227,13 +230,13 @@ impl Bench {
                     if self.device != "cpu" {
                         cmd.args(["--device", &self.device]);
                     }
-                    let m = self.measure(cmd, repeat, model, name).with_context(|| {
-                        format!(
-                            "the {name} reference failed: are {packages} installed for {}? (docs/speed.md)",
+                    match self.measure(cmd, repeat, model, name)? {
+                        Outcome::Measured(m) => measurements.push(*m),
+                        Outcome::LeftOut(why) => left_out.push(format!(
+                            "{why} (are {packages} installed for {}? docs/speed.md)",
                             python.display()
-                        )
-                    })?;
-                    measurements.extend(m);
+                        )),
+                    }
                 }
             }
             // Written after every repeat, so that a run stopped early keeps what it measured.
@@ -248,6 +251,13 @@ impl Bench {
                 .join(self.file("BENCH", "md"))
                 .display()
         );
+        if !left_out.is_empty() {
+            bail!(
+                "{} measurement(s) left out of the report:\n  {}",
+                left_out.len(),
+                left_out.join("\n  ")
+            );
+        }
         Ok(())
     }
 
@@ -302,15 +312,15 @@ impl Bench {
         Ok(table)
     }
 
-    /// One measurement: `cmd`'s JSON line, or `None` (with a warning) if it ran past
-    /// `--measure-timeout` and was stopped.
+    /// One measurement: `cmd`'s JSON line; or, if it failed or ran past `--measure-timeout`
+    /// (and was stopped), why, said at once too: the run goes on without it.
     fn measure(
         &self,
         mut cmd: Command,
         repeat: usize,
         model: &str,
         what: &str,
-    ) -> anyhow::Result<Option<Measurement>> {
+    ) -> anyhow::Result<Outcome> {
         eprintln!(
             "xtask: bench {model} {what} (repeat {repeat}/{})",
             self.repeats
@@ -324,24 +334,11 @@ impl Bench {
             .env("OMP_NUM_THREADS", self.threads.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let Some((status, stdout)) = run_with_timeout(&mut cmd, self.measure_timeout)? else {
-            eprintln!(
-                "xtask: warning: {model} {what} (repeat {repeat}) ran past {} s and was stopped; left out",
-                self.measure_timeout
-            );
-            return Ok(None);
-        };
-        if !status.success() {
-            bail!("{cmd:?} failed ({status})");
+        let outcome = run_measurement(&mut cmd, self.measure_timeout)?;
+        if let Outcome::LeftOut(why) = &outcome {
+            eprintln!("xtask: warning: {model} {what} (repeat {repeat}) left out: {why}");
         }
-        let line = stdout
-            .lines()
-            .rev()
-            .find(|l| l.trim_start().starts_with('{'))
-            .with_context(|| format!("{cmd:?} printed no JSON line"))?;
-        serde_json::from_str(line)
-            .map(Some)
-            .with_context(|| format!("parsing {line}"))
+        Ok(outcome)
     }
 
     fn command_line(&self) -> String {
@@ -364,6 +361,38 @@ impl Bench {
     }
 }
 
+/// What one measurement gave.
+#[derive(Debug)]
+enum Outcome {
+    Measured(Box<Measurement>),
+    /// Failed, printed no measurement or ran too long: why.
+    LeftOut(String),
+}
+
+/// Runs one measuring command (stdout piped) for at most `seconds` and reads the JSON line it
+/// prints last. Only a command that cannot be started is an error.
+fn run_measurement(cmd: &mut Command, seconds: u64) -> anyhow::Result<Outcome> {
+    let Some((status, stdout)) = run_with_timeout(cmd, seconds)? else {
+        return Ok(Outcome::LeftOut(format!(
+            "ran past {seconds} s (--measure-timeout) and was stopped"
+        )));
+    };
+    if !status.success() {
+        return Ok(Outcome::LeftOut(format!("{cmd:?} failed ({status})")));
+    }
+    let Some(line) = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+    else {
+        return Ok(Outcome::LeftOut(format!("{cmd:?} printed no JSON line")));
+    };
+    Ok(match serde_json::from_str(line) {
+        Ok(m) => Outcome::Measured(Box::new(m)),
+        Err(e) => Outcome::LeftOut(format!("{cmd:?} printed {line}, not a measurement: {e}")),
+    })
+}
+
 /// Runs `cmd` (stdout piped) to its end and returns its status and stdout, or `None` after
 /// killing it once it has run `seconds`.
 fn run_with_timeout(
@@ -381,19 +410,20 @@ fn run_with_timeout(
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     let status = loop {
         if let Some(status) = child.try_wait()? {
-            break Some(status);
+            break status;
         }
         if std::time::Instant::now() >= deadline {
             child.kill()?;
             child.wait()?;
-            break None;
+            // Not waiting for the reader: a process the child started may hold the pipe open.
+            return Ok(None);
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     let stdout = reader
         .join()
         .map_err(|_| anyhow::anyhow!("the stdout reader panicked"))??;
-    Ok(status.map(|s| (s, stdout)))
+    Ok(Some((status, stdout)))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -553,6 +583,35 @@ mod tests {
         hung.arg("30").stdout(Stdio::piped());
         let start = std::time::Instant::now();
         assert!(run_with_timeout(&mut hung, 1).unwrap().is_none());
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_failed_or_silent_measurement_is_left_out_with_its_reason() {
+        let outcome = |script: &str, seconds| {
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", script]).stdout(Stdio::piped());
+            run_measurement(&mut cmd, seconds).unwrap()
+        };
+        let line = serde_json::to_string(&m("candle-fused", "cnn", 1000.0, 4000.0, 500.0)).unwrap();
+        match outcome(&format!("echo starting; echo '{line}'"), 30) {
+            Outcome::Measured(got) => assert_eq!(got.train_images_per_s, 1000.0),
+            other => panic!("{other:?}"),
+        }
+        let why = |o: Outcome| match o {
+            Outcome::LeftOut(why) => why,
+            other => panic!("{other:?}"),
+        };
+        assert!(why(outcome(&format!("echo '{line}'; exit 3"), 30))
+            .ends_with("failed (exit status: 3)"));
+        assert!(why(outcome("echo no measurement", 30)).ends_with("printed no JSON line"));
+        assert!(why(outcome("echo '{\"model\": 1}'", 30)).contains("not a measurement"));
+        // The shell's own child keeps the output pipe open after the shell is stopped.
+        let start = std::time::Instant::now();
+        assert_eq!(
+            why(outcome("sleep 30; echo late", 1)),
+            "ran past 1 s (--measure-timeout) and was stopped"
+        );
         assert!(start.elapsed() < std::time::Duration::from_secs(10));
     }
 
