@@ -126,6 +126,14 @@ def keras_init(model, nn):
                 m.bias_ih_l0[hidden : 2 * hidden] = 1.0  # gates i, f, g, o
 
 
+def images(x):
+    """uint8 images [N, 28, 28] as a float tensor [N, 1, 28, 28] in [0, 1], on the host."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1)
+
+
 def main():
     p = arguments(__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, help="train the study recipe for this many epochs")
@@ -160,8 +168,7 @@ def main():
     if on_gpu:
         # As fmnist-bench on a GPU: the training images normalized once and kept on the
         # device, each batch gathered there by its indices.
-        resident_x = torch.from_numpy(train_x[:48_000].astype(np.float32) / 255.0).unsqueeze(1)
-        resident_x = resident_x.to(device)
+        resident_x = images(train_x[:48_000]).to(device)
         resident_y = torch.from_numpy(train_y[:48_000].astype(np.int64)).to(device)
 
     def batch(i):
@@ -169,8 +176,7 @@ def main():
         if on_gpu:
             at = torch.from_numpy(idx).to(device)
             return resident_x[at], resident_y[at]
-        x = torch.from_numpy(train_x[idx].astype(np.float32) / 255.0).unsqueeze(1)
-        return x, torch.from_numpy(train_y[idx].astype(np.int64))
+        return images(train_x[idx]), torch.from_numpy(train_y[idx].astype(np.int64))
 
     def step(i):
         x, y = batch(i)
@@ -190,8 +196,7 @@ def main():
     correct = 0
     with torch.no_grad():
         for i in range(0, len(test_x), 1000):
-            x = torch.from_numpy(test_x[i : i + 1000].astype(np.float32) / 255.0).unsqueeze(1)
-            pred = model(x.to(device)).argmax(1).cpu().numpy()
+            pred = model(images(test_x[i : i + 1000]).to(device)).argmax(1).cpu().numpy()
             correct += int((pred == test_y[i : i + 1000]).sum())
     infer = time.perf_counter() - start
 
@@ -211,15 +216,12 @@ def study(a, model, opt, loss_fn, data, device):
     n_val = len(train_x) // 5
     val_idx, fit_idx = perm[:n_val], perm[n_val:]
 
-    def tensor(x):
-        return torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1).to(device)
-
     def accuracy(x, y):
         model.eval()
         correct = 0
         with torch.no_grad():
             for i in range(0, len(x), 1000):
-                pred = model(tensor(x[i : i + 1000])).argmax(1).cpu().numpy()
+                pred = model(images(x[i : i + 1000]).to(device)).argmax(1).cpu().numpy()
                 correct += int((pred == y[i : i + 1000]).sum())
         return correct / len(x)
 
@@ -230,7 +232,7 @@ def study(a, model, opt, loss_fn, data, device):
         order = rng.permutation(fit_idx)
         for i in range(0, len(order), a.batch_size):
             idx = order[i : i + a.batch_size]
-            x = tensor(train_x[idx])
+            x = images(train_x[idx]).to(device)
             y = torch.from_numpy(train_y[idx].astype(np.int64)).to(device)
             opt.zero_grad(set_to_none=True)
             loss_fn(model(x), y).backward()
