@@ -191,6 +191,8 @@ struct Geometry {
     pad: usize,
     out_h: usize,
     out_w: usize,
+    /// The unfolding runs over whole input lines ([`Self::spans_lines`]).
+    spans: bool,
 }
 
 impl Geometry {
@@ -205,6 +207,10 @@ impl Geometry {
         if h + 2 * pad < k || w + 2 * pad < k || stride == 0 {
             candle::bail!("conv2d: kernel {k} does not fit a {h}x{w} input padded by {pad}");
         }
+        let (out_h, out_w) = (
+            (h + 2 * pad - k) / stride + 1,
+            (w + 2 * pad - k) / stride + 1,
+        );
         Ok(Geometry {
             c,
             h,
@@ -212,8 +218,9 @@ impl Geometry {
             k,
             stride,
             pad,
-            out_h: (h + 2 * pad - k) / stride + 1,
-            out_w: (w + 2 * pad - k) / stride + 1,
+            out_h,
+            out_w,
+            spans: stride == 1 && pad == 0 && out_w < w,
         })
     }
 
@@ -247,7 +254,20 @@ impl Geometry {
     /// (`j % w >= out_w`) are computed and never read: that costs `w / out_w` more GEMM work
     /// and saves an unfolding made of one short copy per output line.
     fn spans_lines(&self) -> bool {
-        self.stride == 1 && self.pad == 0 && self.out_w < self.w
+        self.spans
+    }
+
+    /// The same convolution unfolded with one column per output position, never over whole
+    /// lines. The backward pass runs on it: its kernel gradient `d_y · colsᵀ` sums over the
+    /// columns, and the `gemm` crate cuts that sum into blocks whose bounds depend on its
+    /// length, so the unread columns of [`Self::spans_lines`] (zeros in `d_y`) would move
+    /// the bounds, group the products differently and change the rounding of the trained
+    /// weights. The forward GEMM sums over the kernel rows, which do not change.
+    fn compact(self) -> Geometry {
+        Geometry {
+            spans: false,
+            ..self
+        }
     }
 
     /// Distance between two output lines in the GEMM's output columns of an image.
@@ -295,6 +315,16 @@ fn unfold_row(g: Geometry, x: &[f32], b: usize, row: usize, dst: &mut [f32]) {
         }
         return;
     }
+    if g.stride == 1 && g.pad == 0 {
+        // Every output reads inside the image: one short copy per output line.
+        for (img, dst) in dst.chunks_exact_mut(l_out).take(b).enumerate() {
+            let src = &x[(img * g.c + ch) * plane + ki * g.w + kj..];
+            for (oy, dst) in dst.chunks_exact_mut(g.out_w).enumerate() {
+                copy_short(dst, &src[oy * g.w..][..g.out_w]);
+            }
+        }
+        return;
+    }
     let (ys, xs) = (g.valid(ki, g.h, g.out_h), g.valid(kj, g.w, g.out_w));
     if g.stride == 1 && g.out_w == g.w {
         for img in 0..b {
@@ -331,6 +361,19 @@ fn unfold_row(g: Geometry, x: &[f32], b: usize, row: usize, dst: &mut [f32]) {
                 }
             }
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for a slice of a few dozen elements, in vector moves of eight
+/// inlined here: a `memcpy` call per output line would cost more than the copy.
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let (mut d, mut s) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
+    for (d, s) in (&mut d).zip(&mut s) {
+        d.copy_from_slice(s);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
     }
 }
 
@@ -379,11 +422,12 @@ fn zero_wrapped_columns(
 
 /// Adds the unfolding of `b` images back into `dst [b, C, H, W]` (the adjoint of
 /// [`unfold_row`], a col2im): row `(c, ki, kj)` starts at `cols[row · stride]` and holds the
-/// images' columns ([`Geometry::columns`]) one after the other; rows after the `C·k·k` are
-/// not read. Where the output is as wide as the input, the columns whose source is padding
+/// images' columns one after the other, one per output position ([`Geometry::compact`]);
+/// rows after the `C·k·k` are not read. Where the output is as wide as the input, the columns whose source is padding
 /// are zeroed in `cols` first ([`fold_same_width`]). Inlined into the caller's [`simd`].
 #[inline(always)]
 fn fold_into(g: Geometry, cols: &mut [f32], stride: usize, b: usize, dst: &mut [f32]) {
+    debug_assert!(!g.spans_lines());
     let l_out = g.columns();
     let plane = g.h * g.w;
     for (img, dst) in dst.chunks_exact_mut(g.c * plane).take(b).enumerate() {
@@ -391,11 +435,14 @@ fn fold_into(g: Geometry, cols: &mut [f32], stride: usize, b: usize, dst: &mut [
             let (ch, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
             let src = &mut cols[row * stride + img * l_out..][..l_out];
             let dst = &mut dst[ch * plane..][..plane];
-            if g.spans_lines() {
-                // The columns past each line's end hold zero gradient (see output_gradient).
-                let dst = &mut dst[ki * g.w + kj..][..l_out];
-                for (d, v) in dst.iter_mut().zip(src.iter()) {
-                    *d += v;
+            if g.stride == 1 && g.pad == 0 {
+                // Every output reads inside the image: one short stretch per output line.
+                let dst = &mut dst[ki * g.w + kj..];
+                for (oy, src) in src.chunks_exact(g.out_w).enumerate() {
+                    let line = &mut dst[oy * g.w..][..g.out_w];
+                    for (d, v) in line.iter_mut().zip(src) {
+                        *d += v;
+                    }
                 }
                 continue;
             }
@@ -728,12 +775,6 @@ impl CustomOp2 for BlockedConv {
 pub(crate) type PlaneGradient<'a> = &'a (dyn Fn(usize, &[f32], &mut [f32]) + Sync);
 
 impl BlockedConv {
-    /// Whether [`BlockedConv::backward`] takes a [`PlaneGradient`]: no pooling, and output
-    /// planes stored whole in the GEMM's columns.
-    pub(crate) fn takes_plane_gradient(&self) -> bool {
-        self.epilogue == Epilogue::None && !self.geometry.spans_lines()
-    }
-
     /// The gradients of the input (if it is tracked) and the kernel matrix from `grad_res`,
     /// the gradient of the output, or with `planes` from what it computes out of each plane of
     /// `grad_res` (written straight into the GEMM's layout, never as a tensor of its own).
@@ -744,8 +785,8 @@ impl BlockedConv {
         grad_res: &Tensor,
         planes: Option<PlaneGradient>,
     ) -> candle::Result<(Option<Tensor>, Option<Tensor>)> {
-        if planes.is_some() && !self.takes_plane_gradient() {
-            candle::bail!("conv2d backward: a plane gradient needs whole output planes");
+        if planes.is_some() && self.epilogue != Epilogue::None {
+            candle::bail!("conv2d backward: a plane gradient needs the convolution's own output");
         }
         let input_grad = x.track_op();
         let x = x.detach().contiguous()?;
@@ -813,11 +854,13 @@ impl BlockedConvBackward<'_> {
         images: usize,
     ) {
         let f = self.forward;
-        let g = f.geometry;
+        let g = f.geometry.compact();
         let (l, n) = (g.columns(), images * g.columns());
         let o = d_y.len() / n;
         let (oh, ow) = f.output_size();
-        if f.takes_plane_gradient() {
+        // Without pooling, each output plane is one stretch of the GEMM's columns
+        // ([`Geometry::compact`]).
+        if f.epilogue == Epilogue::None {
             for (p, grad) in grad.chunks_exact(l).take(images * o).enumerate() {
                 let (img, ch) = (p / o, p % o);
                 let dst = &mut d_y[ch * n + img * l..][..l];
@@ -828,18 +871,8 @@ impl BlockedConvBackward<'_> {
             }
             return;
         }
-        // Columns past a line's end and places outside every pooling window stay zero.
+        // Places outside every pooling window's maximum stay zero.
         d_y.fill(0.0);
-        if f.epilogue == Epilogue::None {
-            for (p, grad) in grad.chunks_exact(oh * ow).take(images * o).enumerate() {
-                let (img, ch) = (p / o, p % o);
-                let plane = &mut d_y[ch * n + img * l..][..l];
-                for (oy, grad) in grad.chunks_exact(ow).enumerate() {
-                    plane[oy * g.line()..][..ow].copy_from_slice(grad);
-                }
-            }
-            return;
-        }
         for p in 0..images * o {
             let (img, ch) = (p / o, p % o);
             let plane = &mut d_y[ch * n + img * l..][..l];
@@ -862,7 +895,7 @@ impl CustomOp2 for BlockedConvBackward<'_> {
         l2: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
         let f = self.forward;
-        let g = f.geometry;
+        let g = f.geometry.compact();
         let x = f32_slice(s1, l1, "conv2d backward")?;
         let grad = f32_slice(s2, l2, "conv2d backward")?;
         let r = f.kernel_rows();
@@ -1217,11 +1250,23 @@ mod tests {
                 1., 1., 1., 1., 1., // the row of ones
             ]
         );
-        // Folding ones back (zero at the column no output reads, as the backward pass has it)
+        // The backward pass unfolds one column per output position, and folding ones back
         // counts how many windows cover each pixel.
-        let ones: Vec<f32> = [1., 1., 0., 1., 1.].repeat(4);
+        let g = g.compact();
+        let mut cols = vec![f32::NAN; 5 * 4];
+        unfold_block(g, &x, 1, &mut cols);
+        assert_eq!(
+            cols,
+            vec![
+                0., 1., 3., 4., // (0, 0)
+                1., 2., 4., 5., // (0, 1)
+                3., 4., 6., 7., // (1, 0)
+                4., 5., 7., 8., // (1, 1)
+                1., 1., 1., 1., // the row of ones
+            ]
+        );
         let mut counts = vec![0f32; 9];
-        fold_into(g, &mut ones.clone(), 5, 1, &mut counts);
+        fold_into(g, &mut [1f32; 4 * 4], 4, 1, &mut counts);
         assert_eq!(counts, vec![1., 2., 1., 2., 4., 2., 1., 2., 1.]);
     }
 
@@ -1242,8 +1287,14 @@ mod tests {
 
     #[test]
     fn unfolding_matches_its_definition_for_every_geometry() {
-        for (c, h, w, k, stride, pad) in GEOMETRIES {
-            let g = Geometry::new(c, h, w, k, stride, pad).unwrap();
+        let geometries = GEOMETRIES
+            .into_iter()
+            .flat_map(|(c, h, w, k, stride, pad)| {
+                let g = Geometry::new(c, h, w, k, stride, pad).unwrap();
+                [g, g.compact()]
+            });
+        for g in geometries {
+            let (c, h, w, k, stride, pad) = (g.c, g.h, g.w, g.k, g.stride, g.pad);
             let b = 2;
             let x: Vec<f32> = (0..b * c * h * w).map(|v| v as f32 + 1.0).collect();
             let l = g.columns();
@@ -1277,8 +1328,8 @@ mod tests {
                 }
             }
             assert!(cols[g.rows() * b * l..].iter().all(|&v| v == 1.0));
-            // Columns no output reads hold input values too: the kernel gradient multiplies
-            // them by a zero gradient, which a NaN would not survive.
+            // Columns no output reads (over whole lines) hold input values too: the forward
+            // GEMM computes them, and the scratch it reuses must not carry a NaN across.
             assert!(cols.iter().all(|v| v.is_finite()), "{:?}", (c, h, w, k));
         }
     }
@@ -1288,7 +1339,7 @@ mod tests {
         // The adjoint of the unfolding: every column adds into the input element it was read
         // from, and columns that read padding add nothing. Small integers keep the sums exact.
         for (c, h, w, k, stride, pad) in GEOMETRIES {
-            let g = Geometry::new(c, h, w, k, stride, pad).unwrap();
+            let g = Geometry::new(c, h, w, k, stride, pad).unwrap().compact();
             let b = 2;
             let l = g.columns();
             let mut cols: Vec<f32> = (0..g.rows() * b * l)
@@ -1305,12 +1356,9 @@ mod tests {
                             (ox * stride + kj) as isize - pad as isize,
                         );
                         let at = row * b * l + img * l + col;
-                        let inside = (0..h as isize).contains(&iy)
-                            && (0..w as isize).contains(&ix)
-                            && ox < g.out_w;
+                        let inside = (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix);
                         if !inside {
-                            // Over whole lines, the backward pass gives these columns zero.
-                            cols[at] = if g.spans_lines() { 0.0 } else { f32::NAN };
+                            cols[at] = f32::NAN;
                             continue;
                         }
                         expect[((img * c + ch) * h + iy as usize) * w + ix as usize] += cols[at];

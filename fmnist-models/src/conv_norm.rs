@@ -70,7 +70,7 @@ fn fused(
     };
     let pool = match after {
         // The pooling's backward pass rides in the convolution's plane by plane.
-        After::ReluPool(pool) if pool.kernels.fuse(x) && conv.takes_plane_gradient() => true,
+        After::ReluPool(pool) if pool.kernels.fuse(x) => true,
         After::ReluPool(_) => return Ok(None),
         _ => false,
     };
@@ -190,22 +190,17 @@ impl CustomOp3 for ConvNorm {
         let (y, dy) = (y.detach().contiguous()?, dy.contiguous()?);
         let conv_out = &saved.conv_out;
         let (input, d_gamma, d_beta) = saved.normalize.gradient_parts(conv_out, &gamma, &y, &dy)?;
-        let (d_x, d_kernel) = if self.conv.takes_plane_gradient() {
-            // The BatchNorm's input gradient, the convolution's output gradient, is computed
-            // plane by plane straight into the convolution's backward GEMM layout.
-            let (b, _, h, w) = conv_out.dims4()?;
-            let plane = h * w;
-            with_cpu_slices([conv_out, &y], "conv + batch norm", |out, y| {
-                let planes = |i: usize, dy: &[f32], dst: &mut [f32]| {
-                    let at = i * plane..(i + 1) * plane;
-                    input.plane(i, b * plane, [&out[at.clone()], dy, &y[at]], dst)
-                };
-                self.conv.backward(x, kernel, &dy, Some(&planes))
-            })?
-        } else {
-            let d_conv_out = conv_out.apply_op3_no_bwd(&dy, &y, &input)?;
-            self.conv.backward(x, kernel, &d_conv_out, None)?
-        };
+        // The BatchNorm's input gradient, the convolution's output gradient, is computed plane
+        // by plane straight into the convolution's backward GEMM layout.
+        let (b, _, h, w) = conv_out.dims4()?;
+        let plane = h * w;
+        let (d_x, d_kernel) = with_cpu_slices([conv_out, &y], "conv + batch norm", |out, y| {
+            let planes = |i: usize, dy: &[f32], dst: &mut [f32]| {
+                let at = i * plane..(i + 1) * plane;
+                input.plane(i, b * plane, [&out[at.clone()], dy, &y[at]], dst)
+            };
+            self.conv.backward(x, kernel, &dy, Some(&planes))
+        })?;
         let d_gamma_beta = Tensor::stack(&[&d_gamma, &d_beta], 0)?;
         Ok((d_x, d_kernel, Some(d_gamma_beta)))
     }
@@ -284,8 +279,7 @@ mod tests {
     #[test]
     fn one_operation_gives_the_bits_of_the_layers_apart() {
         // "Same" and strided convolutions, with and without ReLU, and one without padding (its
-        // GEMM columns span whole input lines, so the BatchNorm's input gradient is a tensor of
-        // its own); with the pooling, odd sizes (a line no window covers) and 6 or 16 channels
+        // forward GEMM's columns span whole input lines, its backward's do not); with the pooling, odd sizes (a line no window covers) and 6 or 16 channels
         // (the BatchNorm's sums on lanes of their own or gathered); 19 images (two blocks and
         // a partial one): output, every gradient and the running statistics, bit for bit.
         let dev = Device::Cpu;
@@ -378,11 +372,9 @@ mod tests {
             }
             // The running statistics moved.
             assert!(together[1].iter().any(|&m| m != 0.0));
-            // One operation ran (the convolution's output is no tensor of the graph, nor with
-            // the pooling the normalized one), except with the pooling after a convolution
-            // whose output planes the GEMM does not hold whole (no padding): apart then.
+            // One operation ran: the convolution's output is no tensor of the graph, nor with
+            // the pooling the normalized one.
             let expected = match after {
-                After::ReluPool(_) if padding == 0 => (2, 2),
                 After::ReluPool(_) => (0, 2),
                 _ => (1, 2),
             };
