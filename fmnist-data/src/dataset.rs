@@ -151,6 +151,25 @@ impl FashionMnist {
         self.class_names.len()
     }
 
+    /// Lower-case hex SHA-256 of the images, labels, image size and class names: what a result
+    /// computed from the data depends on, wherever the files were read from.
+    pub fn sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for set in [&self.train, &self.test] {
+            h.update((set.rows as u64).to_le_bytes());
+            h.update((set.cols as u64).to_le_bytes());
+            h.update((set.labels.len() as u64).to_le_bytes());
+            h.update(&set.pixels);
+            h.update(&set.labels);
+        }
+        for name in &self.class_names {
+            h.update((name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+        }
+        format!("{:x}", h.finalize())
+    }
+
     /// Reads and checks the four files of `source`.
     pub fn load(source: DataSource, options: &LoadOptions) -> Result<Self> {
         let train = read_pair(

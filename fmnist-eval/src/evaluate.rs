@@ -1,7 +1,6 @@
 //! Evaluating one run directory: its best checkpoint scored on the train, validation and test
 //! parts, with the test predictions, the confusion matrix and calibration.
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context};
 use candle::Device;
@@ -9,12 +8,12 @@ use fmnist_data::FashionMnist;
 use fmnist_models::scoring::{argmax, score, softmax_rows};
 use fmnist_models::{Classifier, Score};
 use fmnist_train::{EpochRecord, RunConfig, RunDir, RunSummary};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::{calibration, Calibration, ConfusionMatrix, GroupMetrics};
 
 /// Loss and accuracy on each part of the data: the train/val/test gap.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Gap {
     pub train: Score,
     pub val: Score,
@@ -75,7 +74,6 @@ pub struct Evaluation {
     pub summary: Option<RunSummary>,
     pub history: Vec<EpochRecord>,
     pub scores: Scores,
-    pub inference_images_per_second: f64,
     pub classifier: Classifier,
 }
 
@@ -86,22 +84,53 @@ pub fn evaluate_run(
     data: &FashionMnist,
     device: &Device,
 ) -> anyhow::Result<Evaluation> {
+    evaluation(dir, name, data, device, false)
+}
+
+/// The evaluation of a run evaluated before from the same inputs
+/// ([`crate::inputs::RunInputs`]): its train and validation scores read back from its
+/// `metrics.json` (written with every digit), the test set scored again (the same logits, bit
+/// for bit: the scores, confusion and calibration are those it wrote).
+pub fn reload_run(
+    dir: &Path,
+    name: &str,
+    data: &FashionMnist,
+    device: &Device,
+) -> anyhow::Result<Evaluation> {
+    evaluation(dir, name, data, device, true)
+}
+
+/// The `gap` of a `metrics.json`.
+#[derive(Deserialize)]
+struct RecordedGap {
+    gap: Gap,
+}
+
+fn evaluation(
+    dir: &Path,
+    name: &str,
+    data: &FashionMnist,
+    device: &Device,
+    recorded_gap: bool,
+) -> anyhow::Result<Evaluation> {
     let run = RunDir::new(dir);
     let classifier = Classifier::load(dir, device)?;
     let config = run.read_config()?;
     check_classes(dir, config.class_names.len(), data)?;
     let summary = run.read_summary().ok();
     let history = run.read_history().unwrap_or_default();
-    let prepared = fmnist_train::prepare(&config.train, data)
-        .with_context(|| format!("{}: rebuilding the split", dir.display()))?;
-    let train = score(&classifier.logits(&prepared.train)?, &prepared.train.labels);
-    let val = score(&classifier.logits(&prepared.val)?, &prepared.val.labels);
-    let (test_logits, inference_seconds) = fastest_of(INFERENCE_PASSES, || {
-        let start = Instant::now();
-        let logits = classifier.logits(&data.test)?;
-        Ok((logits, start.elapsed().as_secs_f64()))
-    })?;
-    let inference_images_per_second = data.test.len() as f64 / inference_seconds;
+    let (train, val) = if recorded_gap {
+        let metrics = dir.join(crate::files::METRICS);
+        let RecordedGap { gap } = fmnist_train::run::read_json(&metrics)?;
+        (gap.train, gap.val)
+    } else {
+        let prepared = fmnist_train::prepare(&config.train, data)
+            .with_context(|| format!("{}: rebuilding the split", dir.display()))?;
+        let train = score(&classifier.logits(&prepared.train)?, &prepared.train.labels);
+        let val = score(&classifier.logits(&prepared.val)?, &prepared.val.labels);
+        (train, val)
+    };
+    let test_logits = classifier.logits(&data.test)?;
     let scores = Scores::new(
         config.class_names.clone(),
         train,
@@ -116,28 +145,8 @@ pub fn evaluate_run(
         summary,
         history,
         scores,
-        inference_images_per_second,
         classifier,
     })
-}
-
-/// How many times the test set is classified to time inference: the fastest pass counts, the
-/// one least disturbed by anything else the machine was doing.
-pub const INFERENCE_PASSES: usize = 3;
-
-/// Runs `pass` `passes` times (at least once) and returns the last result with the shortest of
-/// the times the passes reported.
-fn fastest_of<T>(
-    passes: usize,
-    mut pass: impl FnMut() -> anyhow::Result<(T, f64)>,
-) -> anyhow::Result<(T, f64)> {
-    let (mut result, mut fastest) = pass()?;
-    for _ in 1..passes {
-        let (next, seconds) = pass()?;
-        result = next;
-        fastest = fastest.min(seconds);
-    }
-    Ok((result, fastest))
 }
 
 /// An error unless a run trained on `classes` classes can be scored on `data`.
@@ -151,34 +160,4 @@ pub fn check_classes(dir: &Path, classes: usize, data: &FashionMnist) -> anyhow:
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inference_time_is_the_fastest_pass() {
-        let times = [3.0, 1.0, 2.0];
-        let mut calls = 0;
-        let (last, fastest) = fastest_of(3, || {
-            calls += 1;
-            Ok((calls, times[calls - 1]))
-        })
-        .unwrap();
-        assert_eq!((calls, last, fastest), (3, 3, 1.0));
-
-        let mut calls = 0;
-        let (_, only) = fastest_of(0, || {
-            calls += 1;
-            Ok(((), 4.0))
-        })
-        .unwrap();
-        assert_eq!((calls, only), (1, 4.0));
-
-        let failing = fastest_of(3, || -> anyhow::Result<((), f64)> {
-            anyhow::bail!("no data")
-        });
-        assert_eq!(failing.unwrap_err().to_string(), "no data");
-    }
 }

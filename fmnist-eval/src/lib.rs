@@ -4,6 +4,8 @@ pub mod ensemble;
 pub mod evaluate;
 pub mod files;
 pub mod findings;
+mod glyph_text;
+pub mod inputs;
 pub mod metrics;
 pub mod outputs;
 pub mod plots;
@@ -13,6 +15,6 @@ pub mod serve;
 pub mod similar;
 pub mod table;
 
-pub use evaluate::{evaluate_run, Evaluation, Gap, Scores};
+pub use evaluate::{evaluate_run, reload_run, Evaluation, Gap, Scores};
 pub use metrics::{calibration, Calibration, ConfusionMatrix};
 pub use table::Table;

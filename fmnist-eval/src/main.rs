@@ -7,20 +7,26 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use fmnist_data::write_atomic;
 use fmnist_data::DataArgs;
+use fmnist_eval::inputs::{ResultsInputs, RunInputs};
 use fmnist_eval::predict::{self, predict_files, Invert, PredictOptions};
-use fmnist_eval::report::{self, Provenance};
+use fmnist_eval::report::{self, Provenance, SummaryRow};
 use fmnist_eval::similar::{self, SimilarityIndex};
-use fmnist_eval::{ensemble, evaluate_run, files, findings, outputs, plots, serve, Evaluation};
+use fmnist_eval::{
+    ensemble, evaluate_run, files, findings, outputs, plots, reload_run, serve, Evaluation,
+};
 use fmnist_models::{Checkpoint, Classifier};
 use fmnist_train::{find_runs, select_device, DeviceChoice, RunDir};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Evaluates every run under the results folder (or the runs given) on the test set: prints
-/// per-class accuracy, the confusion matrix, the train/val/test gap and the comparison across
-/// runs; writes metrics.json, per_class.csv, confusion.csv, predictions.csv, gap.csv and plots
-/// into each run, and summary.csv, comparison.png and REPORT.md into the results folder.
+/// Evaluates every run under the results folder (or the runs given) on the test set: writes
+/// metrics.json, per_class.csv, confusion.csv, predictions.csv, gap.csv and plots into each
+/// run, and summary.csv, the plots across runs and REPORT.md into the results folder, then
+/// prints each recipe's test accuracy (with --run: each run's per-class accuracy, confusion
+/// matrix and train/val/test gap). A run unchanged since its evaluation (the same weights,
+/// configuration, history, data and evaluation, recorded in its evaluated.json) is not
+/// evaluated again, and a results folder of unchanged runs is not written again.
 #[derive(Parser, Debug)]
 #[command(name = "fmnist-eval", version)]
 struct Cli {
@@ -221,53 +227,100 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         runs
     };
     let data = cli.data.load()?;
-    let mut evals: Vec<Evaluation> = Vec::new();
-    for (name, dir) in &runs {
-        eprintln!("evaluating {name} ...");
-        evals.push(
-            evaluate_run(dir, name, &data, &device)
-                .with_context(|| format!("evaluating {}", dir.display()))?,
-        );
-    }
-    for e in &evals {
-        outputs::write_run_outputs(e, &data, &device, !cli.no_plots)?;
-        println!("{}", report::run_text(e, cli.normalize));
-    }
-    let groups = findings::recipe_groups(&evals);
-    println!("== every recipe (mean ± sample std over seeds) ==");
-    println!("{}", report::results_table(&groups, false).render());
-    if cli.run.is_empty() && cli.checkpoint.is_none() {
-        let root = &cli.results;
-        write_atomic(
-            &root.join(files::SUMMARY_CSV),
-            &report::summary_csv(&evals)?,
-        )?;
-        if !cli.no_plots {
-            plots::comparison(
-                &root.join(files::COMPARISON.stem),
-                &comparison_rows(&groups),
-            )?;
-            outputs::write_cross_run_plots(root, &groups, &data)?;
-            outputs::write_samples(root, &data)?;
+    let data_sha256 = data.sha256();
+    let plots_on = !cli.no_plots;
+    let inputs = (runs.iter())
+        .map(|(name, dir)| Ok((name.clone(), RunInputs::of(dir, &data_sha256, plots_on)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let root = &cli.results;
+    let whole_folder = cli.run.is_empty() && cli.checkpoint.is_none();
+    let folder_inputs = match whole_folder {
+        true => Some(ResultsInputs::of(root, &inputs)?),
+        false => None,
+    };
+    if let Some(folder) = &folder_inputs {
+        let every_run_kept =
+            (runs.iter().zip(&inputs)).all(|((_, dir), (_, i))| i.evaluated_in(dir));
+        if folder.written_in(root) && every_run_kept {
+            println!(
+                "{}, each unchanged since its evaluation: nothing to evaluate",
+                count(runs.len(), "run")
+            );
+            let rows = report::read_summary_csv(&root.join(files::SUMMARY_CSV))?;
+            print_answer(&rows, root);
+            return Ok(ExitCode::SUCCESS);
         }
-        let command = std::env::var("FMNIST_REPORT_COMMAND")
-            .unwrap_or_else(|_| "cargo run -p fmnist-eval".into());
-        let ensembles = ensemble::find_ensembles(root)?;
-        let md = report::markdown(
-            &evals,
-            &groups,
-            &ensembles,
-            root,
-            &Provenance::detect(command),
-        );
-        write_atomic(&root.join(files::REPORT), md.as_bytes())?;
+    }
+    let mut evals: Vec<Evaluation> = Vec::new();
+    let mut reused = 0;
+    for ((name, dir), (_, run_inputs)) in runs.iter().zip(&inputs) {
+        let context = || format!("evaluating {}", dir.display());
+        if run_inputs.evaluated_in(dir) {
+            // Its files stand; the report across runs needs its scores again.
+            evals.push(reload_run(dir, name, &data, &device).with_context(context)?);
+            reused += 1;
+            continue;
+        }
+        eprintln!("evaluating {name} ...");
+        let e = evaluate_run(dir, name, &data, &device).with_context(context)?;
+        outputs::write_run_outputs(&e, &data, &device, plots_on, run_inputs)?;
         println!(
-            "wrote {} and {}",
-            root.join(files::SUMMARY_CSV).display(),
-            root.join(files::REPORT).display()
+            "evaluated {name}: test accuracy {}",
+            fmnist_eval::table::pct(e.scores.gap.test.accuracy)
+        );
+        evals.push(e);
+    }
+    if reused > 0 {
+        println!(
+            "{} unchanged since evaluation: files kept",
+            count(reused, "run")
         );
     }
+    let Some(folder) = folder_inputs else {
+        for e in &evals {
+            println!("{}", report::run_text(e, cli.normalize));
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let groups = findings::recipe_groups(&evals);
+    let rows: Vec<SummaryRow> = evals.iter().map(SummaryRow::new).collect();
+    write_atomic(&root.join(files::SUMMARY_CSV), &report::summary_csv(&rows)?)?;
+    if plots_on {
+        plots::comparison(
+            &root.join(files::COMPARISON.stem),
+            &comparison_rows(&groups),
+        )?;
+        outputs::write_cross_run_plots(root, &groups, &data)?;
+        outputs::write_samples(root, &data)?;
+    }
+    let command = std::env::var("FMNIST_REPORT_COMMAND")
+        .unwrap_or_else(|_| "cargo run -p fmnist-eval".into());
+    let ensembles = ensemble::find_ensembles(root)?;
+    let md = report::markdown(
+        &evals,
+        &groups,
+        &ensembles,
+        root,
+        &Provenance::detect(command),
+    );
+    write_atomic(&root.join(files::REPORT), md.as_bytes())?;
+    folder.record(root)?;
+    print_answer(&rows, root);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `1 run`, `2 runs`.
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
+/// The test accuracy of every recipe folder, and where the report is.
+fn print_answer(rows: &[SummaryRow], root: &std::path::Path) {
+    println!("\n{}", report::answer_table(rows).render());
+    println!(
+        "per-run tables: fmnist-eval --run DIR; the full report: {}",
+        root.join(files::REPORT).display()
+    );
 }
 
 fn predict(

@@ -13,6 +13,7 @@ use crate::ensemble::EnsembleRecord;
 use crate::evaluate::{Evaluation, Gap, Scores};
 use crate::files;
 use crate::findings::{self, RecipeRuns};
+use crate::inputs::RunInputs;
 use crate::metrics::{Averages, ClassMetrics, Confusion, GroupMetrics};
 use crate::plots::{self, Tile};
 
@@ -27,7 +28,6 @@ pub struct MetricsFile<'a> {
     pub epochs_run: usize,
     pub best_epoch: Option<usize>,
     pub train_seconds: Option<f64>,
-    pub inference_images_per_second: f64,
     #[serde(flatten)]
     pub scores: ScoreMetrics<'a>,
 }
@@ -116,7 +116,6 @@ impl<'a> MetricsFile<'a> {
             epochs_run: e.history.len(),
             best_epoch: e.summary.as_ref().map(|s| s.best_epoch),
             train_seconds: e.summary.as_ref().map(|s| s.train_seconds),
-            inference_images_per_second: e.inference_images_per_second,
             scores: ScoreMetrics::new(&e.scores),
         }
     }
@@ -182,15 +181,18 @@ fn test_image_grid(
     )
 }
 
-/// Writes every per-run file of `e` into its run directory.
+/// Writes every per-run file of `e` into its run directory, with the record of what they
+/// were computed from (`inputs`).
 pub fn write_run_outputs(
     e: &Evaluation,
     data: &FashionMnist,
     device: &Device,
     plots_on: bool,
+    inputs: &RunInputs,
 ) -> anyhow::Result<()> {
     staged(&e.dir, |dir| {
         write_json(&dir.join(files::METRICS), &MetricsFile::new(e))?;
+        inputs.record(dir)?;
         write_score_files(dir, &e.scores)?;
         if plots_on {
             if !e.history.is_empty() {

@@ -11,20 +11,28 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
+use crate::glyph_text::GlyphText;
 use crate::metrics::{Calibration, ConfusionMatrix};
 
 const FONT: &str = "sans-serif";
+/// DejaVu Sans, the font of every plot.
+pub(crate) const FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
-/// Registers the embedded font (once per process).
-fn register_font() {
+/// Registers the embedded font (once per process): plotters measures text with it, and the
+/// SVG files name it.
+pub(crate) fn register_font() {
     REGISTER.call_once(|| {
-        let bytes: &'static [u8] = include_bytes!("../assets/DejaVuSans.ttf");
         for style in [FontStyle::Normal, FontStyle::Bold] {
             // The font is compiled in and known to parse.
-            let _ = plotters::style::register_font(FONT, style, bytes);
+            let _ = plotters::style::register_font(FONT, style, FONT_BYTES);
         }
     });
+}
+
+/// A PNG canvas whose text is placed glyph by glyph ([`GlyphText`]).
+fn png_canvas(path: &Path, size: (u32, u32)) -> Area<GlyphText<BitMapBackend<'_>>> {
+    GlyphText::new(BitMapBackend::new(path, size), FONT_BYTES).into_drawing_area()
 }
 
 type Area<DB> = DrawingArea<DB, Shift>;
@@ -34,7 +42,7 @@ macro_rules! png_and_svg {
     ($stem:expr, $size:expr, $draw:expr) => {{
         register_font();
         let png = $stem.with_extension("png");
-        let root = BitMapBackend::new(&png, $size).into_drawing_area();
+        let root = png_canvas(&png, $size);
         root.fill(&WHITE)?;
         $draw(&root)?;
         root.present()?;
@@ -51,10 +59,10 @@ macro_rules! png_and_svg {
 /// Draws `draw` into `path` (PNG only: for image grids).
 fn png_only<F>(path: &Path, size: (u32, u32), draw: F) -> anyhow::Result<()>
 where
-    F: FnOnce(&Area<BitMapBackend>) -> anyhow::Result<()>,
+    F: FnOnce(&Area<GlyphText<BitMapBackend>>) -> anyhow::Result<()>,
 {
     register_font();
-    let root = BitMapBackend::new(path, size).into_drawing_area();
+    let root = png_canvas(path, size);
     root.fill(&WHITE)?;
     draw(&root)?;
     root.present()?;
@@ -210,6 +218,9 @@ where
 {
     let k = m.classes();
     let root = root.titled(title, (FONT, 22))?;
+    let (width, _) = root.dim_in_pixel();
+    let (root, bar) = root.split_horizontally(width.saturating_sub(120));
+    share_colour_bar(&bar.margin(60, 80, 10, 5))?;
     let mut chart = ChartBuilder::on(&root)
         .margin(20)
         .x_label_area_size(60)
@@ -258,6 +269,50 @@ where
                 )
             }),
     )?;
+    Ok(())
+}
+
+/// The confusion matrix's colour scale: a bar from a row share of 0 (top: white) to 1 (dark
+/// blue), marked at the shares where the square-root scale puts its ticks.
+fn share_colour_bar<DB: DrawingBackend>(area: &Area<DB>) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let (w, h) = area.dim_in_pixel();
+    let (bar_w, h) = (18i32, h.max(1) as i32);
+    for y in 0..h {
+        let share_root = 1.0 - f64::from(y) / f64::from(h - 1).max(1.0);
+        area.draw(&Rectangle::new(
+            [(0, y), (bar_w, y + 1)],
+            heat(share_root).filled(),
+        ))?;
+    }
+    area.draw(&Rectangle::new([(0, 0), (bar_w, h)], BLACK.stroke_width(1)))?;
+    let label =
+        TextStyle::from((FONT, 12).into_font()).pos(plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Left,
+            plotters::style::text_anchor::VPos::Center,
+        ));
+    for share in [0.0, 0.01, 0.05, 0.2, 0.5, 1.0] {
+        let y = ((1.0 - f64::sqrt(share)) * f64::from(h - 1)) as i32;
+        area.draw(&PathElement::new([(bar_w, y), (bar_w + 4, y)], BLACK))?;
+        area.draw(&Text::new(
+            format!("{:.0}%", 100.0 * share),
+            (bar_w + 7, y),
+            label.clone(),
+        ))?;
+    }
+    let title = TextStyle::from((FONT, 13).into_font())
+        .transform(FontTransform::Rotate270)
+        .pos(plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Center,
+            plotters::style::text_anchor::VPos::Top,
+        ));
+    area.draw(&Text::new(
+        "share of the actual class's images",
+        (w as i32 - 16, h / 2),
+        title,
+    ))?;
     Ok(())
 }
 
@@ -345,27 +400,38 @@ pub struct Tile<'a> {
     pub heat: Option<&'a [f32]>,
 }
 
-/// The colour of heat `t` in [0, 1]: dark blue, cyan, yellow, red (a "jet"-like ramp).
-pub fn heat_color(t: f32) -> (f32, f32, f32) {
-    let stops = [
-        (0.0, (0.0, 0.0, 0.5)),
-        (0.35, (0.0, 0.8, 1.0)),
-        (0.65, (1.0, 0.9, 0.0)),
-        (1.0, (0.85, 0.0, 0.0)),
-    ];
+/// A Grad-CAM heat `t` in [0, 1] over the grey level `g` of the image: viridis (perceptually
+/// uniform, readable in grey), laid over the image in proportion to the heat, so that the
+/// garment shows where the model looked least.
+fn heat_over(g: f32, t: f32) -> (f32, f32, f32) {
     let t = t.clamp(0.0, 1.0);
-    for pair in stops.windows(2) {
-        let ((t0, c0), (t1, c1)) = (pair[0], pair[1]);
-        if t <= t1 {
-            let f = (t - t0) / (t1 - t0);
-            return (
-                c0.0 + (c1.0 - c0.0) * f,
-                c0.1 + (c1.1 - c0.1) * f,
-                c0.2 + (c1.2 - c0.2) * f,
-            );
-        }
+    let RGBColor(r, gr, b) = ViridisRGB::get_color(t);
+    let a = 0.25 + 0.6 * t;
+    let over = |c: u8| (1.0 - a) * g + a * f32::from(c) / 255.0;
+    (over(r), over(gr), over(b))
+}
+
+/// The scale of [`heat_over`] on a mid-grey garment, low to high, as a bar `area` wide.
+fn heat_colour_bar<DB: DrawingBackend>(area: &Area<DB>) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let (w, _) = area.dim_in_pixel();
+    let (x0, bar_w, bar_h) = (150i32, (w as i32 - 300).max(10), 14);
+    let byte = |v: f32| (v * 255.0) as u8;
+    for x in 0..bar_w {
+        let (r, g, b) = heat_over(0.5, x as f32 / (bar_w - 1).max(1) as f32);
+        area.draw(&Rectangle::new(
+            [(x0 + x, 4), (x0 + x + 1, 4 + bar_h)],
+            RGBColor(byte(r), byte(g), byte(b)).filled(),
+        ))?;
     }
-    stops[3].1
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    let at = |h| TextStyle::from((FONT, 12).into_font()).pos(Pos::new(h, VPos::Center));
+    let y = 4 + bar_h / 2;
+    area.draw(&Text::new("Grad-CAM: low", (x0 - 6, y), at(HPos::Right)))?;
+    area.draw(&Text::new("high", (x0 + bar_w + 6, y), at(HPos::Left)))?;
+    Ok(())
 }
 
 fn draw_tile<DB: DrawingBackend>(
@@ -385,10 +451,7 @@ where
             let i = r * tile.cols + c;
             let g = tile.pixels[i].clamp(0.0, 1.0);
             let (red, green, blue) = match tile.heat {
-                Some(heat) => {
-                    let (hr, hg, hb) = heat_color(heat[i]);
-                    (0.5 * g + 0.5 * hr, 0.5 * g + 0.5 * hg, 0.5 * g + 0.5 * hb)
-                }
+                Some(heat) => heat_over(g, heat[i]),
                 None => (g, g, g),
             };
             let byte = |v: f32| (v * 255.0) as u8;
@@ -437,12 +500,23 @@ pub fn image_grid(
 ) -> anyhow::Result<()> {
     let rows = tiles.len().div_ceil(columns.max(1)).max(1);
     let caption_h = 15 * caption_lines + if caption_lines > 0 { 4 } else { 0 };
+    // Heat maps get their scale under the tiles.
+    let scale_h = if tiles.iter().any(|t| t.heat.is_some()) {
+        26
+    } else {
+        0
+    };
     let size = (
         columns as u32 * (tile_px + 8) + 10,
-        rows as u32 * (tile_px + caption_h + 8) + 40,
+        rows as u32 * (tile_px + caption_h + 8) + 40 + scale_h,
     );
     png_only(path, size, |root| {
         let root = root.titled(title, (FONT, 20))?;
+        let (_, height) = root.dim_in_pixel();
+        let (root, scale) = root.split_vertically(height - scale_h);
+        if scale_h > 0 {
+            heat_colour_bar(&scale)?;
+        }
         let root = root.margin(4, 4, 4, 4);
         let areas = root.split_evenly((rows, columns));
         for (area, tile) in areas.iter().zip(tiles) {

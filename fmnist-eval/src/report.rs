@@ -2,7 +2,9 @@
 //! folded into mean ± std), `summary.csv`, `REPORT.md` and each run's own `REPORT.md`.
 use std::path::Path;
 
-use serde::Serialize;
+use anyhow::Context;
+use fmnist_train::RunDir;
+use serde::{Deserialize, Serialize};
 
 use crate::ensemble::EnsembleRecord;
 use crate::evaluate::{Evaluation, Scores};
@@ -13,7 +15,7 @@ use crate::files::{
     self, ACCURACY_VS_PARAMETERS, CNN_VS_LSTM, COMPARISON, CURVES, RUN_PLOTS_AFTER_TABLES, SAMPLES,
     VALIDATION_BEST, VALIDATION_STUDY,
 };
-use crate::findings::{self, RecipeRuns};
+use crate::findings::{self, RecipeRuns, Spread};
 
 /// The gap table of one run: loss and accuracy per split, and train accuracy minus each
 /// split's in points (positive: the model does better on the images it trained on).
@@ -137,7 +139,7 @@ pub fn confused_pairs(s: &Scores, n: usize) -> Vec<String> {
 pub fn run_text(e: &Evaluation, normalized: bool) -> String {
     let c = &e.config.train;
     let mut out = format!(
-        "== {}: {} ({} preset, seed {}, {} params) ==\ntest accuracy {}  loss {:.4}  macro F1 {}  ECE {:.2}%  inference {} img/s\n\n",
+        "== {}: {} ({} preset, seed {}, {} params) ==\ntest accuracy {}  loss {:.4}  macro F1 {}  ECE {:.2}%\n\n",
         e.name,
         c.model.kind,
         c.preset,
@@ -147,7 +149,6 @@ pub fn run_text(e: &Evaluation, normalized: bool) -> String {
         e.scores.gap.test.loss,
         pct(e.scores.confusion.macro_average().f1),
         100.0 * e.scores.calibration.ece,
-        thousands(e.inference_images_per_second)
     );
     out.push_str(&gap_table(&e.scores).render());
     out.push('\n');
@@ -269,7 +270,6 @@ pub fn results_table(groups: &[RecipeRuns], links: bool) -> Table {
         "ECE",
         "epochs",
         "training time (s)",
-        "inference (img/s)",
     ]);
     let mut t = Table::new(header);
     let mut order: Vec<(&RecipeRuns, &String)> = groups.iter().zip(&settings).collect();
@@ -311,7 +311,6 @@ pub fn results_table(groups: &[RecipeRuns], links: bool) -> Table {
             ),
             format!("{:.0}", epochs.mean),
             mean_training_time(g),
-            thousands(g.spread(|e| e.inference_images_per_second).mean),
         ]);
         t.push(row);
     }
@@ -346,10 +345,10 @@ pub fn class_accuracy_over_seeds(groups: &[RecipeRuns]) -> Option<Table> {
     Some(t)
 }
 
-/// A row of `summary.csv`.
-#[derive(Debug, Serialize)]
-pub struct SummaryRow<'a> {
-    pub run: &'a str,
+/// A row of `summary.csv`: one run's figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SummaryRow {
+    pub run: String,
     pub model: String,
     pub preset: fmnist_train::Preset,
     pub seed: u64,
@@ -367,14 +366,12 @@ pub struct SummaryRow<'a> {
     pub group_acc: f64,
     /// The share of mistakes whose prediction stays in the true class's garment group.
     pub errors_within_group: f64,
-    pub inference_images_per_second: f64,
 }
 
-pub fn summary_csv(evals: &[Evaluation]) -> anyhow::Result<Vec<u8>> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for e in evals {
-        w.serialize(SummaryRow {
-            run: &e.name,
+impl SummaryRow {
+    pub fn new(e: &Evaluation) -> Self {
+        SummaryRow {
+            run: e.name.clone(),
             model: e.config.train.model.kind.to_string(),
             preset: e.config.train.preset,
             seed: e.config.train.seed,
@@ -390,10 +387,74 @@ pub fn summary_csv(evals: &[Evaluation]) -> anyhow::Result<Vec<u8>> {
             ece: e.scores.calibration.ece,
             group_acc: e.scores.groups.accuracy,
             errors_within_group: e.scores.groups.errors_within_group,
-            inference_images_per_second: e.inference_images_per_second,
-        })?;
+        }
+    }
+
+    /// The folder of the run's recipe: its name without a trailing `seed-N`.
+    fn recipe(&self) -> &str {
+        match self.run.rsplit_once('/') {
+            Some((group, last)) if RunDir::seed_of(last).is_some() => group,
+            _ => &self.run,
+        }
+    }
+}
+
+/// `summary.csv` of `rows`.
+pub fn summary_csv(rows: &[SummaryRow]) -> anyhow::Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for row in rows {
+        w.serialize(row)?;
     }
     Ok(w.into_inner()?)
+}
+
+/// The rows of the `summary.csv` at `path`.
+pub fn read_summary_csv(path: &Path) -> anyhow::Result<Vec<SummaryRow>> {
+    let mut r =
+        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    r.deserialize()
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{}: unexpected content", path.display()))
+}
+
+/// The answer in a screen's width: test accuracy of each recipe folder (its seeds' mean ±
+/// sample std), study recipes first, each preset from the best down.
+pub fn answer_table(rows: &[SummaryRow]) -> Table {
+    let mut recipes: Vec<(&str, Vec<&SummaryRow>)> = Vec::new();
+    for row in rows {
+        match recipes.iter_mut().find(|(name, _)| *name == row.recipe()) {
+            Some((_, runs)) => runs.push(row),
+            None => recipes.push((row.recipe(), vec![row])),
+        }
+    }
+    let accuracy = |runs: &[&SummaryRow]| {
+        let values: Vec<f64> = runs.iter().map(|r| r.test_acc).collect();
+        Spread::of(&values)
+    };
+    recipes.sort_by(|(_, a), (_, b)| {
+        (a[0].preset != Preset::Study)
+            .cmp(&(b[0].preset != Preset::Study))
+            .then(accuracy(b).mean.total_cmp(&accuracy(a).mean))
+    });
+    let mut t = Table::new(vec![
+        "runs",
+        "model",
+        "recipe",
+        "seeds",
+        "parameters",
+        "test accuracy",
+    ]);
+    for (name, runs) in &recipes {
+        t.push(vec![
+            name.to_string(),
+            runs[0].model.clone(),
+            runs[0].preset.to_string(),
+            runs.len().to_string(),
+            thousands(runs[0].params as f64),
+            accuracy(runs).pct(),
+        ]);
+    }
+    t
 }
 
 /// Facts about where the report was made.
@@ -441,7 +502,7 @@ pub fn markdown(
         md.push_str(&format!("- {f}\n"));
     }
     md.push_str("\n## Results\n\n");
-    md.push_str(&format!("Each row is a model and recipe; the seeds link to each run's page (per-class scores, confusion matrix, calibration, curves, mistakes, Grad-CAM, filters). \"train − test\" is train accuracy minus test accuracy in points: positive means the model does better on the images it trained on. Training times are those of the runs themselves, on the machines their `config.json` names; inference is measured by this evaluation, on the machine named at the end, as the fastest of {} passes over the test set.\n\n", crate::evaluate::INFERENCE_PASSES));
+    md.push_str("Each row is a model and recipe; the seeds link to each run's page (per-class scores, confusion matrix, calibration, curves, mistakes, Grad-CAM, filters). \"train − test\" is train accuracy minus test accuracy in points: positive means the model does better on the images it trained on. Training times are those of the runs themselves, on the machines their `config.json` names; speed is measured by `cargo xtask bench` (BENCH.md), not by this evaluation.\n\n");
     md.push_str(&results_table(groups, true).markdown());
     md.push('\n');
     image(
@@ -526,4 +587,65 @@ pub fn run_markdown(e: &Evaluation, root: &Path) -> String {
         image(&mut md, p.caption, &p.png(), root);
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(run: &str, preset: Preset, test_acc: f64) -> SummaryRow {
+        SummaryRow {
+            run: run.to_string(),
+            model: run.split(['/', '-']).next().unwrap_or_default().to_string(),
+            preset,
+            seed: 42,
+            params: 90_678,
+            epochs: 8,
+            best_epoch: Some(8),
+            train_seconds: None,
+            train_acc: 0.9,
+            val_acc: 0.9,
+            test_acc,
+            test_loss: 0.3,
+            macro_f1: 0.9,
+            ece: 0.01,
+            group_acc: 0.99,
+            errors_within_group: 0.9,
+        }
+    }
+
+    #[test]
+    fn the_answer_folds_seeds_into_their_recipe_folder_study_first() {
+        let rows = [
+            row("cnn-best", Preset::Best, 0.93),
+            row("cnn/seed-42", Preset::Study, 0.88),
+            row("cnn/seed-43", Preset::Study, 0.90),
+            row("lstm/seed-42", Preset::Study, 0.86),
+            row("sweep/lr=2e-3/seed-1", Preset::Study, 0.87),
+        ];
+        assert_eq!(rows[4].recipe(), "sweep/lr=2e-3");
+        assert_eq!(rows[0].recipe(), "cnn-best");
+        let t = answer_table(&rows).render();
+        let lines: Vec<&str> = t.lines().skip(2).collect();
+        let first_cells: Vec<&str> = lines
+            .iter()
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(first_cells, ["cnn", "sweep/lr=2e-3", "lstm", "cnn-best"]);
+        // cnn: mean 89.00%, sample std of 0.88 and 0.90 is 1.41 points.
+        assert!(lines[0].ends_with("89.00% ± 1.41"), "{}", lines[0]);
+        assert!(lines[0].contains("  2  "), "{}", lines[0]);
+    }
+
+    #[test]
+    fn summary_csv_reads_back_as_written() {
+        let rows = vec![row("cnn/seed-42", Preset::Study, 0.8865)];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(files::SUMMARY_CSV);
+        std::fs::write(&path, summary_csv(&rows).unwrap()).unwrap();
+        assert_eq!(read_summary_csv(&path).unwrap(), rows);
+        std::fs::write(&path, "run,model\ncnn,cnn\n").unwrap();
+        let err = read_summary_csv(&path).unwrap_err();
+        assert!(format!("{err:#}").contains("unexpected content"), "{err:#}");
+    }
 }

@@ -1,6 +1,6 @@
 //! The `fmnist-eval` binary: an empty results folder is a clear error, the numbers it prints
-//! agree with metrics.json, per_class.csv, confusion.csv and summary.csv, and an ensemble's
-//! probabilities are the mean of its members'.
+//! agree with metrics.json, per_class.csv, confusion.csv and summary.csv, an ensemble's
+//! probabilities are the mean of its members', and an unchanged run is not evaluated again.
 use std::path::Path;
 use std::process::Command;
 
@@ -440,4 +440,92 @@ fn the_report_leads_with_findings_computed_from_the_runs() {
         points.lines().any(|l| l == "cnn batch-size=32 epochs=3"),
         "{points}"
     );
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn an_unchanged_run_is_not_evaluated_again_and_changed_weights_are() {
+    let (data, data_dir) = synthetic_data();
+    let results = tempfile::tempdir().unwrap();
+    let mut c = TrainConfig::preset(ModelKind::Mlp, Preset::Study);
+    c.epochs = 1;
+    c.batch_size = 32;
+    let run = results.path().join("mlp");
+    fmnist_train::train(&c, &data, &run, &Device::Cpu, &RunOptions::default()).unwrap();
+    let root = results.path().to_str().unwrap().to_string();
+    let run_dir = run.to_str().unwrap().to_string();
+    let eval_with = |extra: &[&str]| {
+        let mut args: Vec<String> = vec!["--results".into(), root.clone()];
+        args.extend(data_flags(data_dir.path()));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = eval(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+
+    let first = eval_with(&[]);
+    assert!(first.contains("evaluated mlp: test accuracy"), "{first}");
+    assert!(run.join("evaluated.json").is_file());
+    assert!(results.path().join("evaluated.json").is_file());
+    let written = snapshot(results.path());
+
+    // Again, over the folder and over the run: nothing is evaluated or written.
+    let again = eval_with(&[]);
+    assert!(
+        again.contains("1 run, each unchanged since its evaluation"),
+        "{again}"
+    );
+    assert!(!again.contains("evaluated mlp"), "{again}");
+    let acc = test_accuracy(&run);
+    assert!(again.contains(&format!("{:.2}%", 100.0 * acc)), "{again}");
+    let one = eval_with(&["--run", &run_dir]);
+    assert!(one.contains("1 run unchanged since evaluation"), "{one}");
+    assert!(one.contains("confusion matrix"), "{one}");
+    assert!(snapshot(results.path()) == written, "a file changed");
+
+    // New weights (another seed's): the run and the folder are evaluated again.
+    let other = tempfile::tempdir().unwrap();
+    let c43 = TrainConfig { seed: 43, ..c };
+    fmnist_train::train(
+        &c43,
+        &data,
+        other.path(),
+        &Device::Cpu,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    std::fs::copy(
+        other.path().join("model.safetensors"),
+        run.join("model.safetensors"),
+    )
+    .unwrap();
+    let changed = eval_with(&[]);
+    assert!(
+        changed.contains("evaluated mlp: test accuracy"),
+        "{changed}"
+    );
+    let metrics =
+        |files: &std::collections::BTreeMap<_, Vec<u8>>| files[&run.join("metrics.json")].clone();
+    assert!(metrics(&snapshot(results.path())) != metrics(&written));
 }
