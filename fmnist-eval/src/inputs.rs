@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 /// The version of what an evaluation writes: raised by every change to the evaluation that
 /// changes a file it writes (a metric, a table, a plot), so that the next evaluation redoes
 /// every run.
-pub const EVALUATION_VERSION: u32 = 2;
+pub const EVALUATION_VERSION: u32 = 3;
 
 /// The record's file name, in a run folder and in the results folder.
 pub const EVALUATED: &str = "evaluated.json";

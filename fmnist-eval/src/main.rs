@@ -515,8 +515,8 @@ fn best_run(results: &std::path::Path) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("no finished run under {} to classify with: train one (`cargo xtask train-all`) or pass --run DIR", results.display()))
 }
 
-/// One bar per recipe (mean ± std over its seeds), for the comparison plot.
-fn comparison_rows(groups: &[findings::RecipeRuns]) -> Vec<(String, f64, f64)> {
+/// One row per recipe (mean ± std over its seeds), for the comparison plot.
+fn comparison_rows(groups: &[findings::RecipeRuns]) -> Vec<plots::ComparisonRow> {
     groups
         .iter()
         .map(|g| {
@@ -526,11 +526,12 @@ fn comparison_rows(groups: &[findings::RecipeRuns]) -> Vec<(String, f64, f64)> {
             } else {
                 String::new()
             };
-            (
-                format!("{} ({}{seeds})", g.label(), g.preset),
-                acc.mean,
-                acc.std,
-            )
+            plots::ComparisonRow {
+                label: format!("{} ({}{seeds})", g.label(), g.preset),
+                mean: acc.mean,
+                std: acc.std,
+                study: g.preset == fmnist_train::Preset::Study,
+            }
         })
         .collect()
 }

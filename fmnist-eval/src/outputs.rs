@@ -656,6 +656,7 @@ pub fn write_cross_run_plots(
                 label: g.label(),
                 params: g.runs[0].config.param_count as f64,
                 accuracy: 100.0 * g.test_accuracy().mean,
+                std: 100.0 * g.test_accuracy().std,
                 series,
             })
         })

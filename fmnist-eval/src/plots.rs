@@ -578,16 +578,31 @@ pub fn probability_bars(
 }
 
 /// Test accuracy per run as horizontal bars (the comparison at a glance).
-pub fn comparison(stem: &Path, rows: &[(String, f64, f64)]) -> anyhow::Result<()> {
-    let height = 90 + 38 * rows.len().max(1) as u32;
+/// One recipe's test accuracy on the comparison plot.
+pub struct ComparisonRow {
+    pub label: String,
+    /// Mean over the seeds and sample std (0 for one seed), as fractions.
+    pub mean: f64,
+    pub std: f64,
+    pub study: bool,
+}
+
+pub fn comparison(stem: &Path, rows: &[ComparisonRow]) -> anyhow::Result<()> {
+    let height = 110 + 30 * rows.len().max(1) as u32;
     png_and_svg!(stem, (900, height), |root: &Area<_>| draw_comparison(
         root, rows
     ))
 }
 
+/// The colours of the two recipes, as on the accuracy-against-parameters plot.
+const STUDY_COLOR: RGBColor = PALETTE[0];
+const BEST_COLOR: RGBColor = PALETTE[1];
+
+/// A dot per recipe at its mean, a bar of ± one std where it has several seeds, its value
+/// beside it; study and best recipes in the colours of the legend.
 fn draw_comparison<DB: DrawingBackend>(
     root: &Area<DB>,
-    rows: &[(String, f64, f64)],
+    rows: &[ComparisonRow],
 ) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
@@ -596,12 +611,25 @@ where
         "Test accuracy (mean ± std over seeds where several)",
         (FONT, 20),
     )?;
+    let (legend, root) = root.split_vertically(26);
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    let left =
+        |size| TextStyle::from((FONT, size).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    for (i, (name, color)) in [("study recipe", STUDY_COLOR), ("best recipe", BEST_COLOR)]
+        .into_iter()
+        .enumerate()
+    {
+        let x = 300 + 170 * i as i32;
+        legend.draw(&Circle::new((x, 13), 5, color.filled()))?;
+        legend.draw(&Text::new(name, (x + 12, 13), left(14)))?;
+    }
     let n = rows.len().max(1);
-    let lo = rows.iter().map(|r| r.1 - r.2).fold(1.0f64, f64::min);
-    let lo = ((lo * 100.0 - 2.0).floor() / 100.0).clamp(0.0, 0.98);
-    let top = rows.iter().map(|r| r.1 + r.2).fold(0.0f64, f64::max);
-    let hi = (100.0 * top + 1.0).ceil().min(100.0);
-    let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let lo = rows.iter().map(|r| r.mean - r.std).fold(1.0f64, f64::min);
+    let lo = (100.0 * lo - 0.5).floor().max(0.0);
+    let hi = rows.iter().map(|r| r.mean + r.std).fold(0.0f64, f64::max);
+    // Room on the right for the value beside the highest dot.
+    let hi = (100.0 * hi + 1.6).ceil().min(101.0);
+    let names: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
     let label_style = (FONT, 13).into_text_style(&root);
     // Room for the widest label, as the font measures it.
     let mut widest = 0;
@@ -613,39 +641,43 @@ where
         .margin(12)
         .x_label_area_size(35)
         .y_label_area_size(150.max(widest + 16))
-        .build_cartesian_2d(100.0 * lo..hi, (0..n - 1).into_segmented())?;
+        .build_cartesian_2d(lo..hi, (0..n - 1).into_segmented())?;
     chart
         .configure_mesh()
         .disable_y_mesh()
         .y_labels(n)
         .light_line_style(WHITE.mix(0.0))
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .x_desc("test accuracy (%)")
         .label_style(label_style.clone())
         .axis_desc_style((FONT, 14))
         .y_label_formatter(&|v| class_label(&names, v, true))
         .draw()?;
-    chart.draw_series(rows.iter().enumerate().map(|(i, (_, acc, _))| {
-        let y = n - 1 - i;
-        Rectangle::new(
-            [
-                (100.0 * lo, SegmentValue::Exact(y)),
-                (100.0 * acc, SegmentValue::Exact(y + 1)),
-            ],
-            TRAIN_COLOR.mix(0.8).filled(),
-        )
-    }))?;
-    for (i, (_, acc, std)) in rows.iter().enumerate() {
-        let y = n - 1 - i;
-        let label = if *std > 0.0 {
-            format!("{:.2} ± {:.2}", 100.0 * acc, 100.0 * std)
+    for (i, r) in rows.iter().enumerate() {
+        let y = SegmentValue::CenterOf(n - 1 - i);
+        let color = if r.study { STUDY_COLOR } else { BEST_COLOR };
+        let (mean, std) = (100.0 * r.mean, 100.0 * r.std);
+        if std > 0.0 {
+            let bar = vec![(mean - std, y.clone()), (mean + std, y.clone())];
+            chart.draw_series(std::iter::once(PathElement::new(
+                bar,
+                color.stroke_width(2),
+            )))?;
+        }
+        chart.draw_series(std::iter::once(Circle::new(
+            (mean, y.clone()),
+            5,
+            color.filled(),
+        )))?;
+        let value = if std > 0.0 {
+            format!("{mean:.2} ± {std:.2}")
         } else {
-            format!("{:.2}", 100.0 * acc)
+            format!("{mean:.2}")
         };
-        let x = 100.0 * acc - 0.07 * (hi - 100.0 * lo);
         chart.draw_series(std::iter::once(Text::new(
-            label,
-            (x, SegmentValue::CenterOf(y)),
-            centered(13, &WHITE),
+            value,
+            (mean + std + 0.15, y),
+            left(12),
         )))?;
     }
     Ok(())
@@ -740,7 +772,9 @@ where
 pub struct ModelPoint {
     pub label: String,
     pub params: f64,
+    /// Mean test accuracy over the recipe's seeds, and their sample std (0 for one), in %.
     pub accuracy: f64,
+    pub std: f64,
     /// Index of its series (one per recipe) in `series`.
     pub series: usize,
 }
@@ -847,7 +881,10 @@ fn draw_accuracy_vs_parameters<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let root = root.titled("Test accuracy against parameters", (FONT, 20))?;
+    let root = root.titled(
+        "Test accuracy against parameters (mean ± std over seeds where several)",
+        (FONT, 20),
+    )?;
     let pmin = points
         .iter()
         .map(|p| p.params)
@@ -888,6 +925,11 @@ where
     for (s, name) in series.iter().enumerate() {
         let color = PALETTE[s % PALETTE.len()];
         let mine: Vec<&ModelPoint> = points.iter().filter(|p| p.series == s).collect();
+        // ± one std over the seeds, where there are several.
+        chart.draw_series(mine.iter().filter(|p| p.std > 0.0).map(|p| {
+            let (lo, hi) = (p.accuracy - p.std, p.accuracy + p.std);
+            ErrorBar::new_vertical(p.params, lo, p.accuracy, hi, color.stroke_width(2), 10)
+        }))?;
         chart
             .draw_series(
                 mine.iter()

@@ -241,15 +241,20 @@ fn ensembles_need_one_validation_set_which_a_split_seed_shares() {
     assert!(results.path().join("shared/ensemble.json").is_file());
 }
 
+/// The MLP's study recipe cut to one epoch of batch 32.
+fn one_epoch_mlp() -> TrainConfig {
+    let mut c = TrainConfig::preset(ModelKind::Mlp, Preset::Study);
+    c.epochs = 1;
+    c.batch_size = 32;
+    c
+}
+
 #[test]
 fn printed_numbers_json_and_csv_agree() {
     let names = class_names();
     let (data, data_dir) = synthetic_data();
     let results = tempfile::tempdir().unwrap();
-    let mut c = TrainConfig::preset(ModelKind::Mlp, Preset::Study);
-    c.epochs = 1;
-    c.batch_size = 32;
-    let run = results.path().join("mlp");
+    let (c, run) = (one_epoch_mlp(), results.path().join("mlp"));
     fmnist_train::train(&c, &data, &run, &Device::Cpu, &RunOptions::default()).unwrap();
     let mut args: Vec<String> = ["--results", results.path().to_str().unwrap()]
         .map(String::from)
@@ -463,10 +468,7 @@ fn snapshot(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8
 fn an_unchanged_run_is_not_evaluated_again_and_changed_weights_are() {
     let (data, data_dir) = synthetic_data();
     let results = tempfile::tempdir().unwrap();
-    let mut c = TrainConfig::preset(ModelKind::Mlp, Preset::Study);
-    c.epochs = 1;
-    c.batch_size = 32;
-    let run = results.path().join("mlp");
+    let (c, run) = (one_epoch_mlp(), results.path().join("mlp"));
     fmnist_train::train(&c, &data, &run, &Device::Cpu, &RunOptions::default()).unwrap();
     let root = results.path().to_str().unwrap().to_string();
     let run_dir = run.to_str().unwrap().to_string();

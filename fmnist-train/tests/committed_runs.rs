@@ -7,30 +7,17 @@
 //! on any thread count, on x86-64 CPUs of the same instruction-set level. The runs checked here
 //! were trained with AVX-512; AVX2 (or another architecture) sums in other groupings, so these
 //! tests say so and stop there instead of failing. See `docs/reproduce.md`.
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle::Device;
+use common::{history, installed_data};
 use fmnist_data::source::sha256_hex;
-use fmnist_data::{DataArgs, FashionMnist};
+use fmnist_data::FashionMnist;
 use fmnist_models::ModelKind;
 use fmnist_train::run::read_json;
 use fmnist_train::{EpochRecord, Preset, RunConfig, RunDir, RunOptions, TrainConfig};
-
-/// The canonical data, or `None` (with a message) where it is missing outside CI.
-fn data() -> Option<FashionMnist> {
-    let args = DataArgs {
-        no_download: true,
-        ..DataArgs::default()
-    };
-    match args.load() {
-        Ok(d) => Some(d),
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipped: Fashion-MNIST not installed ({e})");
-            None
-        }
-        Err(e) => panic!("CI is set but Fashion-MNIST is missing: {e}"),
-    }
-}
 
 /// Whether this CPU runs the AVX-512 kernels the committed runs were trained with.
 fn committed_arithmetic() -> bool {
@@ -59,16 +46,6 @@ fn sha256_of(path: &Path) -> String {
     sha256_hex(&bytes)
 }
 
-/// The history without the wall-clock column.
-fn history(dir: &Path) -> Vec<EpochRecord> {
-    RunDir::new(dir)
-        .read_history()
-        .unwrap()
-        .into_iter()
-        .map(|r| EpochRecord { seconds: 0.0, ..r })
-        .collect()
-}
-
 fn committed(run: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../results")
@@ -77,7 +54,7 @@ fn committed(run: &str) -> PathBuf {
 
 #[test]
 fn cnn_study_seed_42_retrains_to_its_committed_weights() {
-    let Some(data) = data() else { return };
+    let Some(data) = installed_data() else { return };
     if !committed_arithmetic() {
         return;
     }
@@ -132,7 +109,7 @@ fn short_run(model: ModelKind, preset: Preset) -> TrainConfig {
 /// Trains `config` and compares its weights with `expected`, recorded by code that retrains
 /// `lstm/seed-42` and `resnet-best` to their committed weights.
 fn retrains_to(config: &TrainConfig, expected: &str) {
-    let Some(data) = data() else { return };
+    let Some(data) = installed_data() else { return };
     if !committed_arithmetic() {
         return;
     }

@@ -1,10 +1,13 @@
 //! The training loop end to end on small data: learning on real Fashion-MNIST, bit-for-bit
 //! repeatability, resume equal to an uninterrupted run, a NaN stop that keeps the last good
 //! checkpoint, a run directory that is never overwritten by accident, and the commit recorded.
+mod common;
+
 use std::path::Path;
 
 use candle::Device;
-use fmnist_data::{DataArgs, DataSource, FashionMnist, ImageSet, Origin, FASHION_MNIST_CLASSES};
+use common::{history, installed_data};
+use fmnist_data::{DataSource, FashionMnist, ImageSet, Origin, FASHION_MNIST_CLASSES};
 use fmnist_models::ModelKind;
 use fmnist_train::run::read_json;
 use fmnist_train::{EpochRecord, Preset, RunConfig, RunDir, RunOptions, TrainConfig};
@@ -61,31 +64,9 @@ fn quiet() -> RunOptions {
     RunOptions::default()
 }
 
-/// The history without the wall-clock column.
-fn history(dir: &Path) -> Vec<EpochRecord> {
-    RunDir::new(dir)
-        .read_history()
-        .unwrap()
-        .into_iter()
-        .map(|r| EpochRecord { seconds: 0.0, ..r })
-        .collect()
-}
-
 #[test]
 fn short_real_data_run_beats_chance_by_far() {
-    let data = match (DataArgs {
-        no_download: true,
-        ..DataArgs::default()
-    })
-    .load()
-    {
-        Ok(d) => d,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipped: Fashion-MNIST not installed ({e})");
-            return;
-        }
-        Err(e) => panic!("CI is set but Fashion-MNIST is missing: {e}"),
-    };
+    let Some(data) = installed_data() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut c = TrainConfig::preset(ModelKind::Cnn, Preset::Study);
     c.epochs = 1;
