@@ -66,23 +66,9 @@ impl<'a> RecipeRuns<'a> {
         self.runs.iter().map(|e| e.config.train.seed).collect()
     }
 
-    /// What this recipe changes in its preset, by flag (`lr 0.001 → 0.002`): empty for a
-    /// preset as it is. The seeds are not part of a recipe.
-    pub fn settings(&self) -> Vec<ConfigChange> {
-        let own = &self.runs[0].config.train;
-        own.differences(&TrainConfig::preset(own.model.kind, own.preset))
-            .into_iter()
-            .filter(|c| c.flag != "seed" && c.flag != "split-seed")
-            .collect()
-    }
-
-    /// [`RecipeRuns::settings`] as flags (`epochs=40 erase=0.5`, sorted by name): empty for a
-    /// preset as it is.
+    /// [`settings_text`] of this recipe.
     pub fn settings_text(&self) -> String {
-        let changes: Vec<String> = (self.settings().iter())
-            .map(|c| format!("{}={}", c.flag, c.to))
-            .collect();
-        changes.join(" ")
+        settings_text(&self.runs[0].config.train)
     }
 
     /// The model, followed by what the recipe changes in its preset where it changes anything
@@ -100,6 +86,23 @@ impl<'a> RecipeRuns<'a> {
     pub fn class_accuracy(&self, c: usize) -> Spread {
         self.spread(|e| e.scores.confusion.per_class()[c].recall)
     }
+}
+
+/// What a run's recipe changes in its preset, by flag (`lr 0.001 → 0.002`): empty for a preset
+/// as it is. The seeds are not part of a recipe.
+pub fn settings(c: &TrainConfig) -> Vec<ConfigChange> {
+    c.differences(&TrainConfig::preset(c.model.kind, c.preset))
+        .into_iter()
+        .filter(|c| c.flag != "seed" && c.flag != "split-seed")
+        .collect()
+}
+
+/// [`settings`] as flags (`epochs=40 erase=0.5`, sorted by name): empty for a preset as it is.
+pub fn settings_text(c: &TrainConfig) -> String {
+    let changes: Vec<String> = (settings(c).iter())
+        .map(|c| format!("{}={}", c.flag, c.to))
+        .collect();
+    changes.join(" ")
 }
 
 /// The configuration that makes a recipe: everything but the seeds.

@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 /// every run.
 pub const EVALUATION_VERSION: u32 = 3;
 
+/// The version of the files across runs (summary.csv, REPORT.md, their plots), raised by a
+/// change to them alone: the next evaluation writes them again and keeps every run's files.
+pub const REPORT_VERSION: u32 = 1;
+
 /// The record's file name, in a run folder and in the results folder.
 pub const EVALUATED: &str = "evaluated.json";
 
@@ -92,6 +96,9 @@ impl RunInputs {
 /// computed from: every run's inputs and every ensemble's files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultsInputs {
+    /// [`REPORT_VERSION`] (0 in records older than it).
+    #[serde(default)]
+    pub report_version: u32,
     pub runs: BTreeMap<String, RunInputs>,
     /// SHA-256 of each ensemble's `ensemble.json` and `metrics.json`, by folder name.
     pub ensembles: BTreeMap<String, String>,
@@ -115,6 +122,7 @@ impl ResultsInputs {
             ensembles.insert(name.into_owned(), sha256_hex(&bytes));
         }
         Ok(ResultsInputs {
+            report_version: REPORT_VERSION,
             runs: runs.iter().cloned().collect(),
             ensembles,
         })
@@ -128,6 +136,7 @@ impl ResultsInputs {
         };
         root.join(crate::files::SUMMARY_CSV).is_file()
             && root.join(crate::files::REPORT).is_file()
+            && recorded.report_version == self.report_version
             && recorded.ensembles == self.ensembles
             && recorded.runs.len() == self.runs.len()
             && (recorded.runs.iter().zip(&self.runs)).all(|((a, r), (b, w))| a == b && r.covers(w))

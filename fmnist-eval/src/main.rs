@@ -316,7 +316,8 @@ fn count(n: usize, noun: &str) -> String {
 
 /// The test accuracy of every recipe folder, and where the report is.
 fn print_answer(rows: &[SummaryRow], root: &std::path::Path) {
-    println!("\n{}", report::answer_table(rows).render());
+    println!("\n== every recipe (mean ± sample std over seeds) ==");
+    println!("{}", report::answer_table(rows).render());
     println!(
         "per-run tables: fmnist-eval --run DIR; the full report: {}",
         root.join(files::REPORT).display()

@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use anyhow::Context;
-use fmnist_train::RunDir;
 use serde::{Deserialize, Serialize};
 
 use crate::ensemble::EnsembleRecord;
@@ -351,6 +350,8 @@ pub struct SummaryRow {
     pub run: String,
     pub model: String,
     pub preset: fmnist_train::Preset,
+    /// What the run's recipe changes in its preset (`epochs=60 erase=0.5`; empty for none).
+    pub settings: String,
     pub seed: u64,
     pub params: usize,
     pub epochs: usize,
@@ -374,6 +375,7 @@ impl SummaryRow {
             run: e.name.clone(),
             model: e.config.train.model.kind.to_string(),
             preset: e.config.train.preset,
+            settings: findings::settings_text(&e.config.train),
             seed: e.config.train.seed,
             params: e.config.param_count,
             epochs: e.history.len(),
@@ -390,12 +392,9 @@ impl SummaryRow {
         }
     }
 
-    /// The folder of the run's recipe: its name without a trailing `seed-N`.
-    fn recipe(&self) -> &str {
-        match self.run.rsplit_once('/') {
-            Some((group, last)) if RunDir::seed_of(last).is_some() => group,
-            _ => &self.run,
-        }
+    /// What makes its recipe: model, preset and settings (the seed does not).
+    fn recipe(&self) -> (&str, Preset, &str) {
+        (&self.model, self.preset, &self.settings)
     }
 }
 
@@ -417,42 +416,48 @@ pub fn read_summary_csv(path: &Path) -> anyhow::Result<Vec<SummaryRow>> {
         .with_context(|| format!("{}: unexpected content", path.display()))
 }
 
-/// The answer in a screen's width: test accuracy of each recipe folder (its seeds' mean ±
+/// The answer in a screen's width: the test accuracy of every recipe (its seeds' mean ±
 /// sample std), study recipes first, each preset from the best down.
 pub fn answer_table(rows: &[SummaryRow]) -> Table {
-    let mut recipes: Vec<(&str, Vec<&SummaryRow>)> = Vec::new();
+    let mut recipes: Vec<Vec<&SummaryRow>> = Vec::new();
     for row in rows {
-        match recipes.iter_mut().find(|(name, _)| *name == row.recipe()) {
-            Some((_, runs)) => runs.push(row),
-            None => recipes.push((row.recipe(), vec![row])),
+        match recipes
+            .iter_mut()
+            .find(|runs| runs[0].recipe() == row.recipe())
+        {
+            Some(runs) => runs.push(row),
+            None => recipes.push(vec![row]),
         }
     }
     let accuracy = |runs: &[&SummaryRow]| {
         let values: Vec<f64> = runs.iter().map(|r| r.test_acc).collect();
         Spread::of(&values)
     };
-    recipes.sort_by(|(_, a), (_, b)| {
+    recipes.sort_by(|a, b| {
         (a[0].preset != Preset::Study)
             .cmp(&(b[0].preset != Preset::Study))
             .then(accuracy(b).mean.total_cmp(&accuracy(a).mean))
     });
-    let mut t = Table::new(vec![
-        "runs",
-        "model",
-        "recipe",
-        "seeds",
-        "parameters",
-        "test accuracy",
-    ]);
-    for (name, runs) in &recipes {
-        t.push(vec![
-            name.to_string(),
-            runs[0].model.clone(),
-            runs[0].preset.to_string(),
-            runs.len().to_string(),
+    let with_settings = rows.iter().any(|r| !r.settings.is_empty());
+    let mut header = vec!["recipe", "model"];
+    if with_settings {
+        header.push("settings");
+    }
+    header.extend(["seeds", "parameters", "test accuracy"]);
+    let mut t = Table::new(header);
+    for runs in &mut recipes {
+        runs.sort_by_key(|r| r.seed);
+        let seeds: Vec<String> = runs.iter().map(|r| r.seed.to_string()).collect();
+        let mut row = vec![runs[0].preset.to_string(), runs[0].model.clone()];
+        if with_settings {
+            row.push(runs[0].settings.clone());
+        }
+        row.extend([
+            seeds.join(", "),
             thousands(runs[0].params as f64),
             accuracy(runs).pct(),
         ]);
+        t.push(row);
     }
     t
 }
@@ -598,6 +603,7 @@ mod tests {
             run: run.to_string(),
             model: run.split(['/', '-']).next().unwrap_or_default().to_string(),
             preset,
+            settings: String::new(),
             seed: 42,
             params: 90_678,
             epochs: 8,
@@ -615,26 +621,34 @@ mod tests {
     }
 
     #[test]
-    fn the_answer_folds_seeds_into_their_recipe_folder_study_first() {
+    fn the_answer_folds_seeds_into_their_recipe_study_first() {
+        let mut sweep = row("sweep/lr=2e-3/seed-1", Preset::Study, 0.87);
+        sweep.settings = "lr=0.002".into();
+        let mut cnn43 = row("cnn/seed-43", Preset::Study, 0.90);
+        cnn43.seed = 43;
         let rows = [
             row("cnn-best", Preset::Best, 0.93),
+            cnn43,
             row("cnn/seed-42", Preset::Study, 0.88),
-            row("cnn/seed-43", Preset::Study, 0.90),
             row("lstm/seed-42", Preset::Study, 0.86),
-            row("sweep/lr=2e-3/seed-1", Preset::Study, 0.87),
+            sweep,
         ];
-        assert_eq!(rows[4].recipe(), "sweep/lr=2e-3");
-        assert_eq!(rows[0].recipe(), "cnn-best");
         let t = answer_table(&rows).render();
         let lines: Vec<&str> = t.lines().skip(2).collect();
-        let first_cells: Vec<&str> = lines
-            .iter()
-            .map(|l| l.split_whitespace().next().unwrap())
-            .collect();
-        assert_eq!(first_cells, ["cnn", "sweep/lr=2e-3", "lstm", "cnn-best"]);
-        // cnn: mean 89.00%, sample std of 0.88 and 0.90 is 1.41 points.
+        let cells = |l: &str| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        let first: Vec<String> = lines.iter().map(|l| cells(l)).collect();
+        assert_eq!(
+            first,
+            [
+                "study cnn 42,",
+                "study sweep lr=0.002",
+                "study lstm 42",
+                "best cnn 42"
+            ]
+        );
+        // cnn: mean 89.00%, sample std of 0.88 and 0.90 is 1.41 points, seeds in order.
         assert!(lines[0].ends_with("89.00% ± 1.41"), "{}", lines[0]);
-        assert!(lines[0].contains("  2  "), "{}", lines[0]);
+        assert!(lines[0].contains("42, 43"), "{}", lines[0]);
     }
 
     #[test]
