@@ -334,7 +334,11 @@ pub fn class_accuracy_over_seeds(groups: &[RecipeRuns]) -> Option<Table> {
     let seeded: Vec<&RecipeRuns> = groups.iter().filter(|g| g.runs.len() > 1).collect();
     let names = &seeded.first()?.runs[0].scores.class_names;
     let mut header = vec!["class".to_string()];
-    header.extend(seeded.iter().map(|g| format!("{} ({})", g.model, g.preset)));
+    header.extend(
+        seeded
+            .iter()
+            .map(|g| format!("{} ({})", g.label(), g.preset)),
+    );
     let mut t = Table::new(header);
     for (c, name) in names.iter().enumerate() {
         let mut row = vec![name.clone()];
