@@ -41,7 +41,7 @@ struct Cli {
     /// Evaluate this checkpoint (its run's config.json must sit beside it).
     #[arg(long, value_name = "FILE", conflicts_with = "run")]
     checkpoint: Option<PathBuf>,
-    /// Print the confusion matrix as row shares instead of counts.
+    /// Print the confusion matrix of each run given with --run as row shares instead of counts.
     #[arg(long)]
     normalize: bool,
     /// Skip the plots (faster; tables, CSV and JSON are still written).
