@@ -80,7 +80,7 @@ impl RunInputs {
         read_json(&dir.join(EVALUATED)).ok()
     }
 
-    /// Writes the record into `dir` (a run folder, or the staging folder of one).
+    /// Writes the record into the run folder `dir`.
     pub fn record(&self, dir: &Path) -> anyhow::Result<()> {
         write_json(&dir.join(EVALUATED), self)
     }

@@ -190,9 +190,14 @@ pub fn write_run_outputs(
     plots_on: bool,
     inputs: &RunInputs,
 ) -> anyhow::Result<()> {
+    // The record goes first and comes back last, once every file is in place: a run stopped
+    // in between has none, and is evaluated again.
+    let record = e.dir.join(crate::inputs::EVALUATED);
+    if record.exists() {
+        std::fs::remove_file(&record).with_context(|| format!("removing {}", record.display()))?;
+    }
     staged(&e.dir, |dir| {
         write_json(&dir.join(files::METRICS), &MetricsFile::new(e))?;
-        inputs.record(dir)?;
         write_score_files(dir, &e.scores)?;
         if plots_on {
             if !e.history.is_empty() {
@@ -215,7 +220,8 @@ pub fn write_run_outputs(
             crate::report::run_markdown(e, plots_in).as_bytes(),
         )?;
         Ok(())
-    })
+    })?;
+    inputs.record(&e.dir)
 }
 
 /// The `metrics.json` of an ensemble.

@@ -272,8 +272,8 @@ where
     Ok(())
 }
 
-/// The confusion matrix's colour scale: a bar from a row share of 0 (top: white) to 1 (dark
-/// blue), marked at the shares where the square-root scale puts its ticks.
+/// The confusion matrix's colour scale: a bar from a row share of 1 at the top (dark blue) down
+/// to 0 (white), marked at shares placed on the square-root scale the cells use.
 fn share_colour_bar<DB: DrawingBackend>(area: &Area<DB>) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,

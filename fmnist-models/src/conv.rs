@@ -423,8 +423,9 @@ fn zero_wrapped_columns(
 /// Adds the unfolding of `b` images back into `dst [b, C, H, W]` (the adjoint of
 /// [`unfold_row`], a col2im): row `(c, ki, kj)` starts at `cols[row · stride]` and holds the
 /// images' columns one after the other, one per output position ([`Geometry::compact`]);
-/// rows after the `C·k·k` are not read. Where the output is as wide as the input, the columns whose source is padding
-/// are zeroed in `cols` first ([`fold_same_width`]). Inlined into the caller's [`simd`].
+/// rows after the `C·k·k` are not read. Where the output is as wide as the input, the columns
+/// whose source is padding are zeroed in `cols` first ([`fold_same_width`]). Inlined into the
+/// caller's [`simd`].
 #[inline(always)]
 fn fold_into(g: Geometry, cols: &mut [f32], stride: usize, b: usize, dst: &mut [f32]) {
     debug_assert!(!g.spans_lines());

@@ -279,9 +279,10 @@ mod tests {
     #[test]
     fn one_operation_gives_the_bits_of_the_layers_apart() {
         // "Same" and strided convolutions, with and without ReLU, and one without padding (its
-        // forward GEMM's columns span whole input lines, its backward's do not); with the pooling, odd sizes (a line no window covers) and 6 or 16 channels
-        // (the BatchNorm's sums on lanes of their own or gathered); 19 images (two blocks and
-        // a partial one): output, every gradient and the running statistics, bit for bit.
+        // forward GEMM's columns span whole input lines, its backward's do not); with the
+        // pooling, odd sizes (a line no window covers) and 6 or 16 channels (the BatchNorm's
+        // sums on lanes of their own or gathered); 19 images (two blocks and a partial one):
+        // output, every gradient and the running statistics, bit for bit.
         let dev = Device::Cpu;
         let pool = After::ReluPool(MaxPool2 {
             kernels: Kernels::Fused,

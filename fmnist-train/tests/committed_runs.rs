@@ -94,8 +94,8 @@ fn cnn_study_seed_42_retrains_to_its_committed_weights() {
     );
 }
 
-/// A short run of `model` on a subset of 2,035 training images (2,040: 204 per class; 1,630 trained on): a last batch of 94
-/// images at batch 256 or 128, so one full block of 64 and a partial one in the LSTM, eleven
+/// A short run of `model` on `--subset 2035`, which the class balance rounds to 2,040 images
+/// (204 per class), 1,630 of them trained on: a last batch of 94 images at batch 256 or 128, so one full block of 64 and a partial one in the LSTM, eleven
 /// full blocks of 8 and a partial one in the convolutions; 410 validation images, a partial
 /// evaluation block.
 fn short_run(model: ModelKind, preset: Preset) -> TrainConfig {
