@@ -69,6 +69,10 @@ pub const ACCURACY_VS_PARAMETERS: Plot = Plot {
     stem: "accuracy_vs_parameters",
     caption: "test accuracy against parameters",
 };
+pub const FAMILIES: Plot = Plot {
+    stem: "families",
+    caption: "test accuracy against parameters and against training time, by family (study recipe)",
+};
 pub const VALIDATION_STUDY: Plot = Plot {
     stem: "validation_study",
     caption: "validation accuracy per epoch, study recipe",

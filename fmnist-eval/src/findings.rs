@@ -141,17 +141,20 @@ pub fn recipe_groups(evals: &[Evaluation]) -> Vec<RecipeRuns<'_>> {
         .collect()
 }
 
-/// The group of `model` and `preset`: the one with the most runs where there are several.
+/// The group of `model` and `preset`: the preset as it is where it was run (no settings
+/// changed), and of several such groups (or, without one, of the others) the one with the
+/// most runs.
 pub fn find<'g, 'a>(
     groups: &'g [RecipeRuns<'a>],
     model: &str,
     preset: Preset,
 ) -> Option<&'g RecipeRuns<'a>> {
+    let rank = |g: &RecipeRuns| (g.settings_text().is_empty(), g.runs.len());
     groups
         .iter()
         .filter(|g| g.model == model && g.preset == preset)
         .fold(None, |best: Option<&RecipeRuns>, g| match best {
-            Some(b) if b.runs.len() >= g.runs.len() => Some(b),
+            Some(b) if rank(b) >= rank(g) => Some(b),
             _ => Some(g),
         })
 }
@@ -206,7 +209,7 @@ fn noise(a: Spread, b: Spread, pooled: Option<f64>) -> Option<(f64, String)> {
 }
 
 /// The pooled standard deviation of test accuracy over the groups of `preset` with seeds.
-fn pooled_std(groups: &[RecipeRuns], preset: Preset) -> Option<f64> {
+pub fn pooled_std(groups: &[RecipeRuns], preset: Preset) -> Option<f64> {
     let (mut sum, mut dof) = (0.0, 0usize);
     for g in groups
         .iter()

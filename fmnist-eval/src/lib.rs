@@ -1,5 +1,6 @@
 //! Evaluation of fmnist runs: metrics on the test set, the train/val/test gap, tables, plots,
 //! a Markdown report across runs, and classification of a person's own images.
+pub mod claims;
 pub mod ensemble;
 pub mod evaluate;
 pub mod files;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use candle::{Device, Tensor};
 use fmnist_data::{write_atomic, FashionMnist, Normalizer};
+use fmnist_models::ModelKind;
 use fmnist_train::run::write_json;
 use fmnist_train::Preset;
 use serde::Serialize;
@@ -654,8 +655,11 @@ pub fn write_cross_run_plots(
     data: &FashionMnist,
 ) -> anyhow::Result<()> {
     let presets = [Preset::Study, Preset::Best];
+    // One point per model and preset as it is; sizes are on the family chart, recipe
+    // variants in the report's table.
     let points: Vec<plots::ModelPoint> = groups
         .iter()
+        .filter(|g| g.settings_text().is_empty())
         .filter_map(|g| {
             let series = presets.iter().position(|&p| p == g.preset)?;
             Some(plots::ModelPoint {
@@ -674,6 +678,7 @@ pub fn write_cross_run_plots(
             &points,
         )?;
     }
+    write_family_chart(root, groups)?;
     for (preset, plot) in presets
         .into_iter()
         .zip([files::VALIDATION_STUDY, files::VALIDATION_BEST])
@@ -702,6 +707,55 @@ pub fn write_cross_run_plots(
         write_side_by_side(&root.join(files::CNN_VS_LSTM.png()), cnn, lstm, data)?;
     }
     Ok(())
+}
+
+/// The family of a model on the family chart: 0 CNN, 1 LSTM, 2 MLP.
+fn family(kind: ModelKind) -> usize {
+    if kind.is_convolutional() {
+        0
+    } else if kind.is_recurrent() {
+        1
+    } else {
+        2
+    }
+}
+
+/// The settings that change a network's size, not its recipe.
+const SIZE_SETTINGS: [&str; 4] = ["channels", "dense", "hidden", "bidirectional"];
+
+/// Test accuracy against parameters and against training time for every study-recipe
+/// group whose settings change at most its size: the families compared at one recipe each.
+fn write_family_chart(root: &Path, groups: &[RecipeRuns]) -> anyhow::Result<()> {
+    let points: Vec<plots::FamilyPoint> = groups
+        .iter()
+        .filter(|g| g.preset == Preset::Study)
+        .filter(|g| {
+            findings::settings(&g.runs[0].config.train)
+                .iter()
+                .all(|c| SIZE_SETTINGS.contains(&c.flag.as_str()))
+        })
+        .filter_map(|g| {
+            let times: Vec<f64> = (g.runs.iter())
+                .filter_map(|e| e.summary.as_ref().map(|s| s.train_seconds))
+                .collect();
+            (!times.is_empty()).then(|| plots::FamilyPoint {
+                label: g.label(),
+                family: family(g.runs[0].config.train.model.kind),
+                params: g.runs[0].config.param_count as f64,
+                seconds: times.iter().sum::<f64>() / times.len() as f64,
+                accuracy: 100.0 * g.test_accuracy().mean,
+                std: 100.0 * g.test_accuracy().std,
+            })
+        })
+        .collect();
+    if points.is_empty() {
+        return Ok(());
+    }
+    plots::families(
+        &root.join(files::FAMILIES.stem),
+        &["CNN", "LSTM", "MLP"],
+        &points,
+    )
 }
 
 /// Two runs on the same test images: eight that both get wrong (the most confidently), eight

@@ -746,6 +746,7 @@ where
         .axis_desc_style((FONT, 15))
         .light_line_style(WHITE.mix(0.0))
         .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_labels(whole_ticks(lo, hi))
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
     for (i, line) in lines.iter().enumerate() {
@@ -766,6 +767,40 @@ where
         .label_font((FONT, 14))
         .draw()?;
     Ok(())
+}
+
+/// Tick positions 1, 2 and 5 times the powers of ten between `lo` and `hi`: a log axis whose
+/// range spans less than a decade or two still gets several labelled ticks.
+pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut ticks = Vec::new();
+    let mut decade = 10f64.powf(lo.max(f64::MIN_POSITIVE).log10().floor());
+    while decade <= hi {
+        for m in [1.0, 2.0, 5.0] {
+            let t = m * decade;
+            if (lo..=hi).contains(&t) {
+                ticks.push(t);
+            }
+        }
+        decade *= 10.0;
+    }
+    ticks
+}
+
+/// How many labels an axis from `lo` to `hi` (whole numbers) takes to label each whole
+/// number and no fraction: an axis of a few points otherwise repeats rounded labels.
+fn whole_ticks(lo: f64, hi: f64) -> usize {
+    (hi - lo).round().max(1.0) as usize + 1
+}
+
+/// A count or a time as a tick label: `1.5M`, `50k`, `200`.
+fn short_number(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e4 {
+        format!("{:.0}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
 }
 
 /// A point of the accuracy-against-parameters chart.
@@ -897,13 +932,16 @@ where
     } else {
         (1e4, 1e7)
     };
+    let (lo, hi) = ((amin - 0.8).floor(), (amax + 0.8).ceil());
     let mut chart = ChartBuilder::on(&root)
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(
-            (pmin..pmax).log_scale(),
-            (amin - 0.8).floor()..(amax + 0.8).ceil(),
+            (pmin..pmax)
+                .log_scale()
+                .with_key_points(log_ticks(pmin, pmax)),
+            lo..hi,
         )?;
     chart
         .configure_mesh()
@@ -912,15 +950,9 @@ where
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 15))
         .light_line_style(WHITE.mix(0.0))
-        .x_labels(6)
+        .y_labels(whole_ticks(lo, hi))
         .y_label_formatter(&|y| format!("{y:.0}"))
-        .x_label_formatter(&|v| {
-            if *v >= 1e6 {
-                format!("{:.1}M", v / 1e6)
-            } else {
-                format!("{:.0}k", v / 1e3)
-            }
-        })
+        .x_label_formatter(&|v| short_number(*v))
         .draw()?;
     for (s, name) in series.iter().enumerate() {
         let color = PALETTE[s % PALETTE.len()];
@@ -938,25 +970,51 @@ where
             .label(name.to_string())
             .legend(move |(x, y)| Circle::new((x + 10, y), 6, color.filled()));
     }
-    // Labels in pixels of the plotting area, each placed where it overlaps no other label
-    // and no point.
-    let area = chart.plotting_area().strip_coord_spec();
-    let (xs, ys) = chart.plotting_area().get_pixel_range();
-    let at = |p: &ModelPoint| {
-        let (x, y) = chart.backend_coord(&(p.params, p.accuracy));
-        (x - xs.start, y - ys.start)
-    };
-    let centres: Vec<(i32, i32)> = points.iter().map(at).collect();
+    let centres: Vec<(i32, i32)> = points
+        .iter()
+        .map(|p| chart.backend_coord(&(p.params, p.accuracy)))
+        .collect();
+    let labelled: Vec<(&str, RGBAColor)> = points
+        .iter()
+        .map(|p| (p.label.as_str(), PALETTE[p.series % PALETTE.len()].mix(0.9)))
+        .collect();
+    draw_point_labels(chart.plotting_area(), &centres, &labelled)?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .label_font((FONT, 14))
+        .draw()?;
+    Ok(())
+}
+
+/// Draws the `labels` (text and colour) of points at `centres` (backend pixels) inside the
+/// plotting area `plot`, each where it overlaps no other label and no point
+/// ([`place_labels`]), joined to its point by a line where it had to move.
+fn draw_point_labels<DB: DrawingBackend, X: Ranged, Y: Ranged>(
+    plot: &DrawingArea<DB, Cartesian2d<X, Y>>,
+    centres: &[(i32, i32)],
+    labels: &[(&str, RGBAColor)],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let area = plot.strip_coord_spec();
+    let (xs, ys) = plot.get_pixel_range();
+    let local: Vec<(i32, i32)> = centres
+        .iter()
+        .map(|&(x, y)| (x - xs.start, y - ys.start))
+        .collect();
     let style = (FONT, 13).into_text_style(&area);
-    let mut sizes = Vec::with_capacity(points.len());
-    for p in points {
-        let (w, h) = area.estimate_text_size(&p.label, &style)?;
+    let mut sizes = Vec::with_capacity(labels.len());
+    for (text, _) in labels {
+        let (w, h) = area.estimate_text_size(text, &style)?;
         sizes.push((w as i32, h as i32));
     }
     let bounds = (xs.end - xs.start, ys.end - ys.start);
-    let labels = place_labels(&centres, &sizes, bounds);
-    for ((p, &(px, py)), label) in points.iter().zip(&centres).zip(labels) {
-        let color = PALETTE[p.series % PALETTE.len()].mix(0.9);
+    let placed = place_labels(&local, &sizes, bounds);
+    for ((&(text, color), &(px, py)), label) in labels.iter().zip(&local).zip(placed) {
         if label.moved {
             let x = if label.x0 > px {
                 label.x0 - 2
@@ -970,11 +1028,145 @@ where
             ))?;
         }
         area.draw(&Text::new(
-            p.label.clone(),
+            text.to_string(),
             (label.x0, label.y0),
             (FONT, 13).into_font().color(&color),
         ))?;
     }
+    Ok(())
+}
+
+/// A recipe on the family chart: its family (the index of its series), its size, its
+/// training time and its test accuracy.
+pub struct FamilyPoint {
+    pub label: String,
+    pub family: usize,
+    pub params: f64,
+    /// Mean training time of its runs, in seconds.
+    pub seconds: f64,
+    /// Mean test accuracy over its seeds and their sample std (0 for one), in %.
+    pub accuracy: f64,
+    pub std: f64,
+}
+
+/// The points of `points` on the front: none of the others is both cheaper (`cost`) and at
+/// least as accurate. In order of cost.
+pub fn front<'p>(
+    points: &[&'p FamilyPoint],
+    cost: impl Fn(&FamilyPoint) -> f64,
+) -> Vec<&'p FamilyPoint> {
+    let mut sorted: Vec<&FamilyPoint> = points.to_vec();
+    sorted.sort_by(|a, b| cost(a).total_cmp(&cost(b)));
+    let mut best = f64::NEG_INFINITY;
+    sorted
+        .into_iter()
+        .filter(|p| {
+            let ahead = p.accuracy > best;
+            best = best.max(p.accuracy);
+            ahead
+        })
+        .collect()
+}
+
+/// Two panels side by side: test accuracy against parameters and against training time (both
+/// log scale), one colour per family, ± one std where a recipe has several seeds, and each
+/// family's front joined by a line.
+pub fn families(stem: &Path, families: &[&str], points: &[FamilyPoint]) -> anyhow::Result<()> {
+    png_and_svg!(stem, (1400, 620), |root: &Area<_>| {
+        let root = root.titled(
+            "Test accuracy by family (study recipe; mean ± std over seeds; line: each family's front)",
+            (FONT, 20),
+        )?;
+        let (left, right) = root.split_horizontally(700);
+        draw_family_panel(&left, families, points, "parameters (log scale)", |p| {
+            p.params
+        })?;
+        draw_family_panel(
+            &right,
+            families,
+            points,
+            "training time of a run, seconds (log scale; 2 CPU cores)",
+            |p| p.seconds,
+        )
+    })
+}
+
+fn draw_family_panel<DB: DrawingBackend>(
+    area: &Area<DB>,
+    families: &[&str],
+    points: &[FamilyPoint],
+    x_desc: &str,
+    x: impl Fn(&FamilyPoint) -> f64,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let xmin = points.iter().map(&x).fold(f64::INFINITY, f64::min);
+    let xmax = points.iter().map(&x).fold(1.0f64, f64::max);
+    let (xmin, xmax) = if xmin.is_finite() {
+        (xmin / 1.5, xmax * 2.5)
+    } else {
+        (1.0, 10.0)
+    };
+    let amin = points
+        .iter()
+        .map(|p| p.accuracy - p.std)
+        .fold(100.0f64, f64::min);
+    let amax = points
+        .iter()
+        .map(|p| p.accuracy + p.std)
+        .fold(0.0f64, f64::max);
+    let (lo, hi) = ((amin - 0.5).floor(), (amax + 0.5).ceil());
+    let mut chart = ChartBuilder::on(area)
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d(
+            (xmin..xmax)
+                .log_scale()
+                .with_key_points(log_ticks(xmin, xmax)),
+            lo..hi,
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc("test accuracy (%)")
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(WHITE.mix(0.0))
+        .y_labels(whole_ticks(lo, hi))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .x_label_formatter(&|v| short_number(*v))
+        .draw()?;
+    for (f, name) in families.iter().enumerate() {
+        let color = PALETTE[f % PALETTE.len()];
+        let mine: Vec<&FamilyPoint> = points.iter().filter(|p| p.family == f).collect();
+        let line: Vec<(f64, f64)> = front(&mine, &x)
+            .iter()
+            .map(|p| (x(p), p.accuracy))
+            .collect();
+        chart.draw_series(LineSeries::new(line, color.mix(0.6).stroke_width(2)))?;
+        chart.draw_series(mine.iter().filter(|p| p.std > 0.0).map(|p| {
+            let (lo, hi) = (p.accuracy - p.std, p.accuracy + p.std);
+            ErrorBar::new_vertical(x(p), lo, p.accuracy, hi, color.stroke_width(2), 10)
+        }))?;
+        chart
+            .draw_series(
+                mine.iter()
+                    .map(|p| Circle::new((x(p), p.accuracy), POINT_RADIUS, color.filled())),
+            )?
+            .label(name.to_string())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 6, color.filled()));
+    }
+    let centres: Vec<(i32, i32)> = points
+        .iter()
+        .map(|p| chart.backend_coord(&(x(p), p.accuracy)))
+        .collect();
+    let labelled: Vec<(&str, RGBAColor)> = points
+        .iter()
+        .map(|p| (p.label.as_str(), PALETTE[p.family % PALETTE.len()].mix(0.9)))
+        .collect();
+    draw_point_labels(chart.plotting_area(), &centres, &labelled)?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)
@@ -988,6 +1180,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_ticks_are_one_two_five_per_decade_inside_the_range() {
+        assert_eq!(log_ticks(15_000.0, 1.2e6), [2e4, 5e4, 1e5, 2e5, 5e5, 1e6]);
+        assert_eq!(log_ticks(11.0, 90.0), [20.0, 50.0]);
+        assert_eq!(short_number(2e4), "20k");
+        assert_eq!(short_number(1.5e6), "1.5M");
+        assert_eq!(short_number(500.0), "500");
+    }
 
     #[test]
     fn labels_of_stacked_points_move_apart() {

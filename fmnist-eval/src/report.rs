@@ -5,14 +5,15 @@ use std::path::Path;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::claims;
 use crate::ensemble::EnsembleRecord;
 use crate::evaluate::{Evaluation, Scores};
 use crate::table::{pct, thousands, Table};
 use fmnist_train::Preset;
 
 use crate::files::{
-    self, ACCURACY_VS_PARAMETERS, CNN_VS_LSTM, COMPARISON, CURVES, RUN_PLOTS_AFTER_TABLES, SAMPLES,
-    VALIDATION_BEST, VALIDATION_STUDY,
+    self, ACCURACY_VS_PARAMETERS, CNN_VS_LSTM, COMPARISON, CURVES, FAMILIES,
+    RUN_PLOTS_AFTER_TABLES, SAMPLES, VALIDATION_BEST, VALIDATION_STUDY,
 };
 use crate::findings::{self, RecipeRuns, Spread};
 
@@ -521,6 +522,10 @@ pub fn markdown(
         root,
     );
     image(&mut md, COMPARISON.caption, &COMPARISON.png(), root);
+    image(&mut md, FAMILIES.caption, &FAMILIES.png(), root);
+    md.push_str("\n## What the studies claimed, checked\n\n");
+    md.push_str("Each claim of the five studies that these runs can test, the study's own figure beside ours (computed from the runs in this folder, mean ± std over seeds). A figure is *within noise* when ours differs from it by less than twice our standard error; a claimed lead *holds* when ours lies in the claimed range, is *within noise* when twice its standard error reaches the range. Claims marked *expected* are the studies' forecasts, not their measurements. The studies are cited in the README.\n\n");
+    md.push_str(&claims::claims_table(&claims::claims(groups, ensembles)).markdown());
     if !ensembles.is_empty() {
         md.push_str("\n## Ensembles (mean of the members' probabilities)\n\n");
         md.push_str(&ensembles_markdown(ensembles));

@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::kernels::Kernels;
 use crate::kind::ModelKind;
 use crate::model::Model;
+use crate::size::{Size, Widths};
 
 /// The network, its initialization, how its inputs are scaled, how it is scored, and which
 /// kernels run it. [`ModelConfig::build`] makes the model.
@@ -21,6 +22,9 @@ pub struct ModelConfig {
     /// The architecture.
     #[serde(rename = "model")]
     pub kind: ModelKind,
+    /// Widths that differ from the architecture's own (hidden size, channels...).
+    #[serde(flatten)]
+    pub size: Size,
     /// The scheme that draws the initial weights; runs from before it existed used PyTorch's.
     #[serde(default)]
     pub init: Init,
@@ -42,15 +46,22 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
-    /// `kind` with PyTorch's initialization, inputs in [0, 1], one view, fused kernels.
+    /// `kind` at its own widths with PyTorch's initialization, inputs in [0, 1], one view, fused kernels.
     pub fn new(kind: ModelKind) -> Self {
         ModelConfig {
             kind,
+            size: Size::default(),
             init: Init::default(),
             normalization: Normalization::default(),
             mirror_tta: false,
             kernels: Kernels::default(),
         }
+    }
+
+    /// The widths the network is built with, or an error naming a width out of range or one
+    /// the architecture does not have.
+    pub fn widths(&self) -> Result<Widths> {
+        self.size.resolve(self.kind)
     }
 
     /// The model on `device`, its parameters drawn from `seed` (the same seed gives the same

@@ -64,6 +64,9 @@ pub enum ModelError {
         found: usize,
         expected: usize,
     },
+    /// A width out of range, or one the model does not have.
+    #[error("{key}: {message}")]
+    BadSize { key: &'static str, message: String },
     /// An unknown model name.
     #[error("unknown model '{name}' (known: {known})")]
     UnknownModel { name: String, known: String },

@@ -26,17 +26,29 @@ pub enum ModelKind {
     /// The ANN-vs-CNN study's BatchNorm MLP: 784-512-256-128-10, BatchNorm, dropout 0.3
     /// (569,226 params).
     MlpBn,
+    /// The R study's first CNN: conv 32 + BatchNorm twice (unpadded, no pooling), dropout,
+    /// dense 512 and 128 with BatchNorm and dropout (9,515,562 params).
+    CnnBn,
+    /// The R study's second CNN: conv 32, 32, pool, conv 64, pool, conv 128, pool (padded,
+    /// each with BatchNorm), dense 512 and 128 with BatchNorm and dropout (760,746 params).
+    CnnBnPool,
+    /// The R study's LSTM: 128 units reading the 28 rows, dropout, dense 128 with ReLU and
+    /// dropout, dense 10 (98,698 params).
+    LstmDense,
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 8] = [
+    pub const ALL: [ModelKind; 11] = [
         ModelKind::Cnn,
         ModelKind::Lstm,
+        ModelKind::LstmDense,
         ModelKind::Mlp,
         ModelKind::MlpBn,
         ModelKind::CnnWide,
         ModelKind::Cnn3Conv,
         ModelKind::CnnDeep,
+        ModelKind::CnnBn,
+        ModelKind::CnnBnPool,
         ModelKind::Resnet,
     ];
 
@@ -51,6 +63,9 @@ impl ModelKind {
             ModelKind::Resnet => "resnet",
             ModelKind::Cnn3Conv => "cnn-3conv",
             ModelKind::MlpBn => "mlp-bn",
+            ModelKind::CnnBn => "cnn-bn",
+            ModelKind::CnnBnPool => "cnn-bn-pool",
+            ModelKind::LstmDense => "lstm-dense",
         }
     }
 
@@ -62,8 +77,15 @@ impl ModelKind {
                 | ModelKind::CnnWide
                 | ModelKind::Cnn3Conv
                 | ModelKind::CnnDeep
+                | ModelKind::CnnBn
+                | ModelKind::CnnBnPool
                 | ModelKind::Resnet
         )
+    }
+
+    /// Whether the network reads the rows as a sequence (an LSTM).
+    pub fn is_recurrent(self) -> bool {
+        matches!(self, ModelKind::Lstm | ModelKind::LstmDense)
     }
 }
 

@@ -1,8 +1,8 @@
 //! The Fashion-MNIST models of the studies, in candle: configure one, build it from a seed,
 //! train it elsewhere, save it, load it, and classify images with it.
 //!
-//! - [`ModelConfig`] says what the model is (architecture, initialization, input scaling,
-//!   mirror TTA, CPU kernels) and [`ModelConfig::build`] makes a [`Model`] on a device from a
+//! - [`ModelConfig`] says what the model is (architecture and its widths, initialization,
+//!   input scaling, mirror TTA, CPU kernels) and [`ModelConfig::build`] makes a [`Model`] on a device from a
 //!   seed: the same seed gives the same bits on every machine.
 //! - [`Checkpoint`] is a model on disk: `config.json` + `model.safetensors`.
 //! - [`Classifier`] loads a run folder and returns the ten probabilities for 28x28 images,
@@ -36,6 +36,7 @@ pub mod norm;
 mod one_channel;
 pub mod recurrent;
 pub mod scoring;
+pub mod size;
 mod winograd;
 
 /// Classes every model scores.
@@ -50,3 +51,4 @@ pub use kernels::{Kernels, MaxPool2};
 pub use kind::ModelKind;
 pub use model::Model;
 pub use scoring::{argmax, mean_std, softmax_rows, Score};
+pub use size::{Size, Widths};

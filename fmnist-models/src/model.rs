@@ -12,7 +12,9 @@ use crate::builder::Builder;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::kind::ModelKind;
-use crate::nets::{Cnn, Cnn3Conv, CnnDeep, CnnWide, Lstm, Mlp, MlpBn, Net, Resnet};
+use crate::nets::{
+    Cnn, Cnn3Conv, CnnBn, CnnBnPool, CnnDeep, CnnWide, Lstm, Mlp, MlpBn, Net, Resnet,
+};
 
 /// A network of the registry with its parameters, built by [`ModelConfig::build`].
 pub struct Model {
@@ -28,18 +30,22 @@ fn is_buffer(name: &str) -> bool {
 }
 
 impl Model {
-    /// Builds `config`'s network with parameters drawn from `seed` by its init scheme.
+    /// Builds `config`'s network at its widths with parameters drawn from `seed` by its init
+    /// scheme.
     pub(crate) fn new(config: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        let w = config.widths()?;
         let mut b = Builder::new(seed, config.init, config.kernels, device);
         let net: Box<dyn Net> = match config.kind {
-            ModelKind::Cnn => Box::new(Cnn::new(&mut b)?),
-            ModelKind::Lstm => Box::new(Lstm::new(&mut b)?),
-            ModelKind::Mlp => Box::new(Mlp::new(&mut b)?),
-            ModelKind::CnnWide => Box::new(CnnWide::new(&mut b)?),
-            ModelKind::CnnDeep => Box::new(CnnDeep::new(&mut b)?),
-            ModelKind::Resnet => Box::new(Resnet::new(&mut b)?),
-            ModelKind::Cnn3Conv => Box::new(Cnn3Conv::new(&mut b)?),
-            ModelKind::MlpBn => Box::new(MlpBn::new(&mut b)?),
+            ModelKind::Cnn => Box::new(Cnn::new(&mut b, &w)?),
+            ModelKind::Lstm | ModelKind::LstmDense => Box::new(Lstm::new(&mut b, &w)?),
+            ModelKind::Mlp => Box::new(Mlp::new(&mut b, &w)?),
+            ModelKind::CnnWide => Box::new(CnnWide::new(&mut b, &w)?),
+            ModelKind::CnnDeep => Box::new(CnnDeep::new(&mut b, &w)?),
+            ModelKind::Resnet => Box::new(Resnet::new(&mut b, &w)?),
+            ModelKind::Cnn3Conv => Box::new(Cnn3Conv::new(&mut b, &w)?),
+            ModelKind::MlpBn => Box::new(MlpBn::new(&mut b, &w)?),
+            ModelKind::CnnBn => Box::new(CnnBn::new(&mut b, &w)?),
+            ModelKind::CnnBnPool => Box::new(CnnBnPool::new(&mut b, &w)?),
         };
         let (varmap, noise) = b.finish();
         Ok(Model {

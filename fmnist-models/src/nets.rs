@@ -1,4 +1,6 @@
-//! The eight architectures. Each maps `[B, 1, 28, 28]` to logits `[B, 10]`.
+//! The architectures of the registry, each built at the widths it is given ([`Widths`]: the
+//! entry's own unless a configuration changes them). Each maps `[B, 1, 28, 28]` to logits
+//! `[B, 10]`.
 //!
 //! Max-pooling comes before ReLU where both follow a layer: the two commute (ReLU is
 //! monotone), and ReLU then touches a quarter of the elements.
@@ -8,9 +10,10 @@ use candle_nn::{Conv2dConfig, Linear};
 use crate::builder::{Builder, Dropout};
 use crate::conv::Conv2d;
 use crate::conv_norm::{conv_norm_t, After};
-use crate::kernels::{AddRelu, MaxPool2};
+use crate::kernels::{AddRelu, Kernels, MaxPool2};
 use crate::norm::BatchNorm2d;
 use crate::recurrent::Lstm as LstmLayer;
+use crate::size::Widths;
 
 /// A network of the registry.
 pub trait Net: Send + Sync {
@@ -60,7 +63,8 @@ const STRIDE2: Conv2dConfig = Conv2dConfig {
     cudnn_fwd_algo: None,
 };
 
-/// conv3x3(32) - pool - relu - conv3x3(32) - pool - relu - dense 100 - relu - dense 10.
+/// conv3x3(C) - pool - relu - conv3x3(C) - pool - relu - dense D - relu - dense 10
+/// (C = 32, D = 100).
 pub struct Cnn {
     conv1: Conv2d,
     conv2: Conv2d,
@@ -69,13 +73,14 @@ pub struct Cnn {
 }
 
 impl Cnn {
-    pub fn new(b: &mut Builder) -> candle::Result<Self> {
+    pub fn new(b: &mut Builder, w: &Widths) -> candle::Result<Self> {
         let valid = Conv2dConfig::default();
+        let c = w.channels;
         Ok(Cnn {
-            conv1: b.conv2d("conv1", 1, 32, 3, valid, true)?,
-            conv2: b.conv2d("conv2", 32, 32, 3, valid, true)?,
-            fc1: b.linear("fc1", 32 * 5 * 5, 100)?,
-            fc2: b.linear("fc2", 100, 10)?,
+            conv1: b.conv2d("conv1", 1, c, 3, valid, true)?,
+            conv2: b.conv2d("conv2", c, c, 3, valid, true)?,
+            fc1: b.linear("fc1", c * 5 * 5, w.dense)?,
+            fc2: b.linear("fc2", w.dense, 10)?,
         })
     }
 }
@@ -86,8 +91,8 @@ impl Net for Cnn {
     }
 
     fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        let x = self.conv1.forward_pool_relu_t(x, train)?; // 32x13x13
-        let x = self.conv2.forward_pool_relu_t(&x, train)?; // 32x5x5
+        let x = self.conv1.forward_pool_relu_t(x, train)?; // Cx13x13
+        let x = self.conv2.forward_pool_relu_t(&x, train)?; // Cx5x5
         self.fc1.forward(&x.flatten_from(1)?)?.relu()
     }
 
@@ -97,7 +102,7 @@ impl Net for Cnn {
 
     fn last_conv_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
         let x = self.conv1.forward_pool_relu_t(x, false)?;
-        Ok(Some(self.conv2.forward_t(&x, false)?.relu()?)) // 32x11x11
+        Ok(Some(self.conv2.forward_t(&x, false)?.relu()?)) // Cx11x11
     }
 
     fn head(&self, maps: &Tensor) -> candle::Result<Tensor> {
@@ -106,17 +111,37 @@ impl Net for Cnn {
     }
 }
 
-/// LSTM(128) over the 28 rows (28 time steps of 28 features), last hidden state - dense 10.
+/// LSTM(H) over the 28 rows (28 time steps of 28 features), its last hidden state (beside
+/// the last state of a second LSTM reading the rows bottom to top, when bidirectional), then
+/// either dense 10 (`lstm`: H = 128) or dropout - dense D - relu - dropout - dense 10
+/// (`lstm-dense`: H = D = 128, dropout 0.2).
 pub struct Lstm {
     lstm: LstmLayer,
+    reverse: Option<LstmLayer>,
+    head: Option<(Linear, Dropout)>,
     fc: Linear,
 }
 
 impl Lstm {
-    pub fn new(b: &mut Builder) -> candle::Result<Self> {
+    pub fn new(b: &mut Builder, w: &Widths) -> candle::Result<Self> {
+        let lstm = b.lstm("lstm", 28, w.hidden)?;
+        let reverse = if w.bidirectional {
+            Some(b.lstm("lstm_reverse", 28, w.hidden)?)
+        } else {
+            None
+        };
+        let state = w.hidden * if w.bidirectional { 2 } else { 1 };
+        let (head, features) = if w.dense > 0 {
+            let dense = b.linear("head", state, w.dense)?;
+            (Some((dense, b.dropout(0.2))), w.dense)
+        } else {
+            (None, state)
+        };
         Ok(Lstm {
-            lstm: b.lstm("lstm", 28, 128)?,
-            fc: b.linear("fc", 128, 10)?,
+            lstm,
+            reverse,
+            head,
+            fc: b.linear("fc", features, 10)?,
         })
     }
 }
@@ -128,11 +153,21 @@ impl Net for Lstm {
 
     fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         let rows = x.squeeze(1)?; // [B, 28 steps, 28 features]
-        self.lstm.last_hidden_t(&rows, train)
+        let mut state = self.lstm.last_hidden_t(&rows, train)?;
+        if let Some(reverse) = &self.reverse {
+            let upward = reverse.last_hidden_t(&rows.flip(&[1])?, train)?;
+            state = Tensor::cat(&[&state, &upward], 1)?;
+        }
+        let Some((dense, dropout)) = &self.head else {
+            return Ok(state);
+        };
+        let x = dropout.forward_t(&state, train)?;
+        let x = dense.forward(&x)?.relu()?;
+        dropout.forward_t(&x, train)
     }
 }
 
-/// 784 - 256 - 128 - 10 with ReLU and dropout 0.2 after each hidden layer.
+/// 784 - D - D/2 - 10 with ReLU and dropout 0.2 after each hidden layer (D = 256).
 pub struct Mlp {
     fc1: Linear,
     fc2: Linear,
@@ -141,11 +176,12 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(b: &mut Builder) -> candle::Result<Self> {
+    pub fn new(b: &mut Builder, w: &Widths) -> candle::Result<Self> {
+        let (d1, d2) = (w.dense, w.dense / 2);
         Ok(Mlp {
-            fc1: b.linear("fc1", 784, 256)?,
-            fc2: b.linear("fc2", 256, 128)?,
-            fc3: b.linear("fc3", 128, 10)?,
+            fc1: b.linear("fc1", 784, d1)?,
+            fc2: b.linear("fc2", d1, d2)?,
+            fc3: b.linear("fc3", d2, 10)?,
             dropout: b.dropout(0.2),
         })
     }
@@ -164,7 +200,8 @@ impl Net for Mlp {
     }
 }
 
-/// conv3x3(32, pad 1) - pool - conv3x3(64, pad 1) - pool - dense 128 - dropout 0.5 - dense 10.
+/// conv3x3(C, pad 1) - pool - conv3x3(2C, pad 1) - pool - dense D - dropout 0.5 - dense 10
+/// (C = 32, D = 128).
 pub struct CnnWide {
     conv1: Conv2d,
     conv2: Conv2d,
@@ -174,12 +211,13 @@ pub struct CnnWide {
 }
 
 impl CnnWide {
-    pub fn new(b: &mut Builder) -> candle::Result<Self> {
+    pub fn new(b: &mut Builder, w: &Widths) -> candle::Result<Self> {
+        let c = w.channels;
         Ok(CnnWide {
-            conv1: b.conv2d("conv1", 1, 32, 3, PAD1, true)?,
-            conv2: b.conv2d("conv2", 32, 64, 3, PAD1, true)?,
-            fc1: b.linear("fc1", 64 * 7 * 7, 128)?,
-            fc2: b.linear("fc2", 128, 10)?,
+            conv1: b.conv2d("conv1", 1, c, 3, PAD1, true)?,
+            conv2: b.conv2d("conv2", c, 2 * c, 3, PAD1, true)?,
+            fc1: b.linear("fc1", 2 * c * 7 * 7, w.dense)?,
+            fc2: b.linear("fc2", w.dense, 10)?,
             dropout: b.dropout(0.5),
         })
     }
@@ -191,8 +229,8 @@ impl Net for CnnWide {
     }
 
     fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        let x = self.conv1.forward_pool_relu_t(x, train)?; // 32x14x14
-        let x = self.conv2.forward_pool_relu_t(&x, train)?; // 64x7x7
+        let x = self.conv1.forward_pool_relu_t(x, train)?; // Cx14x14
+        let x = self.conv2.forward_pool_relu_t(&x, train)?; // 2Cx7x7
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
         self.dropout.forward_t(&x, train)
     }
@@ -203,7 +241,7 @@ impl Net for CnnWide {
 
     fn last_conv_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
         let x = self.conv1.forward_pool_relu_t(x, false)?;
-        Ok(Some(self.conv2.forward_t(&x, false)?.relu()?)) // 64x14x14
+        Ok(Some(self.conv2.forward_t(&x, false)?.relu()?)) // 2Cx14x14
     }
 
     fn head(&self, maps: &Tensor) -> candle::Result<Tensor> {
@@ -212,8 +250,9 @@ impl Net for CnnWide {
     }
 }
 
-/// The depth study's deeper CNN: conv3x3(32, pad 1) - pool - conv3x3(64, pad 1) - pool -
-/// conv3x3(128, pad 1) - ReLU - dense 256 - ReLU - dropout 0.5 - dense 10 (1,701,130 params).
+/// The depth study's deeper CNN: conv3x3(C, pad 1) - pool - conv3x3(2C, pad 1) - pool -
+/// conv3x3(4C, pad 1) - ReLU - dense D - ReLU - dropout 0.5 - dense 10 (C = 32, D = 256:
+/// 1,701,130 params).
 pub struct Cnn3Conv {
     conv1: Conv2d,
     conv2: Conv2d,
@@ -224,13 +263,14 @@ pub struct Cnn3Conv {
 }
 
 impl Cnn3Conv {
-    pub fn new(b: &mut Builder) -> candle::Result<Self> {
+    pub fn new(b: &mut Builder, w: &Widths) -> candle::Result<Self> {
+        let c = w.channels;
         Ok(Cnn3Conv {
-            conv1: b.conv2d("conv1", 1, 32, 3, PAD1, true)?,
-            conv2: b.conv2d("conv2", 32, 64, 3, PAD1, true)?,
-            conv3: b.conv2d("conv3", 64, 128, 3, PAD1, true)?,
-            fc1: b.linear("fc1", 128 * 7 * 7, 256)?,
-            fc2: b.linear("fc2", 256, 10)?,
+            conv1: b.conv2d("conv1", 1, c, 3, PAD1, true)?,
+            conv2: b.conv2d("conv2", c, 2 * c, 3, PAD1, true)?,
+            conv3: b.conv2d("conv3", 2 * c, 4 * c, 3, PAD1, true)?,
+            fc1: b.linear("fc1", 4 * c * 7 * 7, w.dense)?,
+            fc2: b.linear("fc2", w.dense, 10)?,
             dropout: b.dropout(0.5),
         })
     }
@@ -242,9 +282,9 @@ impl Net for Cnn3Conv {
     }
 
     fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        let x = self.conv1.forward_pool_relu_t(x, train)?; // 32x14x14
-        let x = self.conv2.forward_pool_relu_t(&x, train)?; // 64x7x7
-        let x = self.conv3.forward_t(&x, train)?.relu()?; // 128x7x7
+        let x = self.conv1.forward_pool_relu_t(x, train)?; // Cx14x14
+        let x = self.conv2.forward_pool_relu_t(&x, train)?; // 2Cx7x7
+        let x = self.conv3.forward_t(&x, train)?.relu()?; // 4Cx7x7
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
         self.dropout.forward_t(&x, train)
     }
@@ -256,7 +296,7 @@ impl Net for Cnn3Conv {
     fn last_conv_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
         let x = self.conv1.forward_pool_relu_t(x, false)?;
         let x = self.conv2.forward_pool_relu_t(&x, false)?;
-        Ok(Some(self.conv3.forward_t(&x, false)?.relu()?)) // 128x7x7
+        Ok(Some(self.conv3.forward_t(&x, false)?.relu()?)) // 4Cx7x7
     }
 
     fn head(&self, maps: &Tensor) -> candle::Result<Tensor> {
@@ -265,8 +305,8 @@ impl Net for Cnn3Conv {
     }
 }
 
-/// The ANN-vs-CNN study's BatchNorm MLP: 784 - 512 - 256 - 128 - 10, each hidden layer dense,
-/// BatchNorm, ReLU, dropout 0.3 (569,226 params).
+/// The ANN-vs-CNN study's BatchNorm MLP: 784 - D - D/2 - D/4 - 10, each hidden layer dense,
+/// BatchNorm, ReLU, dropout 0.3 (D = 512: 569,226 params).
 pub struct MlpBn {
     hidden: Vec<(Linear, BatchNorm2d)>,
     out: Linear,
@@ -274,8 +314,8 @@ pub struct MlpBn {
 }
 
 impl MlpBn {
-    pub fn new(b: &mut Builder) -> candle::Result<Self> {
-        let widths = [784, 512, 256, 128];
+    pub fn new(b: &mut Builder, w: &Widths) -> candle::Result<Self> {
+        let widths = [784, w.dense, w.dense / 2, w.dense / 4];
         let hidden = widths
             .windows(2)
             .enumerate()
@@ -286,7 +326,7 @@ impl MlpBn {
             .collect::<candle::Result<_>>()?;
         Ok(MlpBn {
             hidden,
-            out: b.linear("fc4", 128, 10)?,
+            out: b.linear("fc4", w.dense / 4, 10)?,
             dropout: b.dropout(0.3),
         })
     }
@@ -349,8 +389,8 @@ impl ConvBn {
     }
 }
 
-/// Three stages 32-64-128 (conv-BN, pool, ReLU; stage 3 has two convolutions),
-/// dropout 0.25 after each stage, dense 256 - dropout 0.5 - dense 10.
+/// Three stages C-2C-4C (conv-BN, pool, ReLU; stage 3 has two convolutions), dropout 0.25
+/// after each stage, dense D - dropout 0.5 - dense 10 (C = 32, D = 256).
 pub struct CnnDeep {
     stage1: ConvBn,
     stage2: ConvBn,
@@ -364,14 +404,15 @@ pub struct CnnDeep {
 }
 
 impl CnnDeep {
-    pub fn new(b: &mut Builder) -> candle::Result<Self> {
+    pub fn new(b: &mut Builder, w: &Widths) -> candle::Result<Self> {
+        let c = w.channels;
         Ok(CnnDeep {
-            stage1: ConvBn::new(b, "stage1", 1, 32, PAD1)?,
-            stage2: ConvBn::new(b, "stage2", 32, 64, PAD1)?,
-            stage3a: ConvBn::new(b, "stage3a", 64, 128, PAD1)?,
-            stage3b: ConvBn::new(b, "stage3b", 128, 128, PAD1)?,
-            fc1: b.linear("fc1", 128 * 3 * 3, 256)?,
-            fc2: b.linear("fc2", 256, 10)?,
+            stage1: ConvBn::new(b, "stage1", 1, c, PAD1)?,
+            stage2: ConvBn::new(b, "stage2", c, 2 * c, PAD1)?,
+            stage3a: ConvBn::new(b, "stage3a", 2 * c, 4 * c, PAD1)?,
+            stage3b: ConvBn::new(b, "stage3b", 4 * c, 4 * c, PAD1)?,
+            fc1: b.linear("fc1", 4 * c * 3 * 3, w.dense)?,
+            fc2: b.linear("fc2", w.dense, 10)?,
             drop_conv: b.dropout(0.25),
             drop_fc: b.dropout(0.5),
             pool: b.max_pool2(),
@@ -386,12 +427,12 @@ impl Net for CnnDeep {
 
     fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
         // ReLU rides in the normalization's pass, so it comes before the pooling here.
-        let x = self.stage1.forward_relu_pool_t(x, self.pool, train)?; // 32x14x14
+        let x = self.stage1.forward_relu_pool_t(x, self.pool, train)?; // Cx14x14
         let x = self.drop_conv.forward_t(&x, train)?;
-        let x = self.stage2.forward_relu_pool_t(&x, self.pool, train)?; // 64x7x7
+        let x = self.stage2.forward_relu_pool_t(&x, self.pool, train)?; // 2Cx7x7
         let x = self.drop_conv.forward_t(&x, train)?;
         let x = self.stage3a.forward_relu_t(&x, train)?;
-        let x = self.stage3b.forward_relu_pool_t(&x, self.pool, train)?; // 128x3x3
+        let x = self.stage3b.forward_relu_pool_t(&x, self.pool, train)?; // 4Cx3x3
         let x = self.drop_conv.forward_t(&x, train)?;
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
         self.drop_fc.forward_t(&x, train)
@@ -405,7 +446,7 @@ impl Net for CnnDeep {
         let x = self.stage1.forward_relu_t(x, false)?.apply(&self.pool)?;
         let x = self.stage2.forward_relu_t(&x, false)?.apply(&self.pool)?;
         let x = self.stage3a.forward_relu_t(&x, false)?;
-        Ok(Some(self.stage3b.forward_relu_t(&x, false)?)) // 128x7x7
+        Ok(Some(self.stage3b.forward_relu_t(&x, false)?)) // 4Cx7x7
     }
 
     fn head(&self, maps: &Tensor) -> candle::Result<Tensor> {
@@ -457,8 +498,8 @@ impl Block {
     }
 }
 
-/// Stem conv-BN-ReLU(32) at 28x28 and 2x2 max-pooling, residual blocks 32 (14x14) /
-/// 64 (7x7) / 128 (4x4), global average pooling, dense 10. Sized for the CPU budget: one
+/// Stem conv-BN-ReLU(C) at 28x28 and 2x2 max-pooling, residual blocks C (14x14) /
+/// 2C (7x7) / 4C (4x4), global average pooling, dense 10 (C = 32). Sized for the CPU budget: one
 /// convolution runs at full resolution, and a training step costs ~60 MFLOP per image.
 pub struct Resnet {
     stem: ConvBn,
@@ -468,16 +509,17 @@ pub struct Resnet {
 }
 
 impl Resnet {
-    pub fn new(b: &mut Builder) -> candle::Result<Self> {
+    pub fn new(b: &mut Builder, w: &Widths) -> candle::Result<Self> {
+        let c = w.channels;
         Ok(Resnet {
-            stem: ConvBn::new(b, "stem", 1, 32, PAD1)?,
+            stem: ConvBn::new(b, "stem", 1, c, PAD1)?,
             pool: b.max_pool2(),
             blocks: vec![
-                Block::new(b, "block1", 32, 32)?,
-                Block::new(b, "block2", 32, 64)?,
-                Block::new(b, "block3", 64, 128)?,
+                Block::new(b, "block1", c, c)?,
+                Block::new(b, "block2", c, 2 * c)?,
+                Block::new(b, "block3", 2 * c, 4 * c)?,
             ],
-            fc: b.linear("fc", 128, 10)?,
+            fc: b.linear("fc", 4 * c, 10)?,
         })
     }
 }
@@ -488,11 +530,11 @@ impl Net for Resnet {
     }
 
     fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        let mut x = self.stem.forward_relu_pool_t(x, self.pool, train)?; // 32x14x14
+        let mut x = self.stem.forward_relu_pool_t(x, self.pool, train)?; // Cx14x14
         for block in &self.blocks {
             x = block.forward_t(&x, train)?;
         }
-        x.mean((2, 3)) // [B, 128]
+        x.mean((2, 3)) // [B, 4C]
     }
 
     fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
@@ -504,10 +546,178 @@ impl Net for Resnet {
         for block in &self.blocks {
             x = block.forward_t(&x, false)?;
         }
-        Ok(Some(x)) // 128x4x4
+        Ok(Some(x)) // 4Cx4x4
     }
 
     fn head(&self, maps: &Tensor) -> candle::Result<Tensor> {
         self.fc.forward(&maps.mean((2, 3))?)
+    }
+}
+
+/// A dense layer followed by BatchNorm over its features, ReLU and dropout.
+struct DenseBn {
+    fc: Linear,
+    bn: BatchNorm2d,
+}
+
+impl DenseBn {
+    fn new(b: &mut Builder, name: &str, input: usize, output: usize) -> candle::Result<Self> {
+        Ok(DenseBn {
+            fc: b.linear(name, input, output)?,
+            bn: b.batch_norm(&format!("{name}_bn"), output)?,
+        })
+    }
+
+    /// `relu(bn(fc(x)))` of `x [B, F]`.
+    fn forward_relu_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        // [B, F] as [B, F, 1, 1]: BatchNorm over features, as PyTorch's BatchNorm1d.
+        let h = self.fc.forward(x)?.unsqueeze(2)?.unsqueeze(3)?;
+        self.bn.forward_relu_t(&h, train)?.flatten_from(1)
+    }
+
+    /// The same in evaluation through candle's operations, which record their gradient.
+    fn tracked_relu(&self, x: &Tensor) -> candle::Result<Tensor> {
+        let h = self.fc.forward(x)?.unsqueeze(2)?.unsqueeze(3)?;
+        let generic = self.bn.with_kernels(Kernels::Generic);
+        generic.forward_relu_t(&h, false)?.flatten_from(1)
+    }
+}
+
+/// The R study's first CNN: conv3x3(C) - BN - ReLU twice (unpadded, no pooling: C x 24 x 24),
+/// dropout 0.25, dense D - BN - ReLU - dropout 0.25, dense D/4 - BN - ReLU - dropout 0.25,
+/// dense 10 (C = 32, D = 512). The study names the layers but not the dropout rates.
+pub struct CnnBn {
+    stage1: ConvBn,
+    stage2: ConvBn,
+    dense1: DenseBn,
+    dense2: DenseBn,
+    fc: Linear,
+    dropout: Dropout,
+}
+
+impl CnnBn {
+    pub fn new(b: &mut Builder, w: &Widths) -> candle::Result<Self> {
+        let (c, valid) = (w.channels, Conv2dConfig::default());
+        Ok(CnnBn {
+            stage1: ConvBn::new(b, "stage1", 1, c, valid)?,
+            stage2: ConvBn::new(b, "stage2", c, c, valid)?,
+            dense1: DenseBn::new(b, "fc1", c * 24 * 24, w.dense)?,
+            dense2: DenseBn::new(b, "fc2", w.dense, w.dense / 4)?,
+            fc: b.linear("fc3", w.dense / 4, 10)?,
+            dropout: b.dropout(0.25),
+        })
+    }
+
+    /// The dense layers from the last convolution's activations.
+    fn dense_t(&self, maps: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let x = self.dropout.forward_t(maps, train)?.flatten_from(1)?;
+        let x = self.dense1.forward_relu_t(&x, train)?;
+        let x = self.dropout.forward_t(&x, train)?;
+        let x = self.dense2.forward_relu_t(&x, train)?;
+        self.dropout.forward_t(&x, train)
+    }
+}
+
+impl Net for CnnBn {
+    fn output_layer(&self) -> &Linear {
+        &self.fc
+    }
+
+    fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let x = self.stage1.forward_relu_t(x, train)?; // Cx26x26
+        let x = self.stage2.forward_relu_t(&x, train)?; // Cx24x24
+        self.dense_t(&x, train)
+    }
+
+    fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
+        Ok(Some(self.stage1.forward_relu_t(x, false)?))
+    }
+
+    fn last_conv_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
+        let x = self.stage1.forward_relu_t(x, false)?;
+        Ok(Some(self.stage2.forward_relu_t(&x, false)?))
+    }
+
+    fn head(&self, maps: &Tensor) -> candle::Result<Tensor> {
+        let x = self.dense1.tracked_relu(&maps.flatten_from(1)?)?;
+        self.fc.forward(&self.dense2.tracked_relu(&x)?)
+    }
+}
+
+/// The R study's second CNN: conv3x3(C) - BN - ReLU twice, pool, dropout 0.25, conv3x3(2C) -
+/// BN - ReLU, pool, dropout 0.25, conv3x3(4C) - BN - ReLU, pool, dropout 0.25 (all padded:
+/// 4C x 3 x 3), then the first CNN's dense layers with dropout 0.5 (C = 32, D = 512). The study
+/// names the layers, not the padding or the rates.
+pub struct CnnBnPool {
+    stage1a: ConvBn,
+    stage1b: ConvBn,
+    stage2: ConvBn,
+    stage3: ConvBn,
+    dense1: DenseBn,
+    dense2: DenseBn,
+    fc: Linear,
+    drop_conv: Dropout,
+    drop_fc: Dropout,
+    pool: MaxPool2,
+}
+
+impl CnnBnPool {
+    pub fn new(b: &mut Builder, w: &Widths) -> candle::Result<Self> {
+        let c = w.channels;
+        Ok(CnnBnPool {
+            stage1a: ConvBn::new(b, "stage1", 1, c, PAD1)?,
+            stage1b: ConvBn::new(b, "stage1b", c, c, PAD1)?,
+            stage2: ConvBn::new(b, "stage2", c, 2 * c, PAD1)?,
+            stage3: ConvBn::new(b, "stage3", 2 * c, 4 * c, PAD1)?,
+            dense1: DenseBn::new(b, "fc1", 4 * c * 3 * 3, w.dense)?,
+            dense2: DenseBn::new(b, "fc2", w.dense, w.dense / 4)?,
+            fc: b.linear("fc3", w.dense / 4, 10)?,
+            drop_conv: b.dropout(0.25),
+            drop_fc: b.dropout(0.5),
+            pool: b.max_pool2(),
+        })
+    }
+
+    /// The dense layers from the pooled last convolution `[B, 4C, 3, 3]`.
+    fn dense_t(&self, pooled: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let x = self.drop_conv.forward_t(pooled, train)?.flatten_from(1)?;
+        let x = self.dense1.forward_relu_t(&x, train)?;
+        let x = self.drop_fc.forward_t(&x, train)?;
+        let x = self.dense2.forward_relu_t(&x, train)?;
+        self.drop_fc.forward_t(&x, train)
+    }
+}
+
+impl Net for CnnBnPool {
+    fn output_layer(&self) -> &Linear {
+        &self.fc
+    }
+
+    fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let x = self.stage1a.forward_relu_t(x, train)?;
+        let x = self.stage1b.forward_relu_pool_t(&x, self.pool, train)?; // Cx14x14
+        let x = self.drop_conv.forward_t(&x, train)?;
+        let x = self.stage2.forward_relu_pool_t(&x, self.pool, train)?; // 2Cx7x7
+        let x = self.drop_conv.forward_t(&x, train)?;
+        let x = self.stage3.forward_relu_pool_t(&x, self.pool, train)?; // 4Cx3x3
+        self.dense_t(&x, train)
+    }
+
+    fn first_feature_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
+        Ok(Some(self.stage1a.forward_relu_t(x, false)?))
+    }
+
+    fn last_conv_maps(&self, x: &Tensor) -> candle::Result<Option<Tensor>> {
+        let x = self.stage1a.forward_relu_t(x, false)?;
+        let x = self.stage1b.forward_relu_t(&x, false)?.apply(&self.pool)?;
+        let x = self.stage2.forward_relu_t(&x, false)?.apply(&self.pool)?;
+        Ok(Some(self.stage3.forward_relu_t(&x, false)?)) // 4Cx7x7
+    }
+
+    fn head(&self, maps: &Tensor) -> candle::Result<Tensor> {
+        let x = self
+            .dense1
+            .tracked_relu(&maps.max_pool2d(2)?.flatten_from(1)?)?;
+        self.fc.forward(&self.dense2.tracked_relu(&x)?)
     }
 }

@@ -4,7 +4,7 @@ use candle::{DType, Device, Tensor};
 use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use fmnist_models::{
     Checkpoint, CheckpointConfig, Classifier, Init, MaxPool2, Model, ModelConfig, ModelError,
-    ModelKind,
+    ModelKind, Size,
 };
 
 /// `kind` built from `seed` with the `init` scheme, on the CPU.
@@ -44,6 +44,9 @@ fn the_embedding_is_what_the_last_layer_reads() {
         (ModelKind::Resnet, 128),
         (ModelKind::Cnn3Conv, 256),
         (ModelKind::MlpBn, 128),
+        (ModelKind::CnnBn, 128),
+        (ModelKind::CnnBnPool, 128),
+        (ModelKind::LstmDense, 128),
     ];
     assert_eq!(widths.len(), ModelKind::ALL.len());
     for (kind, width) in widths {
@@ -57,7 +60,7 @@ fn the_embedding_is_what_the_last_layer_reads() {
             .into_iter()
             .map(|(n, v)| (n, v.as_tensor().clone()))
             .collect();
-        let last = ["fc2", "fc", "fc3", "fc4"]
+        let last = ["fc2", "fc", "fc3", "fc4", "head"]
             .iter()
             .find(|l| {
                 vars.get(&format!("{l}.weight"))
@@ -93,6 +96,9 @@ fn shapes_and_exact_parameter_counts() {
         (ModelKind::Resnet, 308_074),
         (ModelKind::Cnn3Conv, 1_701_130),
         (ModelKind::MlpBn, 569_226),
+        (ModelKind::CnnBn, 9_515_562),
+        (ModelKind::CnnBnPool, 760_746),
+        (ModelKind::LstmDense, 98_698),
     ];
     assert_eq!(
         expected.len(),
@@ -105,6 +111,122 @@ fn shapes_and_exact_parameter_counts() {
         let y = m.forward_t(&batch(3), false).unwrap();
         assert_eq!(y.dims(), &[3, 10], "{kind}");
     }
+}
+
+/// `kind` at the widths `size` gives it.
+fn sized(kind: ModelKind, size: Size) -> Model {
+    ModelConfig {
+        size,
+        ..ModelConfig::new(kind)
+    }
+    .build(0, &Device::Cpu)
+    .unwrap()
+}
+
+#[test]
+fn widths_are_configuration_with_exact_parameter_counts() {
+    let none = Size::default();
+    // LSTM(H) over 28 inputs: 4H(28 + H) weights and 8H biases; dense 10 from the state.
+    let lstm = |h: usize, dirs: usize| dirs * (4 * h * (28 + h) + 8 * h) + dirs * h * 10 + 10;
+    for (size, params) in [
+        (
+            Size {
+                hidden: Some(64),
+                ..none
+            },
+            lstm(64, 1),
+        ),
+        (
+            Size {
+                hidden: Some(256),
+                ..none
+            },
+            lstm(256, 1),
+        ),
+        (
+            Size {
+                bidirectional: Some(true),
+                ..none
+            },
+            lstm(128, 2),
+        ),
+        (
+            Size {
+                dense: Some(32),
+                ..none
+            },
+            // The head: 128 -> 32 -> 10.
+            4 * 128 * (28 + 128) + 8 * 128 + 128 * 32 + 32 + 32 * 10 + 10,
+        ),
+    ] {
+        let m = sized(ModelKind::Lstm, size);
+        assert_eq!(m.param_count(), params, "{size:?}");
+        assert_eq!(m.forward_t(&batch(3), true).unwrap().dims(), &[3, 10]);
+    }
+    assert_eq!(lstm(128, 1), 82_186, "the formula gives the preset's count");
+    // cnn at C channels: conv 1->C and C->C (3x3, biases), dense 25C -> 100 -> 10.
+    let cnn = |c: usize| (9 * c + c) + (9 * c * c + c) + (25 * c * 100 + 100) + 1010;
+    assert_eq!(cnn(32), 90_678);
+    for c in [16, 64] {
+        let m = sized(
+            ModelKind::Cnn,
+            Size {
+                channels: Some(c),
+                ..none
+            },
+        );
+        assert_eq!(m.param_count(), cnn(c), "cnn channels {c}");
+        assert_eq!(m.forward_t(&batch(2), false).unwrap().dims(), &[2, 10]);
+    }
+    // lstm-dense without its head is lstm.
+    let headless = sized(
+        ModelKind::LstmDense,
+        Size {
+            dense: Some(0),
+            ..none
+        },
+    );
+    assert_eq!(headless.param_count(), 82_186);
+    // The presets' widths build the presets: the same parameters, drawn in the same order.
+    let preset = build(ModelKind::Resnet, 0, Init::Pytorch).unwrap();
+    let explicit = sized(
+        ModelKind::Resnet,
+        Size {
+            channels: Some(32),
+            ..none
+        },
+    );
+    assert_eq!(
+        outputs(&preset, &batch(2), false),
+        outputs(&explicit, &batch(2), false)
+    );
+}
+
+#[test]
+fn a_width_out_of_range_is_refused_naming_its_key() {
+    let err = |kind, size| {
+        ModelConfig {
+            size,
+            ..ModelConfig::new(kind)
+        }
+        .build(0, &Device::Cpu)
+        .err()
+        .expect("refused")
+        .to_string()
+    };
+    let hidden0 = Size {
+        hidden: Some(0),
+        ..Size::default()
+    };
+    assert_eq!(err(ModelKind::Lstm, hidden0), "hidden: must be at least 1");
+    let head = Size {
+        dense: Some(64),
+        ..Size::default()
+    };
+    assert_eq!(
+        err(ModelKind::Resnet, head),
+        "dense: resnet has no dense hidden layer"
+    );
 }
 
 #[test]

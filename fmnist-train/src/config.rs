@@ -125,7 +125,11 @@ impl TrainConfig {
         // (docs/recipes.md, "Initialization" and "Inputs").
         // cnn-3conv comes from cnn-wide's study and takes its choices.
         let (study_init, study_normalization) = match model {
-            ModelKind::Cnn | ModelKind::Lstm => (Init::Keras, Normalization::Unit),
+            ModelKind::Cnn
+            | ModelKind::Lstm
+            | ModelKind::LstmDense
+            | ModelKind::CnnBn
+            | ModelKind::CnnBnPool => (Init::Keras, Normalization::Unit),
             ModelKind::CnnWide | ModelKind::Cnn3Conv => (Init::Keras, Normalization::Standard),
             ModelKind::Mlp | ModelKind::MlpBn | ModelKind::CnnDeep | ModelKind::Resnet => {
                 (Init::Pytorch, Normalization::Unit)
@@ -167,6 +171,11 @@ impl TrainConfig {
                 // The ANN-vs-CNN study: batch 128, 18 epochs, reduce-on-plateau on validation
                 // accuracy. It names the schedule, not its settings: halve after two epochs
                 // without a better accuracy.
+                // The R study: Adam, batch 256, 10 epochs, 48,000/12,000.
+                ModelKind::LstmDense | ModelKind::CnnBn | ModelKind::CnnBnPool => TrainConfig {
+                    epochs: 10,
+                    ..study
+                },
                 ModelKind::MlpBn => TrainConfig {
                     epochs: 18,
                     batch_size: 128,
@@ -191,7 +200,7 @@ impl TrainConfig {
             ..shift_and_mirror
         };
         let (epochs, lr, augment) = match model {
-            ModelKind::Lstm => (
+            ModelKind::Lstm | ModelKind::LstmDense => (
                 30,
                 3e-3,
                 Augment {
@@ -211,7 +220,10 @@ impl TrainConfig {
             // The BatchNorm networks underfit with translation by 2; resnet's 26 epochs fit
             // 30 minutes on two cores.
             ModelKind::Resnet => (26, 3e-3, shift_by_1_and_mirror),
-            ModelKind::CnnDeep => (40, 3e-3, shift_by_1_and_mirror),
+            // The R study's BatchNorm CNNs take cnn-deep's recipe, not tuned for them.
+            ModelKind::CnnDeep | ModelKind::CnnBn | ModelKind::CnnBnPool => {
+                (40, 3e-3, shift_by_1_and_mirror)
+            }
             // cnn-3conv costs about three cnn-wide steps: 30 epochs fit 45 minutes on two cores.
             ModelKind::Cnn3Conv => (30, 3e-3, shift_and_mirror),
         };
@@ -284,6 +296,7 @@ impl TrainConfig {
 
     /// Checks values that would otherwise fail deep inside training.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.model.widths()?;
         anyhow::ensure!(self.epochs >= 1, "epochs must be at least 1");
         anyhow::ensure!(
             self.batch_size >= 2,
@@ -372,6 +385,21 @@ pub struct Overrides {
     /// --choose-on-val` needs.
     #[arg(long)]
     pub split_seed: Option<u64>,
+    /// Channels of the first convolution (later ones keep the model's ratios to it: cnn
+    /// C-C, cnn-wide C-2C, resnet C-2C-4C...).
+    #[arg(long, value_name = "C")]
+    pub channels: Option<usize>,
+    /// Units of the first dense hidden layer (later ones keep the model's ratios); for an
+    /// LSTM the dense head after the recurrence, 0 for none.
+    #[arg(long, value_name = "D")]
+    pub dense: Option<usize>,
+    /// Units of the LSTM's state (per direction).
+    #[arg(long, value_name = "H")]
+    pub hidden: Option<usize>,
+    /// A second LSTM reads the rows bottom to top; the two last states feed the head
+    /// (true/false).
+    #[arg(long, value_name = "BOOL")]
+    pub bidirectional: Option<bool>,
     /// Initial weights: PyTorch's default schemes or Keras' (Glorot, orthogonal recurrent weights).
     #[arg(long, value_enum)]
     pub init: Option<Init>,
@@ -436,6 +464,10 @@ impl Overrides {
             val_frac
         );
         let m = &mut c.model;
+        macro_rules! size {
+            ($($field:ident),*) => { $( if self.$field.is_some() { m.size.$field = self.$field; } )* };
+        }
+        size!(channels, dense, hidden, bidirectional);
         if let Some(v) = self.init {
             m.init = v;
         }
@@ -551,6 +583,53 @@ mod tests {
             Init::Pytorch,
             "the ANN-vs-CNN study used PyTorch"
         );
+        // The R study: Keras, inputs /255, 48,000/12,000, Adam, batch 256, 10 epochs.
+        for m in [ModelKind::CnnBn, ModelKind::CnnBnPool, ModelKind::LstmDense] {
+            let c = TrainConfig::preset(m, Preset::Study);
+            assert_eq!(
+                (c.epochs, c.batch_size, c.lr, c.optimizer, c.schedule),
+                (10, 256, 1e-3, OptimizerKind::Adam, ScheduleKind::None),
+                "{m}"
+            );
+            assert_eq!(
+                (c.model.init, c.model.normalization, c.val_frac),
+                (Init::Keras, Normalization::Unit, 0.2),
+                "{m}"
+            );
+        }
+    }
+
+    #[test]
+    fn widths_are_flags_recorded_only_where_they_change() {
+        let mut c = TrainConfig::preset(ModelKind::Lstm, Preset::Study);
+        let json = serde_json::to_value(&c).unwrap();
+        assert!(json.get("hidden").is_none(), "absent unless set: {json}");
+        Overrides {
+            hidden: Some(256),
+            bidirectional: Some(true),
+            ..Overrides::default()
+        }
+        .apply(&mut c);
+        assert_eq!(c.model.widths().unwrap().hidden, 256);
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            (json["hidden"].as_u64(), json["bidirectional"].as_bool()),
+            (Some(256), Some(true))
+        );
+        let back: TrainConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back, c);
+        let flags: Vec<String> = c
+            .differences(&TrainConfig::preset(ModelKind::Lstm, Preset::Study))
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(flags, ["bidirectional none → true", "hidden none → 256"]);
+        let mut bad = TrainConfig::preset(ModelKind::Cnn, Preset::Study);
+        bad.model.size.hidden = Some(64);
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "hidden: cnn has no LSTM"
+        );
     }
 
     #[test]
@@ -597,7 +676,7 @@ mod tests {
         for m in ModelKind::ALL {
             assert!(!tta(m, Preset::Study), "{m}: the studies score one view");
         }
-        for m in ModelKind::ALL.into_iter().filter(|&m| m != ModelKind::Lstm) {
+        for m in ModelKind::ALL.into_iter().filter(|m| !m.is_recurrent()) {
             assert!(tta(m, Preset::Best), "{m}");
         }
         assert!(

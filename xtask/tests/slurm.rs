@@ -104,6 +104,36 @@ fn dry_run_writes_a_requeueable_array_and_an_evaluation_that_waits_for_it() {
 }
 
 #[test]
+fn a_width_out_of_range_or_foreign_to_a_model_is_refused_before_any_run() {
+    let out = tempfile::tempdir().unwrap();
+    let refused = |models: &str, set: &str| {
+        let run = xtask()
+            .args(["sweep", "--models", models, "--set", set])
+            .args(["--profile", "dev", "--local", "1", "--out"])
+            .arg(out.path().join("sweep"))
+            .output()
+            .unwrap();
+        assert!(!run.status.success(), "{models} {set} was accepted");
+        String::from_utf8_lossy(&run.stderr).into_owned()
+    };
+    let err = refused("lstm", "hidden=0,64");
+    assert!(
+        err.contains("run lstm-hidden-0/seed-42: fmnist-train refuses its flags")
+            && err.contains("hidden: must be at least 1"),
+        "{err}"
+    );
+    let err = refused("lstm,cnn", "hidden=64");
+    assert!(err.contains("hidden: cnn has no LSTM"), "{err}");
+    let err = refused("resnet", "dense=64");
+    assert!(
+        err.contains("dense: resnet has no dense hidden layer"),
+        "{err}"
+    );
+    // Nothing was written, nothing trained.
+    assert!(!out.path().join("sweep").exists());
+}
+
+#[test]
 fn a_flag_fmnist_train_does_not_know_is_refused_and_a_plan_alone_writes_nothing() {
     let out = tempfile::tempdir().unwrap();
     let run = xtask()
