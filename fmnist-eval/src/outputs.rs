@@ -206,6 +206,8 @@ pub fn write_run_outputs(
                     &dir.join(files::CURVES.stem),
                     &format!("{} — {}", e.name, files::CURVES.caption),
                     &e.history,
+                    e.summary.as_ref().map(|s| s.best_epoch),
+                    e.config.train.label_smoothing,
                 )?;
             }
             write_score_plots(dir, &e.name, &e.scores, data)?;
@@ -383,12 +385,18 @@ pub fn write_score_plots(
         &s.calibration,
     )?;
     // Probability bars: the first test image of six classes, the same images for every run
-    // (so that two models can be set side by side), the hard tops among them.
-    let picks: Vec<usize> = [0, 2, 4, 6, 7, 9]
+    // (so that two models can be set side by side), the hard tops among them; then the run's
+    // own most confident mistake.
+    let mut picks: Vec<usize> = [0, 2, 4, 6, 7, 9]
         .into_iter()
         .filter(|&c| c < k)
         .filter_map(|c| s.test_labels.iter().position(|&l| l == c))
         .collect();
+    if let Some(&worst) = most_confident_mistakes(s, 1).first() {
+        if !picks.contains(&worst) {
+            picks.push(worst);
+        }
+    }
     let images: Vec<Vec<f32>> = picks.iter().map(|&i| test_image(data, i)).collect();
     let items: Vec<(Tile, Vec<f32>, usize)> = picks
         .iter()
@@ -411,7 +419,7 @@ pub fn write_score_plots(
         .collect();
     plots::probability_bars(
         &dir.join(files::PROBABILITIES.png()),
-        &title("class probabilities (green: true class, red: wrong prediction)"),
+        &title("class probabilities (green: true class, red: wrong prediction; last row: the most confident mistake)"),
         &items,
         names,
     )?;
@@ -541,7 +549,20 @@ fn write_filters(
     if let Some(w) = e.classifier.model().first_conv_weight() {
         let (c, _, kh, kw) = w.dims4()?;
         let values = w.flatten_all()?.to_vec1::<f32>()?;
-        let kernels: Vec<Vec<f32>> = values.chunks_exact(kh * kw).map(stretch).collect();
+        // One grey scale for every filter, symmetric about zero, so that filters compare by
+        // eye; it spans the 98th percentile of |w| (the few weights beyond it are clipped) so
+        // that one large weight does not grey out the rest.
+        let mut magnitudes: Vec<f32> = values.iter().map(|v| v.abs()).collect();
+        magnitudes.sort_by(f32::total_cmp);
+        let m = magnitudes[(magnitudes.len() - 1) * 98 / 100].max(1e-12);
+        let kernels: Vec<Vec<f32>> = values
+            .chunks_exact(kh * kw)
+            .map(|k| {
+                k.iter()
+                    .map(|v| (0.5 + v / (2.0 * m)).clamp(0.0, 1.0))
+                    .collect()
+            })
+            .collect();
         let tiles: Vec<Tile> = kernels
             .iter()
             .enumerate()
@@ -557,7 +578,7 @@ fn write_filters(
         plots::image_grid(
             &dir.join(files::FILTERS.png()),
             &format!(
-                "{} — the {c} first-layer filters ({kh}x{kw}, each stretched to its range)",
+                "{}: the {c} first-layer filters ({kh}x{kw}); black ≤ −{m:.2}, grey 0, white ≥ +{m:.2}",
                 e.name
             ),
             &tiles,

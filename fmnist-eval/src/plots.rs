@@ -20,13 +20,11 @@ pub(crate) const FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
 /// Registers the embedded font (once per process): plotters measures text with it, and the
-/// SVG files name it.
+/// SVG files name it. Only its regular face: no plot sets text in bold.
 pub(crate) fn register_font() {
     REGISTER.call_once(|| {
-        for style in [FontStyle::Normal, FontStyle::Bold] {
-            // The font is compiled in and known to parse.
-            let _ = plotters::style::register_font(FONT, style, FONT_BYTES);
-        }
+        // The font is compiled in and known to parse.
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES);
     });
 }
 
@@ -73,9 +71,19 @@ const TRAIN_COLOR: RGBColor = RGBColor(31, 119, 180);
 const VAL_COLOR: RGBColor = RGBColor(255, 127, 14);
 
 /// Loss and accuracy per epoch, train against validation.
-pub fn curves(stem: &Path, title: &str, history: &[EpochRecord]) -> anyhow::Result<()> {
-    png_and_svg!(stem, (1100, 420), |root: &Area<_>| draw_curves(
-        root, title, history
+/// Loss and accuracy per epoch, train against validation; a dashed line marks `best`, the
+/// epoch kept (best on validation). With label smoothing `smoothing` > 0 the train loss is the
+/// smoothed loss the run minimized and the validation loss plain cross-entropy, and the loss
+/// panel says so.
+pub fn curves(
+    stem: &Path,
+    title: &str,
+    history: &[EpochRecord],
+    best: Option<usize>,
+    smoothing: f64,
+) -> anyhow::Result<()> {
+    png_and_svg!(stem, (1100, 440), |root: &Area<_>| draw_curves(
+        root, title, history, best, smoothing
     ))
 }
 
@@ -83,6 +91,8 @@ fn draw_curves<DB: DrawingBackend>(
     root: &Area<DB>,
     title: &str,
     h: &[EpochRecord],
+    best: Option<usize>,
+    smoothing: f64,
 ) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
@@ -92,8 +102,13 @@ where
     let epochs = h.len().max(1) as f64;
     let x_range = 0.5..epochs + 0.5;
     type Pick = fn(&EpochRecord) -> (f64, f64);
+    let loss_label = if smoothing > 0.0 {
+        format!("loss (train with label smoothing {smoothing}: not comparable)")
+    } else {
+        "loss".to_string()
+    };
     let panels: [(&Area<DB>, &str, Pick); 2] = [
-        (&left, "loss", |r| (r.train_loss, r.val_loss)),
+        (&left, &loss_label, |r| (r.train_loss, r.val_loss)),
         (&right, "accuracy (%)", |r| {
             (100.0 * r.train_acc, 100.0 * r.val_acc)
         }),
@@ -150,6 +165,21 @@ where
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                 });
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+        }
+        if let Some(b) = best {
+            let dashes = (0..20).map(|k| {
+                let y0 = lo + (hi - lo) * k as f64 / 20.0;
+                PathElement::new(
+                    vec![(b as f64, y0), (b as f64, y0 + (hi - lo) / 40.0)],
+                    BLACK.mix(0.6).stroke_width(1),
+                )
+            });
+            chart
+                .draw_series(dashes)?
+                .label(format!("kept: epoch {b}"))
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 8, y)], BLACK.mix(0.6).stroke_width(1))
+                });
         }
         chart
             .configure_series_labels()
@@ -323,6 +353,9 @@ pub fn reliability(stem: &Path, title: &str, c: &Calibration) -> anyhow::Result<
     ))
 }
 
+/// The calibration gap: opaque, so that it looks the same over a bar as in the legend.
+const GAP_COLOR: RGBColor = RGBColor(240, 150, 150);
+
 fn draw_reliability<DB: DrawingBackend>(
     root: &Area<DB>,
     title: &str,
@@ -366,11 +399,25 @@ where
                     (b.lower, b.accuracy.min(b.mean_confidence)),
                     (b.upper, b.accuracy.max(b.mean_confidence)),
                 ],
-                RED.mix(0.3).filled(),
+                GAP_COLOR.filled(),
             )
         }))?
         .label("gap to mean confidence")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], RED.mix(0.3).filled()));
+        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], GAP_COLOR.filled()));
+    // How many test images each bin holds, upright at its foot.
+    let upright = TextStyle::from((FONT, 11).into_font().transform(FontTransform::Rotate270)).pos(
+        plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Left,
+            plotters::style::text_anchor::VPos::Center,
+        ),
+    );
+    chart.draw_series(c.bins.iter().filter(|b| b.count > 0).map(|b| {
+        Text::new(
+            format!("n = {}", crate::table::thousands(b.count as f64)),
+            ((b.lower + b.upper) / 2.0, 0.02),
+            upright.clone(),
+        )
+    }))?;
     chart
         .draw_series(LineSeries::new(
             vec![(0.0, 0.0), (1.0, 1.0)],
@@ -511,7 +558,7 @@ pub fn image_grid(
         rows as u32 * (tile_px + caption_h + 8) + 40 + scale_h,
     );
     png_only(path, size, |root| {
-        let root = root.titled(title, (FONT, 20))?;
+        let root = root.titled(title, (FONT, title_size(title, size.0)))?;
         let (_, height) = root.dim_in_pixel();
         let (root, scale) = root.split_vertically(height - scale_h);
         if scale_h > 0 {
@@ -526,6 +573,13 @@ pub fn image_grid(
     })
 }
 
+/// The font size that fits `title` in `width` pixels: 20 where it fits, smaller (down to 11)
+/// where it would be cut (DejaVu Sans averages about 0.56 em a character).
+fn title_size(title: &str, width: u32) -> u32 {
+    let fits = f64::from(width) / (0.56 * title.chars().count().max(1) as f64);
+    fits.floor().clamp(11.0, 20.0) as u32
+}
+
 /// For each image, the image and a bar chart of its ten class probabilities (true class green,
 /// a wrong prediction red).
 pub fn probability_bars(
@@ -536,7 +590,7 @@ pub fn probability_bars(
 ) -> anyhow::Result<()> {
     let rows = items.len().max(1);
     png_only(path, (900, 190 * rows as u32 + 40), |root| {
-        let root = root.titled(title, (FONT, 20))?;
+        let root = root.titled(title, (FONT, title_size(title, 900)))?;
         for (area, (tile, probs, truth)) in root.split_evenly((rows, 1)).iter().zip(items) {
             let (img, bars) = area.split_horizontally(200);
             draw_tile(&img.margin(5, 5, 5, 5), tile, 18)?;
@@ -544,7 +598,7 @@ pub fn probability_bars(
             let k = classes.len();
             let mut chart = ChartBuilder::on(&bars)
                 .margin(8)
-                .x_label_area_size(22)
+                .x_label_area_size(34)
                 .y_label_area_size(100)
                 .build_cartesian_2d(0.0..1.0f64, (0..k - 1).into_segmented())?;
             chart
@@ -552,6 +606,8 @@ pub fn probability_bars(
                 .disable_y_mesh()
                 .light_line_style(WHITE.mix(0.0))
                 .y_labels(k)
+                .x_desc("probability")
+                .axis_desc_style((FONT, 12))
                 .label_style((FONT, 12))
                 .y_label_formatter(&|v| class_label(classes, v, true))
                 .draw()?;

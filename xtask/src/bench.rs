@@ -294,20 +294,9 @@ impl Bench {
             &results.join(self.file("bench", "json")),
             serde_json::to_string_pretty(&report)?.as_bytes(),
         )?;
-        // The serving section (`cargo xtask bench-serve`) stays as it was.
+        // The serving benchmark (`cargo xtask bench-serve`) has a file of its own.
         let bench_md = results.join(self.file("BENCH", "md"));
-        let serving = std::fs::read_to_string(&bench_md)
-            .ok()
-            .and_then(|old| {
-                old.find(crate::bench_serve::SECTION)
-                    .map(|i| old[i..].to_string())
-            })
-            .unwrap_or_default();
-        let text = if serving.is_empty() {
-            table.clone()
-        } else {
-            format!("{}\n\n{serving}", table.trim_end())
-        };
+        let text = table.clone();
         write_atomic(&bench_md, text.as_bytes())?;
         Ok(table)
     }

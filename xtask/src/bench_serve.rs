@@ -1,7 +1,7 @@
 //! `cargo xtask bench-serve`: a bounded load test of `fmnist-eval serve`. It starts the server
 //! on 127.0.0.1, sends the example images from several clients at once, checks every answer
 //! against `fmnist-eval predict` on the same files, and writes requests/s and latency
-//! percentiles into the serving section of `results/BENCH.md`.
+//! percentiles into `results/BENCH-serve.md`.
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -12,13 +12,15 @@ use serde_json::Value;
 
 use crate::{project_root, write_atomic, Build};
 
-/// The heading of the serving section of BENCH.md (kept when `bench` rewrites the rest).
-pub const SECTION: &str = "## Serving";
+/// The file the load test owns, in the results folder: `cargo xtask bench` writes BENCH.md and
+/// never this one.
+pub const REPORT_FILE: &str = "BENCH-serve.md";
 
 /// The images sent, from docs/examples.
 const EXAMPLES: [&str; 3] = ["ankle-boot.png", "bag.png", "shirt.png"];
 
-/// Load test of `fmnist-eval serve`: concurrent clients, requests/s and latency into BENCH.md.
+/// Load test of `fmnist-eval serve`: concurrent clients, requests/s and latency into
+/// BENCH-serve.md.
 #[derive(clap::Args, Debug)]
 pub struct BenchServe {
     /// Run whose model the server loads.
@@ -30,7 +32,7 @@ pub struct BenchServe {
     /// Requests in all (POST /classify with one of the example images each).
     #[arg(long, default_value_t = 4000)]
     requests: usize,
-    /// Folder of BENCH.md.
+    /// Folder of BENCH-serve.md.
     #[arg(long, default_value = "results")]
     results: PathBuf,
     #[command(flatten)]
@@ -102,8 +104,8 @@ impl BenchServe {
 
         latencies.sort_by(f64::total_cmp);
         let pct = |p: f64| 1000.0 * latencies[((latencies.len() - 1) as f64 * p).round() as usize];
-        let section = format!(
-            "{SECTION}\n\n\
+        let report = format!(
+            "# Serving benchmark\n\n\
              - Machine: {}\n\
              - Command: `cargo xtask bench-serve --run {} --clients {} --requests {}`\n\
              - `fmnist-eval serve` (release build) on 127.0.0.1; each client keeps one connection \
@@ -125,21 +127,11 @@ impl BenchServe {
             pct(0.9),
             pct(0.99),
         );
-        println!("\n{section}");
+        println!("\n{report}");
         let results = root.join(&self.results);
         std::fs::create_dir_all(&results)?;
-        let bench_md = results.join("BENCH.md");
-        let old = std::fs::read_to_string(&bench_md).unwrap_or_default();
-        let kept = old
-            .find(SECTION)
-            .map_or(old.as_str(), |i| &old[..i])
-            .trim_end();
-        let text = if kept.is_empty() {
-            format!("# Benchmarks\n\n{section}")
-        } else {
-            format!("{kept}\n\n{section}")
-        };
-        write_atomic(&bench_md, text.as_bytes())?;
+        let bench_md = results.join(REPORT_FILE);
+        write_atomic(&bench_md, report.as_bytes())?;
         println!("xtask: wrote {}", bench_md.display());
         ensure!(
             failures == 0,
