@@ -759,11 +759,41 @@ pub struct Line {
     pub points: Vec<(f64, f64)>,
 }
 
-/// Several models' validation accuracy per epoch on one chart.
+/// The most lines one chart holds; more become small multiples.
+const MAX_OVERLAID: usize = 8;
+
+/// Several models' validation accuracy per epoch: up to [`MAX_OVERLAID`] lines on one chart
+/// with the legend beside it, more as small multiples (one panel per line, the others grey
+/// behind it). The accuracy axis starts where the last 60% of each line lies, and the title
+/// says when earlier epochs fall below it.
 pub fn overlaid_curves(stem: &Path, title: &str, lines: &[Line]) -> anyhow::Result<()> {
-    png_and_svg!(stem, (1000, 560), |root: &Area<_>| draw_overlaid(
+    let size = if lines.len() > MAX_OVERLAID {
+        let rows = lines.len().div_ceil(4) as u32;
+        (1200, 70 + 230 * rows)
+    } else {
+        (1100, 560)
+    };
+    png_and_svg!(stem, size, |root: &Area<_>| draw_overlaid(
         root, title, lines
     ))
+}
+
+/// The accuracy range of the overlay and how many points fall below it.
+fn overlay_range(lines: &[Line]) -> (f64, f64, usize) {
+    let all = lines.iter().flat_map(|l| l.points.iter());
+    // The last 60% of each line decides the range, so the first epochs do not flatten the rest.
+    let tail: Vec<f64> = lines
+        .iter()
+        .flat_map(|l| l.points.iter().skip(l.points.len() * 2 / 5).map(|p| p.1))
+        .collect();
+    let lo = tail.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = all.clone().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = if lo.is_finite() && hi > lo {
+        ((lo - 1.0).floor(), (hi + 0.5).ceil())
+    } else {
+        (0.0, 100.0)
+    };
+    (lo, hi, all.filter(|p| p.1 < lo).count())
 }
 
 fn draw_overlaid<DB: DrawingBackend>(
@@ -774,22 +804,50 @@ fn draw_overlaid<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let root = root.titled(title, (FONT, 20))?;
-    let all = lines.iter().flat_map(|l| l.points.iter());
-    let epochs = all.clone().map(|p| p.0).fold(1.0f64, f64::max);
-    // The last 60% of each line decides the range, so the first epochs do not flatten the rest.
-    let tail: Vec<f64> = lines
-        .iter()
-        .flat_map(|l| l.points.iter().skip(l.points.len() * 2 / 5).map(|p| p.1))
-        .collect();
-    let lo = tail.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = all.map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-    let (lo, hi) = if lo.is_finite() && hi > lo {
-        ((lo - 1.0).floor(), (hi + 0.5).ceil())
+    let (lo, hi, below) = overlay_range(lines);
+    let title = if below > 0 {
+        format!("{title}; {below} early points below {lo:.0}% not shown")
     } else {
-        (0.0, 100.0)
+        title.to_string()
     };
-    let mut chart = ChartBuilder::on(&root)
+    let root = root.titled(&title, (FONT, 18))?;
+    let epochs = (lines.iter().flat_map(|l| l.points.iter()))
+        .map(|p| p.0)
+        .fold(1.0f64, f64::max);
+    if lines.len() > MAX_OVERLAID {
+        let rows = lines.len().div_ceil(4);
+        for (panel, area) in root.split_evenly((rows, 4)).iter().enumerate() {
+            let Some(line) = lines.get(panel) else {
+                break;
+            };
+            let area = area.titled(&line.label, (FONT, 14))?;
+            let mut chart = ChartBuilder::on(&area)
+                .margin(6)
+                .x_label_area_size(24)
+                .y_label_area_size(34)
+                .build_cartesian_2d(0.5..epochs + 0.5, lo..hi)?;
+            chart
+                .configure_mesh()
+                .label_style((FONT, 11))
+                .light_line_style(WHITE.mix(0.0))
+                .x_labels(6)
+                .y_labels(whole_ticks(lo, hi).min(6))
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| format!("{y:.0}"))
+                .draw()?;
+            for other in lines {
+                let points: Vec<(f64, f64)> =
+                    other.points.iter().copied().filter(|p| p.1 >= lo).collect();
+                chart.draw_series(LineSeries::new(points, BLACK.mix(0.12).stroke_width(1)))?;
+            }
+            let points: Vec<(f64, f64)> =
+                line.points.iter().copied().filter(|p| p.1 >= lo).collect();
+            chart.draw_series(LineSeries::new(points, PALETTE[0].stroke_width(2)))?;
+        }
+        return Ok(());
+    }
+    let (plot, legend) = root.split_horizontally(root.dim_in_pixel().0 - 230);
+    let mut chart = ChartBuilder::on(&plot)
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -808,20 +866,19 @@ where
     for (i, line) in lines.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         let points: Vec<(f64, f64)> = line.points.iter().copied().filter(|p| p.1 >= lo).collect();
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
-            .label(line.label.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        chart.draw_series(LineSeries::new(points, color.stroke_width(2)))?;
+        // The legend, outside the data: a swatch and the label per line.
+        let y = 30 + 24 * i as i32;
+        legend.draw(&PathElement::new(
+            vec![(8, y), (34, y)],
+            color.stroke_width(3),
+        ))?;
+        legend.draw(&Text::new(
+            line.label.clone(),
+            (42, y - 8),
+            (FONT, 14).into_font(),
+        ))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font((FONT, 14))
-        .draw()?;
     Ok(())
 }
 
