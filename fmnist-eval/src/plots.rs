@@ -519,17 +519,19 @@ where
         } else {
             BLACK
         };
-        let style = TextStyle::from((FONT, 12).into_font()).color(&color).pos(
-            plotters::style::text_anchor::Pos::new(
-                plotters::style::text_anchor::HPos::Center,
-                plotters::style::text_anchor::VPos::Top,
-            ),
-        );
         for (i, line) in tile.caption.lines().enumerate() {
+            // 12 px where the line fits the tile, smaller where it would run into the next.
+            let size = title_size(line, w).min(12);
+            let style = TextStyle::from((FONT, size).into_font()).color(&color).pos(
+                plotters::style::text_anchor::Pos::new(
+                    plotters::style::text_anchor::HPos::Center,
+                    plotters::style::text_anchor::VPos::Top,
+                ),
+            );
             area.draw(&Text::new(
                 line.to_string(),
                 ((w / 2) as i32, side as i32 + 2 + 14 * i as i32),
-                style.clone(),
+                style,
             ))?;
         }
     }
@@ -573,11 +575,11 @@ pub fn image_grid(
     })
 }
 
-/// The font size that fits `title` in `width` pixels: 20 where it fits, smaller (down to 11)
-/// where it would be cut (DejaVu Sans averages about 0.56 em a character).
-fn title_size(title: &str, width: u32) -> u32 {
-    let fits = f64::from(width) / (0.56 * title.chars().count().max(1) as f64);
-    fits.floor().clamp(11.0, 20.0) as u32
+/// The font size that fits `text` in `width` pixels: 20 where it fits, smaller (down to 10)
+/// where it would be cut (DejaVu Sans averages about 0.52 em a character).
+fn title_size(text: &str, width: u32) -> u32 {
+    let fits = f64::from(width) / (0.52 * text.chars().count().max(1) as f64);
+    fits.floor().clamp(10.0, 20.0) as u32
 }
 
 /// For each image, the image and a bar chart of its ten class probabilities (true class green,

@@ -484,9 +484,11 @@ impl Provenance {
     }
 }
 
-fn image(md: &mut String, alt: &str, path: &str, root: &Path) {
-    if root.join(path).exists() {
-        md.push_str(&format!("![{alt}]({path})\n"));
+/// The figure `plot` (where its file exists under `root`) with its one-line note under it.
+fn image(md: &mut String, plot: files::Plot, root: &Path) {
+    let path = plot.png();
+    if root.join(&path).exists() {
+        md.push_str(&format!("![{}]({path})\n*{}*\n\n", plot.caption, plot.note));
     }
 }
 
@@ -515,14 +517,9 @@ pub fn markdown(
     md.push_str("Each row is a model and recipe; the seeds link to each run's page (per-class scores, confusion matrix, calibration, curves, mistakes, Grad-CAM, filters). \"train − test\" is train accuracy minus test accuracy in points: positive means the model does better on the images it trained on. Training times are those of the runs themselves, on the machines their `config.json` names; speed is measured by `cargo xtask bench` (BENCH.md), not by this evaluation.\n\n");
     md.push_str(&results_table(groups, true).markdown());
     md.push('\n');
-    image(
-        &mut md,
-        ACCURACY_VS_PARAMETERS.caption,
-        &ACCURACY_VS_PARAMETERS.png(),
-        root,
-    );
-    image(&mut md, COMPARISON.caption, &COMPARISON.png(), root);
-    image(&mut md, FAMILIES.caption, &FAMILIES.png(), root);
+    image(&mut md, ACCURACY_VS_PARAMETERS, root);
+    image(&mut md, COMPARISON, root);
+    image(&mut md, FAMILIES, root);
     md.push_str("\n## What the studies claimed, checked\n\n");
     md.push_str("Each claim of the five studies that these runs can test, the study's own figure beside ours (computed from the runs in this folder, mean ± std over seeds). A figure is *within noise* when ours differs from it by less than twice our standard error; a claimed lead *holds* when ours lies in the claimed range, is *within noise* when twice its standard error reaches the range. Claims marked *expected* are the studies' forecasts, not their measurements. The studies are cited in the README.\n\n");
     md.push_str(&claims::claims_table(&claims::claims(groups, ensembles)).markdown());
@@ -532,7 +529,7 @@ pub fn markdown(
     }
     md.push_str("\n## Validation accuracy per epoch\n\n");
     for p in [VALIDATION_STUDY, VALIDATION_BEST] {
-        image(&mut md, p.caption, &p.png(), root);
+        image(&mut md, p, root);
     }
     if let Some(t) = class_accuracy_over_seeds(groups) {
         md.push_str("\n## Per-class test accuracy over seeds (%, mean ± std)\n\n");
@@ -541,10 +538,10 @@ pub fn markdown(
     if root.join(CNN_VS_LSTM.png()).exists() {
         md.push_str("\n## The CNN and the LSTM on the same test images\n\n");
         md.push_str("The first seed of each model's study runs on the same test images: the first row where both are wrong (the most confident such mistakes), the second where only the LSTM is, the third where only the CNN is; each image with its true class, then each model's answer and confidence. The probability bars of every run (`probabilities.png` on its page) show the same six test images too.\n\n");
-        image(&mut md, CNN_VS_LSTM.caption, &CNN_VS_LSTM.png(), root);
+        image(&mut md, CNN_VS_LSTM, root);
     }
     md.push_str("\n## Test images\n\n");
-    image(&mut md, SAMPLES.caption, &SAMPLES.png(), root);
+    image(&mut md, SAMPLES, root);
     md.push_str(&format!(
         "\n---\nMade by `{}` at commit `{}` on {}.\n",
         prov.command, prov.commit, prov.machine
@@ -557,6 +554,14 @@ pub fn markdown(
 pub fn run_markdown(e: &Evaluation, root: &Path) -> String {
     let c = &e.config.train;
     let mut md = format!("# {}\n\n", e.name);
+    md.push_str(&format!(
+        "**{} test accuracy** (loss {:.4}), macro F1 {}, ECE {:.2}%. Most confused: {}.\n\n",
+        pct(e.scores.gap.test.accuracy),
+        e.scores.gap.test.loss,
+        pct(e.scores.confusion.macro_average().f1),
+        100.0 * e.scores.calibration.ece,
+        confused_pairs(&e.scores, 3).join("; ")
+    ));
     md.push_str(&format!(
         "Model `{}` ({} parameters, {} init), preset `{}`, seed {}{}: {} epochs (best on validation: {}), {} lr {:.0e}, batch {}, schedule {}, weight decay {}, label smoothing {}, augmentation: {}{}{}.\n\n",
         c.model.kind,
@@ -581,15 +586,7 @@ pub fn run_markdown(e: &Evaluation, root: &Path) -> String {
         },
         c.subset.map_or(String::new(), |n| format!(", on a subset of {n} images")),
     ));
-    md.push_str(&format!(
-        "Test accuracy **{}** (loss {:.4}), macro F1 {}, ECE {:.2}%. Most confused: {}.\n\n",
-        pct(e.scores.gap.test.accuracy),
-        e.scores.gap.test.loss,
-        pct(e.scores.confusion.macro_average().f1),
-        100.0 * e.scores.calibration.ece,
-        confused_pairs(&e.scores, 3).join("; ")
-    ));
-    image(&mut md, CURVES.caption, &CURVES.png(), root);
+    image(&mut md, CURVES, root);
     md.push('\n');
     md.push_str(&gap_table(&e.scores).markdown());
     md.push('\n');
@@ -598,7 +595,7 @@ pub fn run_markdown(e: &Evaluation, root: &Path) -> String {
     md.push_str(&groups_table(&e.scores).markdown());
     md.push('\n');
     for p in RUN_PLOTS_AFTER_TABLES {
-        image(&mut md, p.caption, &p.png(), root);
+        image(&mut md, p, root);
     }
     md
 }
