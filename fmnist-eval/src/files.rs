@@ -106,6 +106,12 @@ pub const SAMPLES: Plot = Plot {
     caption: "test images per class",
     note: "Eight test images of each class, the data every model reads.",
 };
+/// One figure of each kind on one sheet, for a first look.
+pub const CONTACT_SHEET: Plot = Plot {
+    stem: "figures",
+    caption: "one figure of each kind",
+    note: "One figure of each kind the evaluation draws, from the first seed of the study's CNN and from the results folder; each is in full on its page.",
+};
 pub const SUMMARY_CSV: &str = "summary.csv";
 /// The report of all runs in the results folder, and each run's own page in its folder.
 pub const REPORT: &str = "REPORT.md";

@@ -727,6 +727,55 @@ pub fn write_cross_run_plots(
     if let (Some(cnn), Some(lstm)) = (first("cnn"), first("lstm")) {
         write_side_by_side(&root.join(files::CNN_VS_LSTM.png()), cnn, lstm, data)?;
     }
+    if let Some(cnn) = first("cnn") {
+        write_contact_sheet(root, &cnn.dir)?;
+    }
+    Ok(())
+}
+
+/// `figures.png` in the results folder: each per-run figure of `run` (a CNN's, which has them
+/// all) and each figure across runs, scaled into cells of one sheet, four a row.
+fn write_contact_sheet(root: &Path, run: &Path) -> anyhow::Result<()> {
+    const CELL: (u32, u32) = (480, 330);
+    const PAD: u32 = 10;
+    let paths: Vec<PathBuf> = (std::iter::once(files::CURVES).chain(files::RUN_PLOTS_AFTER_TABLES))
+        .map(|p| run.join(p.png()))
+        .chain(
+            [
+                files::COMPARISON,
+                files::ACCURACY_VS_PARAMETERS,
+                files::FAMILIES,
+                files::VALIDATION_STUDY,
+                files::CNN_VS_LSTM,
+                files::SAMPLES,
+            ]
+            .iter()
+            .map(|p| root.join(p.png())),
+        )
+        .filter(|p| p.exists())
+        .collect();
+    let columns = 4u32;
+    let rows = (paths.len() as u32).div_ceil(columns);
+    let mut sheet = image::RgbaImage::from_pixel(
+        columns * (CELL.0 + PAD) + PAD,
+        rows * (CELL.1 + PAD) + PAD,
+        image::Rgba([255, 255, 255, 255]),
+    );
+    for (i, path) in paths.iter().enumerate() {
+        let figure = image::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let thumb = figure.resize(CELL.0, CELL.1, image::imageops::FilterType::Triangle);
+        let (col, row) = (i as u32 % columns, i as u32 / columns);
+        // Centred in its cell.
+        let x = PAD + col * (CELL.0 + PAD) + (CELL.0 - thumb.width()) / 2;
+        let y = PAD + row * (CELL.1 + PAD) + (CELL.1 - thumb.height()) / 2;
+        image::imageops::overlay(&mut sheet, &thumb.to_rgba8(), i64::from(x), i64::from(y));
+    }
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgba8(sheet).write_to(
+        &mut std::io::Cursor::new(&mut png),
+        image::ImageOutputFormat::Png,
+    )?;
+    write_atomic(&root.join(files::CONTACT_SHEET.png()), &png)?;
     Ok(())
 }
 
