@@ -296,6 +296,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let command = std::env::var("FMNIST_REPORT_COMMAND")
         .unwrap_or_else(|_| "cargo run -p fmnist-eval".into());
     let ensembles = ensemble::find_ensembles(root)?;
+    for r in &ensembles {
+        let dir = root.join(&r.name);
+        write_atomic(
+            &dir.join(files::REPORT),
+            report::ensemble_markdown(r, &dir).as_bytes(),
+        )?;
+    }
     let md = report::markdown(
         &evals,
         &groups,

@@ -222,6 +222,32 @@ fn member_text(m: &crate::ensemble::MemberRecord) -> String {
     }
 }
 
+/// An ensemble's own page (`NAME/REPORT.md`): its scores, its members with their weights and
+/// scores alone, and the figures in its folder `dir`.
+pub fn ensemble_markdown(r: &EnsembleRecord, dir: &Path) -> String {
+    let mut md = format!("# {}\n\n", r.name);
+    md.push_str(&format!(
+        "**{} test accuracy** (loss {:.4}), macro F1 {}, ECE {:.2}%, validation accuracy {}: the mean of {} runs' class probabilities, {}.\n\n",
+        pct(r.test_acc),
+        r.test_loss,
+        pct(r.macro_f1),
+        100.0 * r.ece,
+        pct(r.val_acc),
+        r.members.len(),
+        if r.chosen_by == "validation" {
+            "members and weights chosen on validation accuracy alone (ensemble selection with replacement: a run's weight is how many times it was picked)"
+        } else {
+            "as given, one share each"
+        }
+    ));
+    md.push_str(&ensemble_members_table(r).markdown());
+    md.push('\n');
+    for p in RUN_PLOTS_AFTER_TABLES {
+        image(&mut md, p, dir);
+    }
+    md
+}
+
 /// The ensembles' rows of the report: members, validation and test accuracy.
 pub fn ensembles_markdown(ensembles: &[EnsembleRecord]) -> String {
     let mut t = Table::new([
@@ -237,7 +263,7 @@ pub fn ensembles_markdown(ensembles: &[EnsembleRecord]) -> String {
     for r in ensembles {
         let members: Vec<String> = r.members.iter().map(member_text).collect();
         t.push([
-            format!("[{0}]({0}/)", r.name),
+            format!("[{0}]({0}/REPORT.md)", r.name),
             members.join(", "),
             r.chosen_by.clone(),
             pct(r.val_acc),
