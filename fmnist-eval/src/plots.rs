@@ -1297,6 +1297,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_front_keeps_each_point_that_no_cheaper_one_matches() {
+        let point = |label: &str, params: f64, accuracy: f64| FamilyPoint {
+            label: label.into(),
+            family: 0,
+            params,
+            seconds: 1.0,
+            accuracy,
+            std: 0.0,
+        };
+        let points = [
+            point("big and worse", 300.0, 86.0),
+            point("small", 25.0, 85.3),
+            point("mid", 82.0, 86.3),
+            point("bigger", 295.0, 86.8),
+        ];
+        let refs: Vec<&FamilyPoint> = points.iter().collect();
+        let labels: Vec<&str> = front(&refs, |p| p.params)
+            .iter()
+            .map(|p| p.label.as_str())
+            .collect();
+        assert_eq!(labels, ["small", "mid", "bigger"]);
+    }
+
+    #[test]
     fn log_ticks_are_one_two_five_per_decade_inside_the_range() {
         assert_eq!(log_ticks(15_000.0, 1.2e6), [2e4, 5e4, 1e5, 2e5, 5e5, 1e6]);
         assert_eq!(log_ticks(11.0, 90.0), [20.0, 50.0]);
