@@ -81,6 +81,17 @@ impl std::fmt::Display for ConfigChange {
     }
 }
 
+/// A knob's value as a person writes it: an `f32` knob (`zoom`) as the `f32` it is (`0.1`, not
+/// the `0.10000000149011612` of its widening), a whole number without its `.0` (`15`).
+fn shortest(v: f64) -> String {
+    let narrow = v as f32;
+    if f64::from(narrow) == v {
+        format!("{narrow}")
+    } else {
+        format!("{v}")
+    }
+}
+
 /// The resolved configuration of one training run (the `train` section of its `config.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -269,6 +280,10 @@ impl TrainConfig {
                 }
                 serde_json::Value::String(s) => out.push((prefix.replace('_', "-"), s.clone())),
                 serde_json::Value::Null => out.push((prefix.replace('_', "-"), "none".into())),
+                serde_json::Value::Number(n) if n.is_f64() => out.push((
+                    prefix.replace('_', "-"),
+                    shortest(n.as_f64().unwrap_or(f64::NAN)),
+                )),
                 other => out.push((prefix.replace('_', "-"), other.to_string())),
             }
         }
@@ -597,6 +612,21 @@ mod tests {
                 "{m}"
             );
         }
+    }
+
+    #[test]
+    fn settings_read_as_they_are_written() {
+        let base = TrainConfig::preset(ModelKind::Cnn, Preset::Study);
+        let mut c = base.clone();
+        Overrides {
+            rotate: Some(15.0),
+            zoom: Some(0.1),
+            lr: Some(0.002),
+            ..Overrides::default()
+        }
+        .apply(&mut c);
+        let flags: Vec<String> = c.differences(&base).iter().map(|d| d.to_string()).collect();
+        assert_eq!(flags, ["lr 0.001 → 0.002", "rotate 0 → 15", "zoom 0 → 0.1"]);
     }
 
     #[test]
