@@ -676,11 +676,11 @@ pub fn write_cross_run_plots(
     data: &FashionMnist,
 ) -> anyhow::Result<()> {
     let presets = [Preset::Study, Preset::Best];
-    // One point per model and preset as it is; sizes are on the family chart, recipe
-    // variants in the report's table.
+    // One point per model and preset, the recipe `find` takes for it (the preset as it is
+    // where it was run); sizes are on the family chart, other variants in the report's table.
     let points: Vec<plots::ModelPoint> = groups
         .iter()
-        .filter(|g| g.settings_text().is_empty())
+        .filter(|g| findings::find(groups, &g.model, g.preset).is_some_and(|f| std::ptr::eq(f, *g)))
         .filter_map(|g| {
             let series = presets.iter().position(|&p| p == g.preset)?;
             Some(plots::ModelPoint {
