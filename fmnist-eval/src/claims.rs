@@ -138,14 +138,6 @@ fn params(g: &RecipeRuns) -> usize {
     g.runs[0].config.param_count
 }
 
-/// The mean training time of a recipe's runs in seconds (runs without a summary left out).
-fn train_seconds(g: &RecipeRuns) -> Option<f64> {
-    let t: Vec<f64> = (g.runs.iter())
-        .filter_map(|e| e.summary.as_ref().map(|s| s.train_seconds))
-        .collect();
-    (!t.is_empty()).then(|| t.iter().sum::<f64>() / t.len() as f64)
-}
-
 /// The class each run of `g` reads worst, by name, with its accuracy over the seeds.
 fn hardest_class(g: &RecipeRuns) -> (String, Spread) {
     let names = &g.runs[0].scores.class_names;
@@ -285,7 +277,7 @@ pub fn claims(groups: &[RecipeRuns], ensembles: &[EnsembleRecord]) -> Vec<Claim>
             ours: format!("{} vs {}", c.test_accuracy().pct(), l.test_accuracy().pct()),
             verdict: beats(c.test_accuracy(), l.test_accuracy(), pooled),
         });
-        if let (Some(tc), Some(tl)) = (train_seconds(c), train_seconds(l)) {
+        if let (Some(tc), Some(tl)) = (c.mean_train_seconds(), l.mean_train_seconds()) {
             out.push(Claim {
                 study: KERAS,
                 claim: "the CNN trains faster than the LSTM",

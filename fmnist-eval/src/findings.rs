@@ -62,6 +62,15 @@ impl<'a> RecipeRuns<'a> {
         self.spread(|e| e.scores.gap.test.accuracy)
     }
 
+    /// The mean training time in seconds of the runs that recorded one (a run stopped before
+    /// its end has no summary); `None` where none did.
+    pub fn mean_train_seconds(&self) -> Option<f64> {
+        let times: Vec<f64> = (self.runs.iter())
+            .filter_map(|e| e.summary.as_ref().map(|s| s.train_seconds))
+            .collect();
+        (!times.is_empty()).then(|| times.iter().sum::<f64>() / times.len() as f64)
+    }
+
     pub fn seeds(&self) -> Vec<u64> {
         self.runs.iter().map(|e| e.config.train.seed).collect()
     }

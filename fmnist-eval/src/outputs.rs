@@ -805,14 +805,11 @@ fn write_family_chart(root: &Path, groups: &[RecipeRuns]) -> anyhow::Result<()> 
                 .all(|c| SIZE_SETTINGS.contains(&c.flag.as_str()))
         })
         .filter_map(|g| {
-            let times: Vec<f64> = (g.runs.iter())
-                .filter_map(|e| e.summary.as_ref().map(|s| s.train_seconds))
-                .collect();
-            (!times.is_empty()).then(|| plots::FamilyPoint {
+            Some(plots::FamilyPoint {
                 label: g.label(),
                 family: family(g.runs[0].config.train.model.kind),
                 params: g.runs[0].config.param_count as f64,
-                seconds: times.iter().sum::<f64>() / times.len() as f64,
+                seconds: g.mean_train_seconds()?,
                 accuracy: 100.0 * g.test_accuracy().mean,
                 std: 100.0 * g.test_accuracy().std,
             })

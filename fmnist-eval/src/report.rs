@@ -343,17 +343,10 @@ pub fn results_table(groups: &[RecipeRuns], links: bool) -> Table {
     t
 }
 
-/// The mean training time of a recipe's runs that recorded one (a run stopped before its
-/// end has no summary), or "-" where none did.
+/// The mean training time of a recipe's runs that recorded one, or "-" where none did.
 fn mean_training_time(g: &RecipeRuns) -> String {
-    let times: Vec<f64> = (g.runs.iter())
-        .filter_map(|e| e.summary.as_ref().map(|s| s.train_seconds))
-        .collect();
-    if times.is_empty() {
-        "-".to_string()
-    } else {
-        thousands(times.iter().sum::<f64>() / times.len() as f64)
-    }
+    g.mean_train_seconds()
+        .map_or_else(|| "-".to_string(), thousands)
 }
 
 /// Per-class test accuracy, mean ± std over the seeds of each recipe that has several.
