@@ -283,7 +283,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let groups = findings::recipe_groups(&evals);
-    let rows: Vec<SummaryRow> = evals.iter().map(SummaryRow::new).collect();
+    let ensembles = ensemble::find_ensembles(root)?;
+    let ensemble_rows: Vec<SummaryRow> = ensembles
+        .iter()
+        .filter_map(|r| SummaryRow::ensemble(r, &evals))
+        .collect();
+    let mut rows: Vec<SummaryRow> = evals.iter().map(SummaryRow::new).collect();
+    rows.extend(ensemble_rows.iter().cloned());
     write_atomic(&root.join(files::SUMMARY_CSV), &report::summary_csv(&rows)?)?;
     if plots_on {
         plots::comparison(
@@ -295,7 +301,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let command = std::env::var("FMNIST_REPORT_COMMAND")
         .unwrap_or_else(|_| "cargo run -p fmnist-eval".into());
-    let ensembles = ensemble::find_ensembles(root)?;
     for r in &ensembles {
         let dir = root.join(&r.name);
         write_atomic(
@@ -307,6 +312,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         &evals,
         &groups,
         &ensembles,
+        &ensemble_rows,
         root,
         &Provenance::detect(command),
     );

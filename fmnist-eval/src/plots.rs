@@ -98,6 +98,16 @@ where
     DB::ErrorType: 'static,
 {
     let root = root.titled(title, (FONT, 22))?;
+    let (legend, root) = root.split_vertically(LEGEND_HEIGHT);
+    let kept = best.map(|b| format!("kept: epoch {b} (best on validation)"));
+    let mut entries = vec![
+        ("train", TRAIN_COLOR.to_rgba(), Mark::Line),
+        ("validation", VAL_COLOR.to_rgba(), Mark::Line),
+    ];
+    if let Some(kept) = &kept {
+        entries.push((kept.as_str(), BLACK.mix(0.6), Mark::Dashed));
+    }
+    legend_strip(&legend, &entries)?;
     let (left, right) = root.split_horizontally(550);
     let epochs = h.len().max(1) as f64;
     let x_range = 0.5..epochs + 0.5;
@@ -113,7 +123,7 @@ where
             (100.0 * r.train_acc, 100.0 * r.val_acc)
         }),
     ];
-    for (i, (area, label, get)) in panels.into_iter().enumerate() {
+    for (area, label, get) in panels {
         let values: Vec<f64> = h
             .iter()
             .flat_map(|r| {
@@ -150,7 +160,7 @@ where
                 }
             })
             .draw()?;
-        for (series, color, name) in [(0, TRAIN_COLOR, "train"), (1, VAL_COLOR, "validation")] {
+        for (series, color) in [(0, TRAIN_COLOR), (1, VAL_COLOR)] {
             let points: Vec<(f64, f64)> = h
                 .iter()
                 .map(|r| {
@@ -158,12 +168,7 @@ where
                     (r.epoch as f64, if series == 0 { a } else { b })
                 })
                 .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-                .label(name)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+            chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?;
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
         }
         if let Some(b) = best {
@@ -174,24 +179,8 @@ where
                     BLACK.mix(0.6).stroke_width(1),
                 )
             });
-            chart
-                .draw_series(dashes)?
-                .label(format!("kept: epoch {b}"))
-                .legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 8, y)], BLACK.mix(0.6).stroke_width(1))
-                });
+            chart.draw_series(dashes)?;
         }
-        chart
-            .configure_series_labels()
-            .position(if i == 0 {
-                SeriesLabelPosition::UpperRight
-            } else {
-                SeriesLabelPosition::LowerRight
-            })
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .label_font((FONT, 14))
-            .draw()?;
     }
     Ok(())
 }
@@ -348,7 +337,7 @@ where
 
 /// The reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration.
 pub fn reliability(stem: &Path, title: &str, c: &Calibration) -> anyhow::Result<()> {
-    png_and_svg!(stem, (620, 560), |root: &Area<_>| draw_reliability(
+    png_and_svg!(stem, (620, 586), |root: &Area<_>| draw_reliability(
         root, title, c
     ))
 }
@@ -365,6 +354,15 @@ where
     DB::ErrorType: 'static,
 {
     let root = root.titled(&format!("{title} (ECE {:.2}%)", 100.0 * c.ece), (FONT, 20))?;
+    let (legend, root) = root.split_vertically(LEGEND_HEIGHT);
+    legend_strip(
+        &legend,
+        &[
+            ("accuracy of the bin", TRAIN_COLOR.mix(0.75), Mark::Box),
+            ("gap to mean confidence", GAP_COLOR.to_rgba(), Mark::Box),
+            ("perfect calibration", BLACK.mix(0.6), Mark::Line),
+        ],
+    )?;
     let mut chart = ChartBuilder::on(&root)
         .margin(15)
         .x_label_area_size(45)
@@ -378,32 +376,21 @@ where
         .label_style((FONT, 13))
         .axis_desc_style((FONT, 15))
         .draw()?;
-    chart
-        .draw_series(c.bins.iter().filter(|b| b.count > 0).map(|b| {
-            Rectangle::new(
-                [(b.lower, 0.0), (b.upper, b.accuracy)],
-                TRAIN_COLOR.mix(0.75).filled(),
-            )
-        }))?
-        .label("accuracy of the bin")
-        .legend(|(x, y)| {
-            Rectangle::new(
-                [(x, y - 5), (x + 15, y + 5)],
-                TRAIN_COLOR.mix(0.75).filled(),
-            )
-        });
-    chart
-        .draw_series(c.bins.iter().filter(|b| b.count > 0).map(|b| {
-            Rectangle::new(
-                [
-                    (b.lower, b.accuracy.min(b.mean_confidence)),
-                    (b.upper, b.accuracy.max(b.mean_confidence)),
-                ],
-                GAP_COLOR.filled(),
-            )
-        }))?
-        .label("gap to mean confidence")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], GAP_COLOR.filled()));
+    chart.draw_series(c.bins.iter().filter(|b| b.count > 0).map(|b| {
+        Rectangle::new(
+            [(b.lower, 0.0), (b.upper, b.accuracy)],
+            TRAIN_COLOR.mix(0.75).filled(),
+        )
+    }))?;
+    chart.draw_series(c.bins.iter().filter(|b| b.count > 0).map(|b| {
+        Rectangle::new(
+            [
+                (b.lower, b.accuracy.min(b.mean_confidence)),
+                (b.upper, b.accuracy.max(b.mean_confidence)),
+            ],
+            GAP_COLOR.filled(),
+        )
+    }))?;
     // How many test images each bin holds, upright at its foot.
     let upright = TextStyle::from((FONT, 11).into_font().transform(FontTransform::Rotate270)).pos(
         plotters::style::text_anchor::Pos::new(
@@ -418,20 +405,10 @@ where
             upright.clone(),
         )
     }))?;
-    chart
-        .draw_series(LineSeries::new(
-            vec![(0.0, 0.0), (1.0, 1.0)],
-            BLACK.mix(0.6).stroke_width(1),
-        ))?
-        .label("perfect calibration")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK.mix(0.6)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font((FONT, 13))
-        .draw()?;
+    chart.draw_series(LineSeries::new(
+        vec![(0.0, 0.0), (1.0, 1.0)],
+        BLACK.mix(0.6).stroke_width(1),
+    ))?;
     Ok(())
 }
 
@@ -652,6 +629,66 @@ pub fn comparison(stem: &Path, rows: &[ComparisonRow]) -> anyhow::Result<()> {
     ))
 }
 
+/// How a legend entry is marked: a dot (points), a box (bars), a line, or a dashed line.
+#[derive(Clone, Copy)]
+enum Mark {
+    Dot,
+    Box,
+    Line,
+    Dashed,
+}
+
+/// The height of a legend strip.
+const LEGEND_HEIGHT: u32 = 26;
+
+/// A legend in a strip of its own above the plot, never over its data: the entries side by
+/// side, centred.
+fn legend_strip<DB: DrawingBackend>(
+    strip: &Area<DB>,
+    entries: &[(&str, RGBAColor, Mark)],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    let style = (FONT, 14)
+        .into_text_style(strip)
+        .pos(Pos::new(HPos::Left, VPos::Center));
+    let mut widths = Vec::with_capacity(entries.len());
+    for (text, _, _) in entries {
+        let (w, _) = strip.estimate_text_size(text, &style)?;
+        // Mark, gap, text, space before the next entry.
+        widths.push(30 + w as i32 + 28);
+    }
+    let (w, h) = strip.dim_in_pixel();
+    let mut x = (w as i32 - widths.iter().sum::<i32>()).max(0) / 2;
+    let y = h as i32 / 2;
+    for (&(text, color, mark), width) in entries.iter().zip(widths) {
+        match mark {
+            Mark::Dot => strip.draw(&Circle::new((x + 11, y), 6, color.filled()))?,
+            Mark::Box => strip.draw(&Rectangle::new(
+                [(x + 2, y - 6), (x + 20, y + 6)],
+                color.filled(),
+            ))?,
+            Mark::Line => strip.draw(&PathElement::new(
+                vec![(x, y), (x + 22, y)],
+                color.stroke_width(3),
+            ))?,
+            Mark::Dashed => {
+                for k in 0..3 {
+                    strip.draw(&PathElement::new(
+                        vec![(x + 8 * k, y), (x + 8 * k + 4, y)],
+                        color.stroke_width(2),
+                    ))?;
+                }
+            }
+        }
+        strip.draw(&Text::new(text.to_string(), (x + 30, y), style.clone()))?;
+        x += width;
+    }
+    Ok(())
+}
+
 /// The colours of the two recipes, as on the accuracy-against-parameters plot.
 const STUDY_COLOR: RGBColor = PALETTE[0];
 const BEST_COLOR: RGBColor = PALETTE[1];
@@ -669,18 +706,17 @@ where
         "Test accuracy (mean ± std over seeds where several)",
         (FONT, 20),
     )?;
-    let (legend, root) = root.split_vertically(26);
+    let (legend, root) = root.split_vertically(LEGEND_HEIGHT);
+    legend_strip(
+        &legend,
+        &[
+            ("study recipe", STUDY_COLOR.to_rgba(), Mark::Dot),
+            ("best recipe", BEST_COLOR.to_rgba(), Mark::Dot),
+        ],
+    )?;
     use plotters::style::text_anchor::{HPos, Pos, VPos};
     let left =
         |size| TextStyle::from((FONT, size).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
-    for (i, (name, color)) in [("study recipe", STUDY_COLOR), ("best recipe", BEST_COLOR)]
-        .into_iter()
-        .enumerate()
-    {
-        let x = 300 + 170 * i as i32;
-        legend.draw(&Circle::new((x, 13), 5, color.filled()))?;
-        legend.draw(&Text::new(name, (x + 12, 13), left(14)))?;
-    }
     let n = rows.len().max(1);
     let lo = rows.iter().map(|r| r.mean - r.std).fold(1.0f64, f64::min);
     let lo = (100.0 * lo - 0.5).floor().max(0.0);
@@ -1035,6 +1071,11 @@ where
         "Test accuracy against parameters (mean ± std over seeds where several)",
         (FONT, 20),
     )?;
+    let (legend, root) = root.split_vertically(LEGEND_HEIGHT);
+    let entries: Vec<(&str, RGBAColor, Mark)> = (series.iter().enumerate())
+        .map(|(s, name)| (*name, PALETTE[s % PALETTE.len()].to_rgba(), Mark::Dot))
+        .collect();
+    legend_strip(&legend, &entries)?;
     let pmin = points
         .iter()
         .map(|p| p.params)
@@ -1069,7 +1110,7 @@ where
         .y_label_formatter(&|y| format!("{y:.0}"))
         .x_label_formatter(&|v| short_number(*v))
         .draw()?;
-    for (s, name) in series.iter().enumerate() {
+    for s in 0..series.len() {
         let color = PALETTE[s % PALETTE.len()];
         let mine: Vec<&ModelPoint> = points.iter().filter(|p| p.series == s).collect();
         // ± one std over the seeds, where there are several.
@@ -1077,13 +1118,10 @@ where
             let (lo, hi) = (p.accuracy - p.std, p.accuracy + p.std);
             ErrorBar::new_vertical(p.params, lo, p.accuracy, hi, color.stroke_width(2), 10)
         }))?;
-        chart
-            .draw_series(
-                mine.iter()
-                    .map(|p| Circle::new((p.params, p.accuracy), POINT_RADIUS, color.filled())),
-            )?
-            .label(name.to_string())
-            .legend(move |(x, y)| Circle::new((x + 10, y), 6, color.filled()));
+        chart.draw_series(
+            mine.iter()
+                .map(|p| Circle::new((p.params, p.accuracy), POINT_RADIUS, color.filled())),
+        )?;
     }
     let centres: Vec<(i32, i32)> = points
         .iter()
@@ -1094,13 +1132,6 @@ where
         .map(|p| (p.label.as_str(), PALETTE[p.series % PALETTE.len()].mix(0.9)))
         .collect();
     draw_point_labels(chart.plotting_area(), &centres, &labelled)?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font((FONT, 14))
-        .draw()?;
     Ok(())
 }
 
@@ -1192,6 +1223,11 @@ pub fn families(stem: &Path, families: &[&str], points: &[FamilyPoint]) -> anyho
             "Test accuracy by family (study recipe; mean ± std over seeds; line: each family's front)",
             (FONT, 20),
         )?;
+        let (legend, root) = root.split_vertically(LEGEND_HEIGHT);
+        let entries: Vec<(&str, RGBAColor, Mark)> = (families.iter().enumerate())
+            .map(|(f, name)| (*name, PALETTE[f % PALETTE.len()].to_rgba(), Mark::Dot))
+            .collect();
+        legend_strip(&legend, &entries)?;
         let (left, right) = root.split_horizontally(700);
         draw_family_panel(&left, families, points, "parameters (log scale)", |p| {
             p.params
@@ -1253,7 +1289,7 @@ where
         .y_label_formatter(&|y| format!("{y:.0}"))
         .x_label_formatter(&|v| short_number(*v))
         .draw()?;
-    for (f, name) in families.iter().enumerate() {
+    for f in 0..families.len() {
         let color = PALETTE[f % PALETTE.len()];
         let mine: Vec<&FamilyPoint> = points.iter().filter(|p| p.family == f).collect();
         let line: Vec<(f64, f64)> = front(&mine, &x)
@@ -1265,13 +1301,10 @@ where
             let (lo, hi) = (p.accuracy - p.std, p.accuracy + p.std);
             ErrorBar::new_vertical(x(p), lo, p.accuracy, hi, color.stroke_width(2), 10)
         }))?;
-        chart
-            .draw_series(
-                mine.iter()
-                    .map(|p| Circle::new((x(p), p.accuracy), POINT_RADIUS, color.filled())),
-            )?
-            .label(name.to_string())
-            .legend(move |(x, y)| Circle::new((x + 10, y), 6, color.filled()));
+        chart.draw_series(
+            mine.iter()
+                .map(|p| Circle::new((x(p), p.accuracy), POINT_RADIUS, color.filled())),
+        )?;
     }
     let centres: Vec<(i32, i32)> = points
         .iter()
@@ -1282,13 +1315,6 @@ where
         .map(|p| (p.label.as_str(), PALETTE[p.family % PALETTE.len()].mix(0.9)))
         .collect();
     draw_point_labels(chart.plotting_area(), &centres, &labelled)?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font((FONT, 14))
-        .draw()?;
     Ok(())
 }
 

@@ -277,11 +277,15 @@ pub fn ensembles_markdown(ensembles: &[EnsembleRecord]) -> String {
 }
 
 /// The runs as rows, grouped by recipe (study first, then best) with their seeds folded into
-/// mean ± std; in Markdown, each seed links to its run's page.
-pub fn results_table(groups: &[RecipeRuns], links: bool) -> Table {
+/// mean ± std, then the ensembles' rows; in Markdown, each seed links to its run's page and
+/// each ensemble to its own.
+pub fn results_table(groups: &[RecipeRuns], ensembles: &[SummaryRow], links: bool) -> Table {
     // A column of what each recipe changes in its preset, where any does (a sweep's runs).
     let settings: Vec<String> = groups.iter().map(RecipeRuns::settings_text).collect();
-    let with_settings = settings.iter().any(|s| !s.is_empty());
+    let with_settings = settings
+        .iter()
+        .chain(ensembles.iter().map(|r| &r.settings))
+        .any(|s| !s.is_empty());
     let mut header = vec!["recipe", "model"];
     if with_settings {
         header.push("settings");
@@ -340,6 +344,28 @@ pub fn results_table(groups: &[RecipeRuns], links: bool) -> Table {
         ]);
         t.push(row);
     }
+    for r in ensembles {
+        let mut row = vec![preset_text(r.preset), r.model.clone()];
+        if with_settings {
+            row.push(r.settings.clone());
+        }
+        let page = match links {
+            true => format!("[its page]({}/{})", r.run, files::REPORT),
+            false => r.run.clone(),
+        };
+        row.extend([
+            page,
+            thousands(r.params as f64),
+            pct(r.test_acc),
+            pct(r.macro_f1),
+            pct(r.val_acc),
+            "-".to_string(),
+            format!("{:.1}%", 100.0 * r.ece),
+            "-".to_string(),
+            r.train_seconds.map_or_else(|| "-".to_string(), thousands),
+        ]);
+        t.push(row);
+    }
     t
 }
 
@@ -368,20 +394,26 @@ pub fn class_accuracy_over_seeds(groups: &[RecipeRuns]) -> Option<Table> {
     Some(t)
 }
 
-/// A row of `summary.csv`: one run's figures.
+/// A row of `summary.csv`: one run's figures, or an ensemble's (which has no seed, epochs or
+/// train accuracy of its own).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SummaryRow {
     pub run: String,
+    /// The model, or `ensemble`.
     pub model: String,
-    pub preset: fmnist_train::Preset,
-    /// What the run's recipe changes in its preset (`epochs=60 erase=0.5`; empty for none).
+    /// The preset; an ensemble's is its members' where they share one (else none).
+    pub preset: Option<Preset>,
+    /// What the run's recipe changes in its preset (`epochs=60 erase=0.5`; empty for none); an
+    /// ensemble's members by model (`resnet x6`, `cnn + lstm`).
     pub settings: String,
-    pub seed: u64,
+    pub seed: Option<u64>,
+    /// The parameters of the model; an ensemble's, the sum of its distinct members'.
     pub params: usize,
-    pub epochs: usize,
+    pub epochs: Option<usize>,
     pub best_epoch: Option<usize>,
+    /// The training time; an ensemble's, the sum of its distinct members'.
     pub train_seconds: Option<f64>,
-    pub train_acc: f64,
+    pub train_acc: Option<f64>,
     pub val_acc: f64,
     pub test_acc: f64,
     pub test_loss: f64,
@@ -398,14 +430,14 @@ impl SummaryRow {
         SummaryRow {
             run: e.name.clone(),
             model: e.config.train.model.kind.to_string(),
-            preset: e.config.train.preset,
+            preset: Some(e.config.train.preset),
             settings: findings::settings_text(&e.config.train),
-            seed: e.config.train.seed,
+            seed: Some(e.config.train.seed),
             params: e.config.param_count,
-            epochs: e.history.len(),
+            epochs: Some(e.history.len()),
             best_epoch: e.summary.as_ref().map(|s| s.best_epoch),
             train_seconds: e.summary.as_ref().map(|s| s.train_seconds),
-            train_acc: e.scores.gap.train.accuracy,
+            train_acc: Some(e.scores.gap.train.accuracy),
             val_acc: e.scores.gap.val.accuracy,
             test_acc: e.scores.gap.test.accuracy,
             test_loss: e.scores.gap.test.loss,
@@ -416,10 +448,65 @@ impl SummaryRow {
         }
     }
 
+    /// The row of ensemble `r`, whose members are among `evals`; `None` where one is missing
+    /// (its size and cost are then unknown).
+    pub fn ensemble(r: &EnsembleRecord, evals: &[Evaluation]) -> Option<Self> {
+        let members = r
+            .members
+            .iter()
+            .map(|m| evals.iter().find(|e| e.name == m.run))
+            .collect::<Option<Vec<&Evaluation>>>()?;
+        let preset = members[0].config.train.preset;
+        let shared = members.iter().all(|e| e.config.train.preset == preset);
+        let mut models: Vec<(String, usize)> = Vec::new();
+        for e in &members {
+            let kind = e.config.train.model.kind.to_string();
+            match models.iter_mut().find(|(m, _)| *m == kind) {
+                Some((_, n)) => *n += 1,
+                None => models.push((kind, 1)),
+            }
+        }
+        let settings: Vec<String> = models
+            .iter()
+            .map(|(m, n)| match n {
+                1 => m.clone(),
+                _ => format!("{m} x{n}"),
+            })
+            .collect();
+        let train_seconds: Option<Vec<f64>> = members
+            .iter()
+            .map(|e| e.summary.as_ref().map(|s| s.train_seconds))
+            .collect();
+        Some(SummaryRow {
+            run: r.name.clone(),
+            model: "ensemble".into(),
+            preset: shared.then_some(preset),
+            settings: settings.join(" + "),
+            seed: None,
+            params: members.iter().map(|e| e.config.param_count).sum(),
+            epochs: None,
+            best_epoch: None,
+            train_seconds: train_seconds.map(|t| t.iter().sum()),
+            train_acc: None,
+            val_acc: r.val_acc,
+            test_acc: r.test_acc,
+            test_loss: r.test_loss,
+            macro_f1: r.macro_f1,
+            ece: r.ece,
+            group_acc: r.group_acc,
+            errors_within_group: r.errors_within_group,
+        })
+    }
+
     /// What makes its recipe: model, preset and settings (the seed does not).
-    fn recipe(&self) -> (&str, Preset, &str) {
+    fn recipe(&self) -> (&str, Option<Preset>, &str) {
         (&self.model, self.preset, &self.settings)
     }
+}
+
+/// A preset's name, or `mixed` for an ensemble of several.
+fn preset_text(p: Option<Preset>) -> String {
+    p.map_or_else(|| "mixed".to_string(), |p| p.to_string())
 }
 
 /// `summary.csv` of `rows`.
@@ -458,8 +545,8 @@ pub fn answer_table(rows: &[SummaryRow]) -> Table {
         Spread::of(&values)
     };
     recipes.sort_by(|a, b| {
-        (a[0].preset != Preset::Study)
-            .cmp(&(b[0].preset != Preset::Study))
+        (a[0].preset != Some(Preset::Study))
+            .cmp(&(b[0].preset != Some(Preset::Study)))
             .then(accuracy(b).mean.total_cmp(&accuracy(a).mean))
     });
     let with_settings = rows.iter().any(|r| !r.settings.is_empty());
@@ -471,13 +558,21 @@ pub fn answer_table(rows: &[SummaryRow]) -> Table {
     let mut t = Table::new(header);
     for runs in &mut recipes {
         runs.sort_by_key(|r| r.seed);
-        let seeds: Vec<String> = runs.iter().map(|r| r.seed.to_string()).collect();
-        let mut row = vec![runs[0].preset.to_string(), runs[0].model.clone()];
+        let seeds: Vec<String> = runs
+            .iter()
+            .filter_map(|r| r.seed)
+            .map(|s| s.to_string())
+            .collect();
+        let mut row = vec![preset_text(runs[0].preset), runs[0].model.clone()];
         if with_settings {
             row.push(runs[0].settings.clone());
         }
         row.extend([
-            seeds.join(", "),
+            if seeds.is_empty() {
+                "-".to_string()
+            } else {
+                seeds.join(", ")
+            },
             thousands(runs[0].params as f64),
             accuracy(runs).pct(),
         ]);
@@ -517,6 +612,7 @@ pub fn markdown(
     evals: &[Evaluation],
     groups: &[RecipeRuns],
     ensembles: &[EnsembleRecord],
+    ensemble_rows: &[SummaryRow],
     root: &Path,
     prov: &Provenance,
 ) -> String {
@@ -534,7 +630,7 @@ pub fn markdown(
     }
     md.push_str("\n## Results\n\n");
     md.push_str("Each row is a model and recipe; the seeds link to each run's page (per-class scores, confusion matrix, calibration, curves, mistakes, Grad-CAM, filters). \"train − test\" is train accuracy minus test accuracy in points: positive means the model does better on the images it trained on. Training times are those of the runs themselves, on the machines their `config.json` names; speed is measured by `cargo xtask bench` (BENCH.md), not by this evaluation.\n\n");
-    md.push_str(&results_table(groups, true).markdown());
+    md.push_str(&results_table(groups, ensemble_rows, true).markdown());
     md.push('\n');
     image(&mut md, ACCURACY_VS_PARAMETERS, root);
     image(&mut md, COMPARISON, root);
@@ -627,14 +723,14 @@ mod tests {
         SummaryRow {
             run: run.to_string(),
             model: run.split(['/', '-']).next().unwrap_or_default().to_string(),
-            preset,
+            preset: Some(preset),
             settings: String::new(),
-            seed: 42,
+            seed: Some(42),
             params: 90_678,
-            epochs: 8,
+            epochs: Some(8),
             best_epoch: Some(8),
             train_seconds: None,
-            train_acc: 0.9,
+            train_acc: Some(0.9),
             val_acc: 0.9,
             test_acc,
             test_loss: 0.3,
@@ -650,13 +746,16 @@ mod tests {
         let mut sweep = row("sweep/lr=2e-3/seed-1", Preset::Study, 0.87);
         sweep.settings = "lr=0.002".into();
         let mut cnn43 = row("cnn/seed-43", Preset::Study, 0.90);
-        cnn43.seed = 43;
+        cnn43.seed = Some(43);
+        let mut both = row("both", Preset::Best, 0.95);
+        (both.model, both.seed, both.settings) = ("ensemble".into(), None, "cnn x2".into());
         let rows = [
             row("cnn-best", Preset::Best, 0.93),
             cnn43,
             row("cnn/seed-42", Preset::Study, 0.88),
             row("lstm/seed-42", Preset::Study, 0.86),
             sweep,
+            both,
         ];
         let t = answer_table(&rows).render();
         let lines: Vec<&str> = t.lines().skip(2).collect();
@@ -668,8 +767,16 @@ mod tests {
                 "study cnn 42,",
                 "study sweep lr=0.002",
                 "study lstm 42",
+                "best ensemble cnn",
                 "best cnn 42"
             ]
+        );
+        // The ensemble has no seed of its own.
+        assert_eq!(
+            lines[3].split_whitespace().nth(4),
+            Some("-"),
+            "{}",
+            lines[3]
         );
         // cnn: mean 89.00%, sample std of 0.88 and 0.90 is 1.41 points, seeds in order.
         assert!(lines[0].ends_with("89.00% ± 1.41"), "{}", lines[0]);
@@ -678,7 +785,9 @@ mod tests {
 
     #[test]
     fn summary_csv_reads_back_as_written() {
-        let rows = vec![row("cnn/seed-42", Preset::Study, 0.8865)];
+        let mut both = row("both", Preset::Best, 0.95);
+        (both.preset, both.seed, both.epochs, both.train_acc) = (None, None, None, None);
+        let rows = vec![row("cnn/seed-42", Preset::Study, 0.8865), both];
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(files::SUMMARY_CSV);
         std::fs::write(&path, summary_csv(&rows).unwrap()).unwrap();

@@ -199,6 +199,29 @@ fn an_ensemble_averages_its_members_and_joins_the_report() {
         report.contains("## Ensembles") && report.contains("[both](both/REPORT.md)"),
         "{report}"
     );
+    // It is a row of the results table, of summary.csv and of the answer printed: the two
+    // members' parameters summed, no seed of its own.
+    assert!(
+        report
+            .contains("| study | ensemble | mlp + mlp-bn | [its page](both/REPORT.md) | 804,372 |"),
+        "{report}"
+    );
+    let mut summary = csv::Reader::from_path(results.path().join("summary.csv")).unwrap();
+    let rows: Vec<std::collections::HashMap<String, String>> =
+        summary.deserialize().map(Result::unwrap).collect();
+    let row = rows.iter().find(|r| r["run"] == "both").unwrap();
+    assert_eq!(row["model"], "ensemble");
+    assert_eq!(row["params"], "804372");
+    assert_eq!((row["seed"].as_str(), row["epochs"].as_str()), ("", ""));
+    assert_eq!(
+        row["test_acc"].parse::<f64>().unwrap(),
+        record["test_acc"].as_f64().unwrap()
+    );
+    let answer = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        answer.lines().any(|l| l.starts_with("study   ensemble")),
+        "{answer}"
+    );
 }
 
 #[test]
