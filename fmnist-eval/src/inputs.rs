@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 /// The version of what an evaluation writes: raised by every change to the evaluation that
 /// changes a file it writes (a metric, a table, a plot), so that the next evaluation redoes
 /// every run.
-pub const EVALUATION_VERSION: u32 = 5;
+pub const EVALUATION_VERSION: u32 = 6;
 
 /// The version of the files across runs (summary.csv, REPORT.md, their plots), raised by a
 /// change to them alone: the next evaluation writes them again and keeps every run's files.

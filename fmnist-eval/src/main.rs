@@ -531,8 +531,14 @@ fn best_run(results: &std::path::Path) -> anyhow::Result<PathBuf> {
 
 /// One row per recipe (mean ± std over its seeds), for the comparison plot.
 fn comparison_rows(groups: &[findings::RecipeRuns]) -> Vec<plots::ComparisonRow> {
-    groups
-        .iter()
+    // By model, then study before best, then settings: a model's recipes side by side.
+    let mut order: Vec<&findings::RecipeRuns> = groups.iter().collect();
+    order.sort_by_cached_key(|g| {
+        let study = g.preset == fmnist_train::Preset::Study;
+        (g.model.clone(), !study, g.settings_text())
+    });
+    order
+        .into_iter()
         .map(|g| {
             let acc = g.test_accuracy();
             let seeds = if acc.n > 1 {

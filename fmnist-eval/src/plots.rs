@@ -123,7 +123,7 @@ where
             (100.0 * r.train_acc, 100.0 * r.val_acc)
         }),
     ];
-    for (area, label, get) in panels {
+    for (i, (area, label, get)) in panels.into_iter().enumerate() {
         let values: Vec<f64> = h
             .iter()
             .flat_map(|r| {
@@ -151,6 +151,15 @@ where
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 15))
             .x_labels(h.len().clamp(2, 12))
+            .y_label_formatter(&|y| {
+                // One number of decimals per axis: whole percents where the range allows.
+                let decimals = match i {
+                    0 => 2,
+                    _ if hi - lo > 4.0 => 0,
+                    _ => 1,
+                };
+                format!("{y:.decimals$}")
+            })
             .light_line_style(WHITE.mix(0.0))
             .x_label_formatter(&|x| {
                 if (x - x.round()).abs() < 1e-6 {
@@ -391,13 +400,15 @@ where
             GAP_COLOR.filled(),
         )
     }))?;
-    // How many test images each bin holds, upright at its foot.
-    let upright = TextStyle::from((FONT, 11).into_font().transform(FontTransform::Rotate270)).pos(
-        plotters::style::text_anchor::Pos::new(
+    // How many test images each bin holds, upright at its foot, in white on the bar.
+    let upright = (FONT, 12)
+        .into_font()
+        .transform(FontTransform::Rotate270)
+        .color(&WHITE)
+        .pos(plotters::style::text_anchor::Pos::new(
             plotters::style::text_anchor::HPos::Left,
             plotters::style::text_anchor::VPos::Center,
-        ),
-    );
+        ));
     chart.draw_series(c.bins.iter().filter(|b| b.count > 0).map(|b| {
         Text::new(
             format!("n = {}", crate::table::thousands(b.count as f64)),
@@ -848,7 +859,13 @@ where
     } else {
         title.to_string()
     };
-    let root = root.titled(&title, (FONT, 18))?;
+    let title = if lines.len() > MAX_OVERLAID {
+        format!("{title}; grey: the other recipes")
+    } else {
+        title
+    };
+    let width = root.dim_in_pixel().0;
+    let root = root.titled(&title, (FONT, title_size(&title, width).min(18)))?;
     let epochs = (lines.iter().flat_map(|l| l.points.iter()))
         .map(|p| p.0)
         .fold(1.0f64, f64::max);
@@ -861,11 +878,14 @@ where
             let area = area.titled(&line.label, (FONT, 14))?;
             let mut chart = ChartBuilder::on(&area)
                 .margin(6)
-                .x_label_area_size(24)
-                .y_label_area_size(34)
+                .x_label_area_size(34)
+                .y_label_area_size(46)
                 .build_cartesian_2d(0.5..epochs + 0.5, lo..hi)?;
             chart
                 .configure_mesh()
+                .x_desc("epoch")
+                .y_desc("val. accuracy (%)")
+                .axis_desc_style((FONT, 11))
                 .label_style((FONT, 11))
                 .light_line_style(WHITE.mix(0.0))
                 .x_labels(6)
@@ -985,17 +1005,51 @@ impl LabelBox {
     }
 }
 
+/// The box of a vertical error bar from `top` to `bottom` (backend pixels), its caps included.
+fn error_bar_box(top: (i32, i32), bottom: (i32, i32)) -> LabelBox {
+    LabelBox {
+        x0: top.0 - 6,
+        y0: top.1,
+        w: 12,
+        h: bottom.1 - top.1 + 1,
+        moved: false,
+    }
+}
+
+/// Small boxes (backend pixels) every few pixels along the line through `points`, so that
+/// labels keep off it.
+fn line_boxes(points: &[(i32, i32)]) -> Vec<LabelBox> {
+    let mut boxes = Vec::new();
+    for pair in points.windows(2) {
+        let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
+        let steps = ((x1 - x0).abs().max((y1 - y0).abs()) / 3).max(1);
+        for k in 0..=steps {
+            let (x, y) = (x0 + (x1 - x0) * k / steps, y0 + (y1 - y0) * k / steps);
+            boxes.push(LabelBox {
+                x0: x - 2,
+                y0: y - 2,
+                w: 4,
+                h: 4,
+                moved: false,
+            });
+        }
+    }
+    boxes
+}
+
 /// Radius in pixels of a point on the accuracy-against-parameters plot.
 const POINT_RADIUS: i32 = 6;
 
 /// Places the labels of points at `centres` (pixels), of `sizes` (width, height), inside an
 /// area of `bounds` pixels: topmost point first, each label where it overlaps neither a
-/// label placed before it nor any point. Its first choice is beside its point on the right,
+/// label placed before it, nor any point, nor any of `obstacles` (error bars, lines). Its
+/// first choice is beside its point on the right,
 /// centred on it; then one, two, ... four line heights below or above (alternating), then
 /// the same on the left. A label with no free place stays beside its point.
 pub fn place_labels(
     centres: &[(i32, i32)],
     sizes: &[(i32, i32)],
+    obstacles: &[LabelBox],
     bounds: (i32, i32),
 ) -> Vec<LabelBox> {
     let gap = POINT_RADIUS + 4;
@@ -1026,7 +1080,7 @@ pub fn place_labels(
                 && b.y0 >= 0
                 && b.x0 + b.w <= bounds.0
                 && b.y0 + b.h <= bounds.1
-                && !dots.iter().any(|d| d.overlaps(b))
+                && !dots.iter().chain(obstacles).any(|d| d.overlaps(b))
                 && !placed.iter().any(|(_, p)| p.overlaps(b))
         };
         let shifts = [0, 1, -1, 2, -2, 3, -3, 4, -4];
@@ -1127,20 +1181,30 @@ where
         .iter()
         .map(|p| chart.backend_coord(&(p.params, p.accuracy)))
         .collect();
+    let bars: Vec<LabelBox> = (points.iter().filter(|p| p.std > 0.0))
+        .map(|p| {
+            error_bar_box(
+                chart.backend_coord(&(p.params, p.accuracy + p.std)),
+                chart.backend_coord(&(p.params, p.accuracy - p.std)),
+            )
+        })
+        .collect();
     let labelled: Vec<(&str, RGBAColor)> = points
         .iter()
         .map(|p| (p.label.as_str(), PALETTE[p.series % PALETTE.len()].mix(0.9)))
         .collect();
-    draw_point_labels(chart.plotting_area(), &centres, &labelled)?;
+    draw_point_labels(chart.plotting_area(), &centres, &bars, &labelled)?;
     Ok(())
 }
 
 /// Draws the `labels` (text and colour) of points at `centres` (backend pixels) inside the
-/// plotting area `plot`, each where it overlaps no other label and no point
-/// ([`place_labels`]), joined to its point by a line where it had to move.
+/// plotting area `plot`, each where it overlaps no other label, no point and none of
+/// `obstacles` (backend pixels; [`place_labels`]), joined to its point by a line where it had
+/// to move.
 fn draw_point_labels<DB: DrawingBackend, X: Ranged, Y: Ranged>(
     plot: &DrawingArea<DB, Cartesian2d<X, Y>>,
     centres: &[(i32, i32)],
+    obstacles: &[LabelBox],
     labels: &[(&str, RGBAColor)],
 ) -> anyhow::Result<()>
 where
@@ -1158,8 +1222,16 @@ where
         let (w, h) = area.estimate_text_size(text, &style)?;
         sizes.push((w as i32, h as i32));
     }
+    let obstacles: Vec<LabelBox> = obstacles
+        .iter()
+        .map(|o| LabelBox {
+            x0: o.x0 - xs.start,
+            y0: o.y0 - ys.start,
+            ..*o
+        })
+        .collect();
     let bounds = (xs.end - xs.start, ys.end - ys.start);
-    let placed = place_labels(&local, &sizes, bounds);
+    let placed = place_labels(&local, &sizes, &obstacles, bounds);
     for ((&(text, color), &(px, py)), label) in labels.iter().zip(&local).zip(placed) {
         if label.moved {
             let x = if label.x0 > px {
@@ -1310,11 +1382,26 @@ where
         .iter()
         .map(|p| chart.backend_coord(&(x(p), p.accuracy)))
         .collect();
+    let mut obstacles: Vec<LabelBox> = (points.iter().filter(|p| p.std > 0.0))
+        .map(|p| {
+            error_bar_box(
+                chart.backend_coord(&(x(p), p.accuracy + p.std)),
+                chart.backend_coord(&(x(p), p.accuracy - p.std)),
+            )
+        })
+        .collect();
+    for f in 0..families.len() {
+        let mine: Vec<&FamilyPoint> = points.iter().filter(|p| p.family == f).collect();
+        let line: Vec<(i32, i32)> = (front(&mine, &x).iter())
+            .map(|p| chart.backend_coord(&(x(p), p.accuracy)))
+            .collect();
+        obstacles.extend(line_boxes(&line));
+    }
     let labelled: Vec<(&str, RGBAColor)> = points
         .iter()
         .map(|p| (p.label.as_str(), PALETTE[p.family % PALETTE.len()].mix(0.9)))
         .collect();
-    draw_point_labels(chart.plotting_area(), &centres, &labelled)?;
+    draw_point_labels(chart.plotting_area(), &centres, &obstacles, &labelled)?;
     Ok(())
 }
 
@@ -1362,7 +1449,7 @@ mod tests {
         // the labels placed before them, and get leader lines.
         let centres = [(100, 50), (100, 55), (100, 60)];
         let sizes = [(80, 12); 3];
-        let boxes = place_labels(&centres, &sizes, (400, 300));
+        let boxes = place_labels(&centres, &sizes, &[], (400, 300));
         let right = 100 + POINT_RADIUS + 4;
         let at = |y0, moved| LabelBox {
             x0: right,
@@ -1386,9 +1473,35 @@ mod tests {
     }
 
     #[test]
+    fn a_label_keeps_off_an_error_bar_and_a_line() {
+        // An error bar where the label would go, beside its point: one line below is still on
+        // the bar (it ends at y 120), two lines below is free.
+        let bar = LabelBox {
+            x0: 115,
+            y0: 80,
+            w: 12,
+            h: 40,
+            moved: false,
+        };
+        let boxes = place_labels(&[(100, 100)], &[(60, 12)], &[bar], (400, 300));
+        let below = LabelBox {
+            x0: 100 + POINT_RADIUS + 4,
+            y0: 120,
+            w: 60,
+            h: 12,
+            moved: true,
+        };
+        assert_eq!(boxes[0], below);
+        // A line 30 px long is kept off by a box every 3 px, its ends included.
+        let line = line_boxes(&[(0, 50), (30, 50)]);
+        assert_eq!(line.len(), 11);
+        assert_eq!((line[0].x0, line[10].x0, line[5].y0), (-2, 28, 48));
+    }
+
+    #[test]
     fn a_label_at_the_right_edge_goes_left() {
         // No room on the right of a point 20 px from the edge: the label goes to its left.
-        let boxes = place_labels(&[(380, 100)], &[(60, 12)], (400, 300));
+        let boxes = place_labels(&[(380, 100)], &[(60, 12)], &[], (400, 300));
         let gap = POINT_RADIUS + 4;
         assert_eq!(
             boxes[0],
