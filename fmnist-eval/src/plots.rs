@@ -1361,6 +1361,8 @@ where
         .y_label_formatter(&|y| format!("{y:.0}"))
         .x_label_formatter(&|v| short_number(*v))
         .draw()?;
+    // The fronts' lines, kept off by the labels drawn below.
+    let mut front_boxes: Vec<LabelBox> = Vec::new();
     for f in 0..families.len() {
         let color = PALETTE[f % PALETTE.len()];
         let mine: Vec<&FamilyPoint> = points.iter().filter(|p| p.family == f).collect();
@@ -1368,6 +1370,8 @@ where
             .iter()
             .map(|p| (x(p), p.accuracy))
             .collect();
+        let pixels: Vec<(i32, i32)> = line.iter().map(|v| chart.backend_coord(v)).collect();
+        front_boxes.extend(line_boxes(&pixels));
         chart.draw_series(LineSeries::new(line, color.mix(0.6).stroke_width(2)))?;
         chart.draw_series(mine.iter().filter(|p| p.std > 0.0).map(|p| {
             let (lo, hi) = (p.accuracy - p.std, p.accuracy + p.std);
@@ -1390,13 +1394,7 @@ where
             )
         })
         .collect();
-    for f in 0..families.len() {
-        let mine: Vec<&FamilyPoint> = points.iter().filter(|p| p.family == f).collect();
-        let line: Vec<(i32, i32)> = (front(&mine, &x).iter())
-            .map(|p| chart.backend_coord(&(x(p), p.accuracy)))
-            .collect();
-        obstacles.extend(line_boxes(&line));
-    }
+    obstacles.extend(front_boxes);
     let labelled: Vec<(&str, RGBAColor)> = points
         .iter()
         .map(|p| (p.label.as_str(), PALETTE[p.family % PALETTE.len()].mix(0.9)))
