@@ -791,7 +791,14 @@ fn family(kind: ModelKind) -> usize {
 }
 
 /// The settings that change a network's size, not its recipe.
-const SIZE_SETTINGS: [&str; 4] = ["channels", "dense", "hidden", "bidirectional"];
+const SIZE_SETTINGS: [&str; 6] = [
+    "channels",
+    "dense",
+    "hidden",
+    "bidirectional",
+    "layers",
+    "attention",
+];
 
 /// Test accuracy against parameters and against training time for every study-recipe
 /// group whose settings change at most its size: the families compared at one recipe each.

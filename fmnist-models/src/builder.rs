@@ -147,6 +147,19 @@ impl Builder {
         candle_nn::linear(input, output, self.vb(name))
     }
 
+    /// A dense layer `input -> output` without a bias (a score that a softmax follows, where
+    /// a bias would cancel).
+    pub fn linear_no_bias(
+        &mut self,
+        name: &str,
+        input: usize,
+        output: usize,
+    ) -> candle::Result<Linear> {
+        let bound = self.weight_bound(input, output);
+        self.uniform(&format!("{name}.weight"), &[output, input], bound)?;
+        candle_nn::linear_no_bias(input, output, self.vb(name))
+    }
+
     /// A square convolution (fan-in `in·k²`, fan-out `out·k²`); no bias when BatchNorm follows.
     pub fn conv2d(
         &mut self,

@@ -111,26 +111,67 @@ impl Net for Cnn {
     }
 }
 
-/// LSTM(H) over the 28 rows (28 time steps of 28 features), its last hidden state (beside
-/// the last state of a second LSTM reading the rows bottom to top, when bidirectional), then
-/// either dense 10 (`lstm`: H = 128) or dropout - dense D - relu - dropout - dense 10
-/// (`lstm-dense`: H = D = 128, dropout 0.2).
+/// LSTM(H) over the 28 rows (28 time steps of 28 features) in `L` stacked layers, each above
+/// the first reading the states of the one below at every step (with bidirectional, each layer
+/// is two LSTMs, one reading bottom to top, their states side by side). The top layer is read
+/// at its last step (the reverse LSTM's after its last step, the first row) or, with attention,
+/// as the sum of its 28 states `s_t` weighted by a softmax over the steps of
+/// `vᵀ tanh(W s_t + b)`. Then either dense 10 (`lstm`: H = 128, L = 1) or dropout - dense D -
+/// relu - dropout - dense 10 (`lstm-dense`: H = D = 128, dropout 0.2).
 pub struct Lstm {
-    lstm: LstmLayer,
-    reverse: Option<LstmLayer>,
+    /// Each layer's LSTM reading down the rows, and the one reading up them when bidirectional.
+    layers: Vec<(LstmLayer, Option<LstmLayer>)>,
+    attention: Option<Attention>,
     head: Option<(Linear, Dropout)>,
     fc: Linear,
 }
 
+/// Attention pooling over the steps: `W` and `b` (`attention`, `[S, S]`) and `v` (`[1, S]`).
+struct Attention {
+    project: Linear,
+    score: Linear,
+}
+
+impl Attention {
+    /// The weights `[B, T, 1]` of the states `[B, T, S]`, summing to 1 over the steps.
+    fn weights(&self, states: &Tensor) -> candle::Result<Tensor> {
+        let scores = self.score.forward(&self.project.forward(states)?.tanh()?)?;
+        candle_nn::ops::softmax(&scores, 1)
+    }
+
+    /// The weighted sum `[B, S]` of the states `[B, T, S]`.
+    fn pool(&self, states: &Tensor) -> candle::Result<Tensor> {
+        states.broadcast_mul(&self.weights(states)?)?.sum(1)
+    }
+}
+
 impl Lstm {
     pub fn new(b: &mut Builder, w: &Widths) -> candle::Result<Self> {
-        let lstm = b.lstm("lstm", 28, w.hidden)?;
-        let reverse = if w.bidirectional {
-            Some(b.lstm("lstm_reverse", 28, w.hidden)?)
+        let state = w.hidden * if w.bidirectional { 2 } else { 1 };
+        let mut layers = Vec::with_capacity(w.layers);
+        for layer in 0..w.layers {
+            // The first layer keeps the single-layer names, so its checkpoints load as before.
+            let name = match layer {
+                0 => "lstm".to_string(),
+                _ => format!("lstm_{}", layer + 1),
+            };
+            let input = if layer == 0 { 28 } else { state };
+            let forward = b.lstm(&name, input, w.hidden)?;
+            let reverse = if w.bidirectional {
+                Some(b.lstm(&format!("{name}_reverse"), input, w.hidden)?)
+            } else {
+                None
+            };
+            layers.push((forward, reverse));
+        }
+        let attention = if w.attention {
+            Some(Attention {
+                project: b.linear("attention", state, state)?,
+                score: b.linear_no_bias("attention_score", state, 1)?,
+            })
         } else {
             None
         };
-        let state = w.hidden * if w.bidirectional { 2 } else { 1 };
         let (head, features) = if w.dense > 0 {
             let dense = b.linear("head", state, w.dense)?;
             (Some((dense, b.dropout(0.2))), w.dense)
@@ -138,11 +179,38 @@ impl Lstm {
             (None, state)
         };
         Ok(Lstm {
-            lstm,
-            reverse,
+            layers,
+            attention,
             head,
             fc: b.linear("fc", features, 10)?,
         })
+    }
+
+    /// The states `[B, S]` the head reads from the rows `[B, T, 28]`.
+    fn read(&self, rows: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let mut input = rows.clone();
+        for (layer, (down, up)) in self.layers.iter().enumerate() {
+            let top = layer + 1 == self.layers.len();
+            if top && self.attention.is_none() {
+                let mut state = down.last_hidden_t(&input, train)?;
+                if let Some(up) = up {
+                    let upward = up.last_hidden_t(&input.flip(&[1])?, train)?;
+                    state = Tensor::cat(&[&state, &upward], 1)?;
+                }
+                return Ok(state);
+            }
+            let mut states = down.hidden_states_t(&input, train)?;
+            if let Some(up) = up {
+                // Reading up the rows, step t saw row T - 1 - t: flipped back, row by row.
+                let upward = up.hidden_states_t(&input.flip(&[1])?, train)?.flip(&[1])?;
+                states = Tensor::cat(&[&states, &upward], 2)?;
+            }
+            input = states;
+        }
+        match &self.attention {
+            Some(attention) => attention.pool(&input),
+            None => candle::bail!("an LSTM of no layers"),
+        }
     }
 }
 
@@ -152,12 +220,7 @@ impl Net for Lstm {
     }
 
     fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        let rows = x.squeeze(1)?; // [B, 28 steps, 28 features]
-        let mut state = self.lstm.last_hidden_t(&rows, train)?;
-        if let Some(reverse) = &self.reverse {
-            let upward = reverse.last_hidden_t(&rows.flip(&[1])?, train)?;
-            state = Tensor::cat(&[&state, &upward], 1)?;
-        }
+        let state = self.read(&x.squeeze(1)?, train)?; // [B, 28 steps, 28 features]
         let Some((dense, dropout)) = &self.head else {
             return Ok(state);
         };

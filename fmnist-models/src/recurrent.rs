@@ -30,7 +30,8 @@ use crate::kernels::{
     Kernels, Strided,
 };
 
-/// A single-layer LSTM (PyTorch's gate order i, f, g, o) read for its last hidden state.
+/// A single-layer LSTM (PyTorch's gate order i, f, g, o) read for its last hidden state or
+/// for every step's.
 #[derive(Debug, Clone)]
 pub struct Lstm {
     w_ih: Tensor,
@@ -69,14 +70,28 @@ impl Lstm {
             return crate::cuda::lstm_last_hidden(x, &w_in, &self.w_hh, train);
         }
         if !self.kernels.fuse(x) {
-            return generic_recurrence(x, &self.stacked_weights()?);
+            return generic_steps(x, &self.stacked_weights()?, false);
         }
         if train {
-            return recurrence(x, &self.input_weights()?, &self.w_hh);
+            return recurrence(x, &self.input_weights()?, &self.w_hh, false);
         }
         x.contiguous()?
             .detach()
             .apply_op2(&self.stacked_weights()?.detach(), Evaluation)
+    }
+
+    /// The hidden state after every step of `x [B, T, I]`, `[B, T, H]`, from a zero state:
+    /// what a second layer or an attention over the steps reads. The fused path is
+    /// [`Recurrence`] keeping every step's state (on CUDA, the generic path).
+    pub fn hidden_states_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
+        if !self.kernels.fuse(x) {
+            return generic_steps(x, &self.stacked_weights()?, true);
+        }
+        let w_in = self.input_weights()?;
+        if train {
+            return recurrence(x, &w_in, &self.w_hh, true);
+        }
+        recurrence(&x.detach(), &w_in.detach(), &self.w_hh.detach(), true)
     }
 
     /// `[W_ih | b_ih + b_hh]`, `[4H, I + 1]`: the input weights against the rows `[x_t, 1]`, the
@@ -100,8 +115,9 @@ impl Lstm {
 /// cheaper than a fifth operation in the graph) and the cell gate's tanh. The input rows are
 /// data, so splitting them per step adds nothing to the backward pass; splitting a tracked
 /// projection of all steps would (the backward of each step's narrow is a concatenation the
-/// size of the whole projection).
-fn generic_recurrence(x: &Tensor, stacked_weights: &Tensor) -> candle::Result<Tensor> {
+/// size of the whole projection). The last hidden state `[B, H]`, or with `every_step` the
+/// hidden state after each step `[B, T, H]`.
+fn generic_steps(x: &Tensor, stacked_weights: &Tensor, every_step: bool) -> candle::Result<Tensor> {
     let (batch, steps, inputs) = x.dims3()?;
     let hidden = stacked_weights.dim(0)? / 4;
     // The inputs with their 1, step-major `[T, B, I + 1]`: each step's rows are then one
@@ -118,6 +134,7 @@ fn generic_recurrence(x: &Tensor, stacked_weights: &Tensor) -> candle::Result<Te
         .t()?;
     // The state (h, c) after the last step; none before the first.
     let mut state: Option<(Tensor, Tensor)> = None;
+    let mut states = Vec::with_capacity(if every_step { steps } else { 0 });
     for step in 0..steps {
         let rows_t = rows.get(step)?;
         let z = match &state {
@@ -135,7 +152,14 @@ fn generic_recurrence(x: &Tensor, stacked_weights: &Tensor) -> candle::Result<Te
                 ((forget_gate * c)? + (input_gate * cell_gate)?)?
             }
         };
-        state = Some(((output_gate * c.tanh()?)?, c));
+        let h = (output_gate * c.tanh()?)?;
+        if every_step {
+            states.push(h.clone());
+        }
+        state = Some((h, c));
+    }
+    if every_step {
+        return Tensor::stack(&states, 1);
     }
     state
         .map(|(h, _)| h)
@@ -143,11 +167,17 @@ fn generic_recurrence(x: &Tensor, stacked_weights: &Tensor) -> candle::Result<Te
 }
 
 /// The fused path: [`Recurrence`] on the input, `[W_ih | b_ih + b_hh]` and `W_hh`. The only
-/// tensors of the graph are the weights and the last hidden state: candle's backward, which
-/// zeroes a buffer for each tensor's gradient and adds into it, never touches anything the
-/// size of the sequence.
-fn recurrence(x: &Tensor, w_in: &Tensor, w_hh: &Tensor) -> candle::Result<Tensor> {
+/// tensors of the graph are the weights and the output (the last hidden state, or with
+/// `every_step` every step's): candle's backward, which zeroes a buffer for each tensor's
+/// gradient and adds into it, never touches the gates or the cells.
+fn recurrence(
+    x: &Tensor,
+    w_in: &Tensor,
+    w_hh: &Tensor,
+    every_step: bool,
+) -> candle::Result<Tensor> {
     let op = Recurrence {
+        every_step,
         save: x.track_op() || w_in.track_op() || w_hh.track_op(),
         saved: Mutex::new(None),
     };
@@ -167,9 +197,12 @@ struct Saved {
 }
 
 /// The LSTM over `x [B, T, I]` with `[W_ih | b] [4H, I + 1]` and `W_hh [4H, H]`, to the last
-/// hidden state `[B, H]`. Images never meet in the recurrence, so blocks of images run it in
-/// parallel, each from its input projection to its last step (and back) on one thread.
+/// hidden state `[B, H]` (or every step's, `[B, T, H]`). Images never meet in the recurrence,
+/// so blocks of images run it in parallel, each from its input projection to its last step
+/// (and back) on one thread.
 struct Recurrence {
+    /// Output the hidden state after every step, not only the last.
+    every_step: bool,
     /// Keep the activations (a backward pass may follow).
     save: bool,
     saved: Mutex<Option<Saved>>,
@@ -418,10 +451,26 @@ impl CustomOp3 for Recurrence {
             hidden,
         };
         let (h, saved) = forward(x, w_in, w_hh, dims);
+        let out = if self.every_step {
+            // The state after step s is the one kept before step s + 1; after the last, `h`.
+            let mut all = output_buffer(b * t * hidden);
+            for ((out, before), last) in all
+                .chunks_exact_mut(t * hidden)
+                .zip(saved.hiddens.chunks_exact(t * hidden))
+                .zip(h.chunks_exact(hidden))
+            {
+                let (steps, end) = out.split_at_mut((t - 1) * hidden);
+                steps.copy_from_slice(&before[hidden..]);
+                end.copy_from_slice(last);
+            }
+            (CpuStorage::F32(all), Shape::from((b, t, hidden)))
+        } else {
+            (CpuStorage::F32(h), Shape::from((b, hidden)))
+        };
         if let Ok(mut slot) = self.saved.lock() {
             *slot = self.save.then_some(saved);
         }
-        Ok((CpuStorage::F32(h), Shape::from((b, hidden))))
+        Ok(out)
     }
 
     fn bwd(
@@ -447,7 +496,20 @@ impl CustomOp3 for Recurrence {
         };
         let (per_input, per_gates, per_state) = dims.per_image();
         let block = TRAIN_BLOCK;
-        let mut dh = host(grad_res)?;
+        // The gradient reaching the last hidden state starts the recursion; with every step's
+        // state out, each earlier step's joins it on the way back.
+        let grad = host(grad_res)?;
+        let (mut dh, step_grads) = if self.every_step {
+            let last = grad
+                .chunks_exact(t * hidden)
+                .flat_map(|g| &g[(t - 1) * hidden..])
+                .copied()
+                .collect();
+            let blocks = grad.chunks(block * t * hidden).map(Some).collect();
+            (last, blocks)
+        } else {
+            (grad, vec![None; b.div_ceil(block)])
+        };
         // Per block, its share of the gradients of [W_ih | b] and W_hh, summed in block order
         // after (so the sum does not depend on the thread count); and the input gradient.
         let (dw_in, dw_hh) = (g4 * (i + 1), g4 * hidden);
@@ -461,13 +523,14 @@ impl CustomOp3 for Recurrence {
             .zip(dh.par_chunks_mut(block * hidden))
             .zip(partials.par_chunks_mut(dw_in + dw_hh))
             .zip(dx_blocks.par_iter_mut())
+            .zip(step_grads.par_iter())
             .enumerate()
-            .for_each(|(blk, (((d, dh), partial), dx))| {
+            .for_each(|(blk, ((((d, dh), partial), dx), step_grads))| {
                 let at = |per: usize| blk * block * per;
                 let n = dh.len() / hidden;
                 let cells = &saved.cells[at(per_state)..][..n * per_state];
                 let tanh_cells = &saved.tanh_cells[at(per_state)..][..n * per_state];
-                backward_block(d, dh, [cells, tanh_cells], &w_hh, dims);
+                backward_block(d, dh, *step_grads, [cells, tanh_cells], &w_hh, dims);
                 // d [n·T, 4H] now holds the gate gradients; the weights' gradients are dᵀ times
                 // the GEMMs' inputs, the input gradient d times W_ih.
                 let rows = n * t;
@@ -498,12 +561,14 @@ impl CustomOp3 for Recurrence {
 }
 
 /// One block of `n` images back through every step: from the gradient `dh [n, H]` of the last
-/// hidden states and what [`forward_block`] kept, `gates [n, T, 4H]` turns from the activated
-/// gates into their pre-activation gradients; `dh` carries the hidden-state gradient from
-/// step to step.
+/// hidden states (and `step_grads [n, T, H]`, the gradient of every step's state, where the
+/// recurrence output them all) and what [`forward_block`] kept, `gates [n, T, 4H]` turns from
+/// the activated gates into their pre-activation gradients; `dh` carries the hidden-state
+/// gradient from step to step.
 fn backward_block(
     gates: &mut [f32],
     dh: &mut [f32],
+    step_grads: Option<&[f32]>,
     [cells, tanh_cells]: [&[f32]; 2],
     w_hh: &[f32],
     dims: Dims,
@@ -535,6 +600,16 @@ fn backward_block(
             };
             let w = Strided::dense(w_hh, hidden);
             gemm_strided(dh, hidden, d, w, (n, g4, hidden), false);
+            if let Some(grads) = step_grads {
+                // The state before this step was the previous step's output.
+                for (dh, g) in dh
+                    .chunks_exact_mut(hidden)
+                    .zip(grads.chunks_exact(t * hidden))
+                {
+                    let g = &g[(step - 1) * hidden..][..hidden];
+                    dh.iter_mut().zip(g).for_each(|(d, g)| *d += g);
+                }
+            }
         }
     }
 }
@@ -679,6 +754,56 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_steps_states_and_their_gradients_agree_with_candles_lstm() {
+        let dev = Device::Cpu;
+        // More images than a training block, so that a block boundary is crossed.
+        let (b, t, i, h) = (TRAIN_BLOCK + 3, 5, 4, 6);
+        let vars: Vec<Var> = [vec![4 * h, i], vec![4 * h, h], vec![4 * h], vec![4 * h]]
+            .iter()
+            .map(|s| Var::randn(0f32, 0.5, s.as_slice(), &dev).unwrap())
+            .collect();
+        let lstm = lstm_of([0, 1, 2, 3].map(|k| vars[k].as_tensor().clone()));
+        let x = Var::randn(0f32, 1.0, (b, t, i), &dev).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (b, t, h), &dev).unwrap();
+        let weights = [0, 1, 2, 3].map(|k| vars[k].as_tensor());
+        let run = |k: Option<Kernels>| {
+            let y = match k {
+                Some(k) => lstm
+                    .with_kernels(k)
+                    .hidden_states_t(x.as_tensor(), true)
+                    .unwrap(),
+                None => candle_hidden_states(weights, x.as_tensor()),
+            };
+            assert_eq!(y.dims(), &[b, t, h]);
+            let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut all = vec![flat(&y)];
+            for v in vars.iter().chain([&x]) {
+                all.push(flat(grads.get(v.as_tensor()).unwrap()));
+            }
+            all
+        };
+        let reference = run(None);
+        for kernels in [Kernels::Fused, Kernels::Generic] {
+            let ours = run(Some(kernels));
+            for (what, (a, b)) in ["states", "dW_ih", "dW_hh", "db_ih", "db_hh", "dx"]
+                .iter()
+                .zip(ours.iter().zip(&reference))
+            {
+                assert_close(a, b, &format!("{kernels:?} {what}"));
+            }
+        }
+        // The last step's state is the last hidden state; evaluation records no graph.
+        let data = x.as_detached_tensor();
+        let eval = lstm.hidden_states_t(&data, false).unwrap();
+        assert!(!eval.track_op());
+        assert_close(
+            &flat(&eval.narrow(1, t - 1, 1).unwrap()),
+            &flat(&lstm.last_hidden_t(&data, false).unwrap()),
+            "last step",
+        );
+    }
+
     /// An [`Lstm`] of `[W_ih [4H, I], W_hh [4H, H], b_ih, b_hh]`.
     fn lstm_of(weights: [Tensor; 4]) -> Lstm {
         let [w_ih, w_hh, b_ih, b_hh] = weights;
@@ -704,6 +829,27 @@ mod tests {
         )
         .unwrap();
         layer.seq(x).unwrap().last().unwrap().h.clone()
+    }
+
+    /// candle's own LSTM layer on the same weights, every step's hidden state `[B, T, H]`.
+    fn candle_hidden_states(weights: [&Tensor; 4], x: &Tensor) -> Tensor {
+        use candle_nn::rnn::RNN;
+        let (g4, i) = weights[0].dims2().unwrap();
+        let names = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"];
+        let tensors = names
+            .iter()
+            .zip(weights)
+            .map(|(n, w)| (n.to_string(), w.clone()))
+            .collect();
+        let layer = candle_nn::LSTM::new(
+            i,
+            g4 / 4,
+            candle_nn::LSTMConfig::default(),
+            candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let states = layer.seq(x).unwrap();
+        layer.states_to_tensor(&states).unwrap()
     }
 
     /// `a` within 1e-5 of `b`, relative to `b`'s norm.

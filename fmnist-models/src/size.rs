@@ -28,6 +28,12 @@ pub struct Size {
     /// An LSTM that also reads the rows bottom to top, its two last states side by side.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bidirectional: Option<bool>,
+    /// Stacked LSTM layers, each reading the states of the one below at every step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<usize>,
+    /// An LSTM read through attention over its 28 states (one per row) instead of its last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<bool>,
 }
 
 impl Size {
@@ -49,6 +55,10 @@ pub struct Widths {
     pub hidden: usize,
     /// Whether the LSTM reads the rows both ways.
     pub bidirectional: bool,
+    /// Stacked LSTM layers (1 for an LSTM, 0 for the other families).
+    pub layers: usize,
+    /// Whether the LSTM's states are pooled by attention rather than read at the last step.
+    pub attention: bool,
 }
 
 impl ModelKind {
@@ -70,6 +80,8 @@ impl ModelKind {
             dense,
             hidden,
             bidirectional: false,
+            layers: usize::from(self.is_recurrent()),
+            attention: false,
         }
     }
 
@@ -132,6 +144,8 @@ impl Size {
         for (key, set) in [
             ("hidden", self.hidden.is_some()),
             ("bidirectional", self.bidirectional.is_some()),
+            ("layers", self.layers.is_some()),
+            ("attention", self.attention.is_some()),
         ] {
             if set && !kind.is_recurrent() {
                 return Err(not_for(key, kind, "LSTM"));
@@ -148,6 +162,18 @@ impl Size {
         }
         if let Some(b) = self.bidirectional {
             w.bidirectional = b;
+        }
+        if let Some(l) = self.layers {
+            if l == 0 {
+                return Err(ModelError::BadSize {
+                    key: "layers",
+                    message: "must be at least 1".into(),
+                });
+            }
+            w.layers = l;
+        }
+        if let Some(a) = self.attention {
+            w.attention = a;
         }
         Ok(w)
     }
@@ -166,6 +192,12 @@ impl Size {
         }
         if let Some(b) = self.bidirectional {
             parts.push(format!("bidirectional={b}"));
+        }
+        if let Some(l) = self.layers {
+            parts.push(format!("layers={l}"));
+        }
+        if let Some(a) = self.attention {
+            parts.push(format!("attention={a}"));
         }
         parts.join(" ")
     }
@@ -218,6 +250,16 @@ mod tests {
             ..Size::default()
         };
         assert_eq!(err(hidden, ModelKind::Cnn), "hidden: cnn has no LSTM");
+        let layers0 = Size {
+            layers: Some(0),
+            ..Size::default()
+        };
+        assert_eq!(err(layers0, ModelKind::Lstm), "layers: must be at least 1");
+        let attention = Size {
+            attention: Some(true),
+            ..Size::default()
+        };
+        assert_eq!(err(attention, ModelKind::Mlp), "attention: mlp has no LSTM");
         let channels = Size {
             channels: Some(0),
             ..Size::default()
@@ -266,5 +308,11 @@ mod tests {
             ..Size::default()
         };
         assert_eq!(size.settings(), "hidden=64 bidirectional=true");
+        let size = Size {
+            layers: Some(2),
+            attention: Some(true),
+            ..Size::default()
+        };
+        assert_eq!(size.settings(), "layers=2 attention=true");
     }
 }

@@ -164,6 +164,40 @@ fn widths_are_configuration_with_exact_parameter_counts() {
         assert_eq!(m.forward_t(&batch(3), true).unwrap().dims(), &[3, 10]);
     }
     assert_eq!(lstm(128, 1), 82_186, "the formula gives the preset's count");
+    // A second layer reads the first's 128 states; attention adds W [128, 128], b and v [128].
+    let second_layer = 4 * 128 * (128 + 128) + 8 * 128;
+    let attention = 128 * 128 + 128 + 128;
+    for (size, params) in [
+        (
+            Size {
+                layers: Some(2),
+                ..none
+            },
+            lstm(128, 1) + second_layer,
+        ),
+        (
+            Size {
+                attention: Some(true),
+                ..none
+            },
+            lstm(128, 1) + attention,
+        ),
+        (
+            // Both directions in both layers: the second reads 256 features per row.
+            Size {
+                layers: Some(2),
+                bidirectional: Some(true),
+                attention: Some(true),
+                ..none
+            },
+            lstm(128, 2) + 2 * (4 * 128 * (256 + 128) + 8 * 128) + (256 * 256 + 256 + 256),
+        ),
+    ] {
+        let m = sized(ModelKind::Lstm, size);
+        assert_eq!(m.param_count(), params, "{size:?}");
+        assert_eq!(m.forward_t(&batch(3), true).unwrap().dims(), &[3, 10]);
+        assert_eq!(m.forward_t(&batch(3), false).unwrap().dims(), &[3, 10]);
+    }
     // cnn at C channels: conv 1->C and C->C (3x3, biases), dense 25C -> 100 -> 10.
     let cnn = |c: usize| (9 * c + c) + (9 * c * c + c) + (25 * c * 100 + 100) + 1010;
     assert_eq!(cnn(32), 90_678);
@@ -699,11 +733,26 @@ fn mirror_tta_averages_each_image_with_its_mirror_image() {
 #[test]
 fn the_kernels_are_a_value_of_the_model_and_both_give_the_same_logits() {
     let x = batch(3);
-    for kind in ModelKind::ALL {
+    // Every entry, and an LSTM with every option: two layers both ways, read by attention.
+    let stacked = ModelConfig {
+        size: Size {
+            layers: Some(2),
+            bidirectional: Some(true),
+            attention: Some(true),
+            ..Size::default()
+        },
+        ..ModelConfig::new(ModelKind::Lstm)
+    };
+    let configs = ModelKind::ALL
+        .map(ModelConfig::new)
+        .into_iter()
+        .chain([stacked]);
+    for config in configs {
+        let kind = config.kind;
         let on = |kernels| {
             ModelConfig {
                 kernels,
-                ..ModelConfig::new(kind)
+                ..config
             }
             .build(5, &Device::Cpu)
             .unwrap()

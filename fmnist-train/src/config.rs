@@ -415,6 +415,13 @@ pub struct Overrides {
     /// (true/false).
     #[arg(long, value_name = "BOOL")]
     pub bidirectional: Option<bool>,
+    /// Stacked LSTM layers, each reading the states of the one below at every row.
+    #[arg(long, value_name = "N")]
+    pub layers: Option<usize>,
+    /// The LSTM's head reads an attention-weighted sum of its 28 states (one per row)
+    /// instead of the last state (true/false).
+    #[arg(long, value_name = "BOOL")]
+    pub attention: Option<bool>,
     /// Initial weights: PyTorch's default schemes or Keras' (Glorot, orthogonal recurrent weights).
     #[arg(long, value_enum)]
     pub init: Option<Init>,
@@ -482,7 +489,7 @@ impl Overrides {
         macro_rules! size {
             ($($field:ident),*) => { $( if self.$field.is_some() { m.size.$field = self.$field; } )* };
         }
-        size!(channels, dense, hidden, bidirectional);
+        size!(channels, dense, hidden, bidirectional, layers, attention);
         if let Some(v) = self.init {
             m.init = v;
         }
