@@ -1,4 +1,4 @@
-//! With `--features cuda`, compiles the CUDA kernels (`src/cuda/kernels.cu`) to PTX with nvcc
+//! With `--features cuda`, compiles the CUDA kernels (`src/kernels/cuda/kernels.cu`) to PTX with nvcc
 //! (`$NVCC`, else `$CUDA_HOME/bin/nvcc`, else `nvcc` on the PATH) for the compute capability in
 //! `$CUDA_COMPUTE_CAP` (default 90: H100/H200), as candle's own kernels are built. Without the
 //! feature it does nothing.
@@ -10,7 +10,7 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
-    println!("cargo:rerun-if-changed=src/cuda/kernels.cu");
+    println!("cargo:rerun-if-changed=src/kernels/cuda/kernels.cu");
     for var in ["NVCC", "CUDA_HOME", "CUDA_COMPUTE_CAP"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -23,13 +23,13 @@ fn main() {
     let status = Command::new(&nvcc)
         .args(["--ptx", "-O3", "-std=c++17"])
         .arg(format!("--gpu-architecture=sm_{cap}"))
-        .arg("src/cuda/kernels.cu")
+        .arg("src/kernels/cuda/kernels.cu")
         .arg("-o")
         .arg(out.join("kernels.ptx"))
         .status()
         .unwrap_or_else(|e| panic!("running {} (the CUDA compiler): {e}", nvcc.display()));
     assert!(
         status.success(),
-        "nvcc failed to compile src/cuda/kernels.cu"
+        "nvcc failed to compile src/kernels/cuda/kernels.cu"
     );
 }

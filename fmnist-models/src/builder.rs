@@ -12,10 +12,10 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
-use crate::conv::Conv2d;
+use crate::kernels::conv::Conv2d;
+use crate::kernels::norm::BatchNorm2d;
+use crate::kernels::recurrent::Lstm;
 use crate::kernels::{AddRelu, Kernels, MaxPool2};
-use crate::norm::BatchNorm2d;
-use crate::recurrent::Lstm;
 
 /// How the initial weights are drawn: the defaults of the framework a study used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,6 +11,11 @@
 //! Every model maps images `[B, 1, 28, 28]` to logits `[B, 10]` through
 //! [`Model::forward_t`], whose `train` flag switches dropout and BatchNorm.
 //!
+//! The model layer is the files at the top (the registry in [`kind`], the widths in [`size`],
+//! the architectures in [`nets`], construction in [`builder`], [`model`], [`checkpoint`],
+//! [`classifier`], [`explain`], [`scoring`]); the operations they run on, CPU and CUDA, are in
+//! [`kernels`].
+//!
 //! ```
 //! use fmnist_models::{ModelConfig, ModelKind};
 //! # fn main() -> Result<(), fmnist_models::ModelError> {
@@ -22,22 +27,18 @@ pub mod builder;
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;
-pub mod conv;
-mod conv_norm;
-#[cfg(feature = "cuda")]
-pub mod cuda;
 pub mod error;
 pub mod explain;
 pub mod kernels;
 pub mod kind;
 pub mod model;
 pub mod nets;
-pub mod norm;
-mod one_channel;
-pub mod recurrent;
 pub mod scoring;
 pub mod size;
-mod winograd;
+
+#[cfg(feature = "cuda")]
+pub use kernels::cuda;
+pub use kernels::{conv, norm, recurrent};
 
 /// Classes every model scores.
 pub const NUM_CLASSES: usize = 10;

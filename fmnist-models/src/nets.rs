@@ -8,11 +8,11 @@ use candle::{Module, Tensor};
 use candle_nn::{Conv2dConfig, Linear};
 
 use crate::builder::{Builder, Dropout};
-use crate::conv::Conv2d;
-use crate::conv_norm::{conv_norm_t, After};
+use crate::kernels::conv::Conv2d;
+use crate::kernels::conv_norm::{conv_norm_t, After};
+use crate::kernels::norm::BatchNorm2d;
+use crate::kernels::recurrent::Lstm as LstmLayer;
 use crate::kernels::{AddRelu, Kernels, MaxPool2};
-use crate::norm::BatchNorm2d;
-use crate::recurrent::Lstm as LstmLayer;
 use crate::size::Widths;
 
 /// A network of the registry.

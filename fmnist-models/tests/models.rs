@@ -750,18 +750,15 @@ fn the_kernels_are_a_value_of_the_model_and_both_give_the_same_logits() {
     for config in configs {
         let kind = config.kind;
         let on = |kernels| {
-            ModelConfig {
-                kernels,
-                ..config
-            }
-            .build(5, &Device::Cpu)
-            .unwrap()
-            .eval_logits(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
+            ModelConfig { kernels, ..config }
+                .build(5, &Device::Cpu)
+                .unwrap()
+                .eval_logits(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
         };
         let (fused, generic) = (
             on(fmnist_models::Kernels::Fused),

@@ -67,7 +67,7 @@ impl Lstm {
         #[cfg(feature = "cuda")]
         if self.kernels.fuse_cuda(x) {
             let w_in = self.input_weights()?;
-            return crate::cuda::lstm_last_hidden(x, &w_in, &self.w_hh, train);
+            return crate::kernels::cuda::lstm_last_hidden(x, &w_in, &self.w_hh, train);
         }
         if !self.kernels.fuse(x) {
             return generic_steps(x, &self.stacked_weights()?, false);

@@ -1,4 +1,4 @@
-//! The CUDA path (`--features cuda`): hand-written kernels (`src/cuda/kernels.cu`, compiled to
+//! The CUDA path (`--features cuda`): hand-written kernels (`src/kernels/cuda/kernels.cu`, compiled to
 //! PTX by nvcc in build.rs) as candle custom operations, where candle's generic operations
 //! cost a kernel launch and a full pass over memory each.
 //!
@@ -28,7 +28,7 @@ use candle::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, Pu
 use candle::cuda_backend::WrapErr;
 use candle::{CudaDevice, CudaStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
-/// The kernels' PTX, built by build.rs from `src/cuda/kernels.cu`.
+/// The kernels' PTX, built by build.rs from `src/kernels/cuda/kernels.cu`.
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
 /// The name candle's device caches the loaded module under.
 const MODULE: &str = "fmnist-models-kernels";
@@ -820,7 +820,7 @@ mod tests {
                 super::lstm_last_hidden(x.as_tensor(), w_in.as_tensor(), w_hh.as_tensor(), true)
                     .unwrap()
             } else {
-                let lstm = crate::recurrent::Lstm::new(
+                let lstm = crate::kernels::recurrent::Lstm::new(
                     w_in.as_tensor().narrow(1, 0, i).unwrap(),
                     w_hh.as_tensor().clone(),
                     w_in.as_tensor()

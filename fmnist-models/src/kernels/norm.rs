@@ -18,7 +18,7 @@ use candle::{CpuStorage, CustomOp3, Layout, Module, ModuleT, Shape, Tensor, Var}
 use candle_nn::BatchNorm;
 use rayon::prelude::*;
 
-use crate::conv::to_maxima;
+use crate::kernels::conv::to_maxima;
 use crate::kernels::{f32_slice, output_buffer, sized, windows, Kernels};
 
 /// A BatchNorm layer (`candle_nn::BatchNorm` underneath, so checkpoints are unchanged).

@@ -11,8 +11,8 @@
 //! no full-size output exists; the multiply-adds are as many as the GEMM's. The sums run in
 //! tap order, so they differ from the GEMM's in the last bits (the tests hold the two to 1e-5
 //! relative); training keeps the im2col path, whose backward pass needs the unfolding anyway.
+use crate::kernels::winograd::{channels_last, PooledGeometry};
 use crate::kernels::{first_max, simd, sized};
-use crate::winograd::{channels_last, PooledGeometry};
 
 /// Pooling windows per vector step.
 const LANES: usize = 16;

@@ -16,12 +16,12 @@ use std::sync::Mutex;
 use candle::{CpuStorage, CustomOp2, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::kernels::one_channel::{self, OneChannelKernel, OneChannelScratch};
+use crate::kernels::winograd::{self, PooledGeometry, TransformedKernel, WinogradScratch};
 use crate::kernels::{
     blocks_of, f32_slice, first_max, gemm_into, gemm_strided, output_buffer, pool_relu, simd,
     sized, sum_blocks, transpose, Kernels, MaxPool2, Strided,
 };
-use crate::one_channel::{self, OneChannelKernel, OneChannelScratch};
-use crate::winograd::{self, PooledGeometry, TransformedKernel, WinogradScratch};
 
 /// A convolution (groups 1, dilation 1) holding candle-nn's layer for its weights.
 #[derive(Debug, Clone)]
@@ -54,7 +54,7 @@ impl Conv2d {
     }
 
     /// The convolution where the fused CPU path does not run: the CUDA kernels' convolution
-    /// ([`crate::cuda::conv2d`]) and bias where they run, candle's layer elsewhere.
+    /// ([`crate::kernels::cuda::conv2d`]) and bias where they run, candle's layer elsewhere.
     fn unfused(&self, x: &Tensor) -> candle::Result<Tensor> {
         #[cfg(feature = "cuda")]
         if self.kernels.fuse_cuda(x) && self.inner.config().groups == 1 {
@@ -71,7 +71,7 @@ impl Conv2d {
     #[cfg(feature = "cuda")]
     fn cuda_conv(&self, x: &Tensor) -> candle::Result<Tensor> {
         let c = self.inner.config();
-        crate::cuda::conv2d(x, self.inner.weight(), c.padding, c.stride, c.dilation)
+        crate::kernels::cuda::conv2d(x, self.inner.weight(), c.padding, c.stride, c.dilation)
     }
 
     /// The convolution, 2x2 max-pooling ([`MaxPool2`]) and ReLU (which commute with each
@@ -87,7 +87,7 @@ impl Conv2d {
             layer.kernels.fuse_cuda(x) && layer.inner.config().groups == 1,
             layer.inner.bias(),
         ) {
-            return crate::cuda::bias_pool_relu(&layer.cuda_conv(x)?, bias);
+            return crate::kernels::cuda::bias_pool_relu(&layer.cuda_conv(x)?, bias);
         }
         match layer.blocked(x, Epilogue::PoolRelu)? {
             Some(y) => Ok(y),
@@ -612,7 +612,7 @@ impl BlockedConv {
         self.geometry.rows() + usize::from(self.ones_row)
     }
 
-    /// Whether the forward pass runs through Winograd's F(2x2, 3x3) ([`crate::winograd`]): a 3x3,
+    /// Whether the forward pass runs through Winograd's F(2x2, 3x3) ([`crate::kernels::winograd`]): a 3x3,
     /// stride-1 convolution (padded by at most 1) of enough channels into pooling and ReLU,
     /// with no maxima to keep for a backward pass.
     fn winograd(&self, keep: bool) -> bool {
@@ -624,7 +624,7 @@ impl BlockedConv {
             && g.c >= winograd::MIN_CHANNELS
     }
 
-    /// Whether the forward pass runs through [`crate::one_channel`]: a network's first
+    /// Whether the forward pass runs through [`crate::kernels::one_channel`]: a network's first
     /// convolution (one input channel, 3x3, stride 1, padded by at most 1) into pooling and
     /// ReLU, with no maxima to keep for a backward pass.
     fn one_channel(&self, keep: bool) -> bool {

@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 
 use candle::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Storage, Tensor};
 
-use crate::conv::{BlockedConv, Conv2d, Epilogue};
+use crate::kernels::conv::{BlockedConv, Conv2d, Epilogue};
+use crate::kernels::norm::{channel_stats, check_count, BatchNorm2d, Normalize};
 use crate::kernels::{f32_slice, MaxPool2};
-use crate::norm::{channel_stats, check_count, BatchNorm2d, Normalize};
 
 /// What follows the normalization inside [`conv_norm_t`].
 #[derive(Debug, Clone, Copy)]

@@ -1,11 +1,31 @@
-//! CPU kernels fused by hand where plain candle loses time, each with the generic candle path
-//! beside it (used on Metal, on CUDA where `crate::cuda` has no kernel of its own, and on the
-//! CPU with `Kernels::Generic`).
+//! The kernels under the models: CPU operations fused by hand where plain candle loses time,
+//! each with the generic candle path beside it (used on Metal, on CUDA where [`cuda`] has no
+//! kernel of its own, and on the CPU with `Kernels::Generic`), and the CUDA kernels. The
+//! models ([`crate::nets`]) call them through layer types ([`conv::Conv2d`],
+//! [`norm::BatchNorm2d`], [`recurrent::Lstm`], [`MaxPool2`], [`AddRelu`]) and never see a
+//! kernel.
+//!
+//! - [`conv`]: convolution as blocked im2col + GEMM, with pooling and ReLU fused after it;
+//!   `winograd` and `one_channel` are its evaluation paths.
+//! - [`norm`]: BatchNorm (+ ReLU); `conv_norm` fuses a convolution with the BatchNorm after it.
+//! - [`recurrent`]: the LSTM's whole recurrence as one operation.
+//! - this module: the choice of kernels ([`Kernels`]), the GEMM and SIMD helpers they share,
+//!   2x2 max-pooling and the residual add + ReLU.
+//! - `cuda` (feature `cuda`): the CUDA kernels (`cuda/kernels.cu`) and their launchers.
 //!
 //! 2x2 max-pooling: candle's backward of `max_pool2d` builds the mask from an upsample, a
 //! comparison, an average pool, two more upsamples and two products over the largest
 //! activation of the network. The fused kernel finds each window's maximum once forward and
 //! routes the gradient to it in one pass backward.
+pub mod conv;
+pub(crate) mod conv_norm;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod norm;
+pub(crate) mod one_channel;
+pub mod recurrent;
+pub(crate) mod winograd;
+
 use candle::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -16,7 +36,7 @@ use rayon::prelude::*;
 #[serde(rename_all = "kebab-case")]
 pub enum Kernels {
     /// The fused kernels where the tensor is f32 on the CPU (and, built with `cuda`, the CUDA
-    /// kernels of [`crate::cuda`] where it is f32 on a CUDA device), the generic path
+    /// kernels of [`crate::kernels::cuda`] where it is f32 on a CUDA device), the generic path
     /// elsewhere.
     #[default]
     Fused,
@@ -30,7 +50,7 @@ impl Kernels {
         self == Kernels::Fused && x.device().is_cpu() && x.dtype() == DType::F32
     }
 
-    /// Whether the CUDA kernels ([`crate::cuda`]) run on `x`: chosen, and `x` an f32 tensor
+    /// Whether the CUDA kernels ([`crate::kernels::cuda`]) run on `x`: chosen, and `x` an f32 tensor
     /// on a CUDA device.
     #[cfg(feature = "cuda")]
     pub fn fuse_cuda(self, x: &Tensor) -> bool {
