@@ -317,10 +317,9 @@ impl Optimizer {
                 }
             }
         }
-        let tmp = path.with_extension("safetensors.tmp");
-        candle::safetensors::save(&tensors, &tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+        let bytes = safetensors::serialize(&tensors, None)
+            .with_context(|| format!("serializing {}", path.display()))?;
+        Ok(fmnist_data::write_atomic(path, &bytes)?)
     }
 
     /// Restores moments saved by [`Optimizer::save`] and the step count.
