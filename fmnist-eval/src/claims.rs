@@ -370,6 +370,16 @@ pub fn claims(groups: &[RecipeRuns], ensembles: &[EnsembleRecord]) -> Vec<Claim>
         pooled,
         (0.5, 1.0),
     ));
+    out.push(lead_claim(
+        KERAS,
+        "attention: +1 point (expected; tried on the LSTM, over its 28 row states)",
+        "\"potential +1%\"",
+        study_with(groups, "lstm", "attention=true"),
+        lstm,
+        ("lstm --attention true", "lstm"),
+        pooled,
+        (1.0, f64::INFINITY),
+    ));
     match ensembles.first() {
         Some(e) => {
             let best = (e.members.iter())
@@ -601,6 +611,16 @@ mod tests {
         assert_eq!(lead_in(a, b, 0.0, 1.0, 2.0).1, Verdict::WithinNoise);
         assert_eq!(lead_in(a, b, 0.0, 0.5, 1.0).1, Verdict::Holds);
         assert_eq!(lead_in(a, b, 0.0, 2.0, 3.0).1, Verdict::DoesNotHold);
+        // "At least a point": open above.
+        assert_eq!(lead_in(a, b, 0.0, 0.5, f64::INFINITY).1, Verdict::Holds);
+        assert_eq!(
+            lead_in(a, b, 0.0, 1.0, f64::INFINITY).1,
+            Verdict::WithinNoise
+        );
+        assert_eq!(
+            lead_in(a, b, 0.0, 1.5, f64::INFINITY).1,
+            Verdict::DoesNotHold
+        );
         assert_eq!(beats(a, b, 0.0), Verdict::Holds);
         assert_eq!(beats(b, a, 0.0), Verdict::DoesNotHold);
         // A one-run recipe takes the pooled spread: 0.9141 (one run) against 0.9121 (one

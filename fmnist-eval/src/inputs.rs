@@ -19,7 +19,7 @@ pub const EVALUATION_VERSION: u32 = 6;
 
 /// The version of the files across runs (summary.csv, REPORT.md, their plots), raised by a
 /// change to them alone: the next evaluation writes them again and keeps every run's files.
-pub const REPORT_VERSION: u32 = 5;
+pub const REPORT_VERSION: u32 = 6;
 
 /// The record's file name, in a run folder and in the results folder.
 pub const EVALUATED: &str = "evaluated.json";
