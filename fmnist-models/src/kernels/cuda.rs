@@ -507,6 +507,7 @@ impl CustomOp2 for BiasPoolRelu {
         let len = n * c * ph * pw;
         // SAFETY: the kernel writes every window's output and place.
         let out = unsafe { dev.alloc::<f32>(len)? };
+        // SAFETY: as `out`: the kernel writes every window's place.
         let argmax = unsafe { dev.alloc::<u8>(len.max(1))? };
         let func = dev.get_or_load_custom_func("fmnist_bias_pool_relu", MODULE, PTX)?;
         let dims = [n * c, c, h, w].map(|d| d as i32);
