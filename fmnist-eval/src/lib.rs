@@ -9,6 +9,7 @@ mod glyph_text;
 pub mod inputs;
 pub mod metrics;
 pub mod outputs;
+pub mod pipeline;
 pub mod plots;
 pub mod predict;
 pub mod report;

@@ -5,17 +5,14 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use fmnist_data::write_atomic;
 use fmnist_data::DataArgs;
-use fmnist_eval::inputs::{ResultsInputs, RunInputs};
+use fmnist_eval::pipeline::{self, Evaluated};
 use fmnist_eval::predict::{self, predict_files, Invert, PredictOptions};
-use fmnist_eval::report::{self, Provenance, SummaryRow};
+use fmnist_eval::report::{self, SummaryRow};
 use fmnist_eval::similar::{self, SimilarityIndex};
-use fmnist_eval::{
-    ensemble, evaluate_run, files, findings, outputs, plots, reload_run, serve, Evaluation,
-};
+use fmnist_eval::{ensemble, files, outputs, serve};
 use fmnist_models::{Checkpoint, Classifier};
-use fmnist_train::{find_runs, select_device, DeviceChoice, RunDir};
+use fmnist_train::{select_device, DeviceChoice};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -202,129 +199,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         None => {}
     }
-    let runs: Vec<(String, PathBuf)> = if let Some(file) = &cli.checkpoint {
-        let dir = file.parent().context("the checkpoint has no folder")?;
-        if !file.is_file() {
-            bail!("{}: no such checkpoint", file.display());
-        }
-        if file.file_name().is_some_and(|n| n != Checkpoint::WEIGHTS) {
-            bail!("{}: evaluation reads a run's model.safetensors (its best checkpoint); point --run at the run folder instead", file.display());
-        }
-        vec![(dir.display().to_string(), dir.to_path_buf())]
-    } else if !cli.run.is_empty() {
-        cli.run
-            .iter()
-            .map(|d| (d.display().to_string(), d.clone()))
-            .collect()
-    } else {
-        if !cli.results.is_dir() {
-            bail!("{} does not exist: train first with `cargo xtask train-all` (or `cargo run --release -p fmnist-train -- --model cnn`)", cli.results.display());
-        }
-        let runs = find_runs(&cli.results)?;
-        if runs.is_empty() {
-            bail!("no runs under {}: train first with `cargo xtask train-all` (or `cargo run --release -p fmnist-train -- --model cnn`)", cli.results.display());
-        }
-        runs
-    };
+    let runs = pipeline::runs_to_evaluate(&cli.results, &cli.run, cli.checkpoint.as_deref())?;
     let data = cli.data.load()?;
-    let data_sha256 = data.sha256();
-    let plots_on = !cli.no_plots;
-    let inputs = (runs.iter())
-        .map(|(name, dir)| Ok((name.clone(), RunInputs::of(dir, &data_sha256, plots_on)?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let root = &cli.results;
     let whole_folder = cli.run.is_empty() && cli.checkpoint.is_none();
-    let folder_inputs = match whole_folder {
-        true => Some(ResultsInputs::of(root, &inputs)?),
-        false => None,
-    };
-    if let Some(folder) = &folder_inputs {
-        let every_run_kept =
-            (runs.iter().zip(&inputs)).all(|((_, dir), (_, i))| i.evaluated_in(dir));
-        if folder.written_in(root) && every_run_kept {
+    let plots_on = !cli.no_plots;
+    match pipeline::evaluate_all(&cli.results, &runs, whole_folder, plots_on, &data, &device)? {
+        Evaluated::Unchanged { runs, rows } => {
             println!(
                 "{}, each unchanged since its evaluation: nothing to evaluate",
-                count(runs.len(), "run")
+                pipeline::count(runs, "run")
             );
-            let rows = report::read_summary_csv(&root.join(files::SUMMARY_CSV))?;
-            print_answer(&rows, root);
-            return Ok(ExitCode::SUCCESS);
+            print_answer(&rows, &cli.results);
+        }
+        Evaluated::Folder { rows } => print_answer(&rows, &cli.results),
+        Evaluated::Runs(evals) => {
+            for e in &evals {
+                println!("{}", report::run_text(e, cli.normalize));
+            }
         }
     }
-    let mut evals: Vec<Evaluation> = Vec::new();
-    let mut reused = 0;
-    for ((name, dir), (_, run_inputs)) in runs.iter().zip(&inputs) {
-        let context = || format!("evaluating {}", dir.display());
-        if run_inputs.evaluated_in(dir) {
-            // Its files stand; the report across runs needs its scores again.
-            evals.push(reload_run(dir, name, &data, &device).with_context(context)?);
-            reused += 1;
-            continue;
-        }
-        eprintln!("evaluating {name} ...");
-        let e = evaluate_run(dir, name, &data, &device).with_context(context)?;
-        outputs::write_run_outputs(&e, &data, &device, plots_on, run_inputs)?;
-        println!(
-            "evaluated {name}: test accuracy {}",
-            fmnist_eval::table::pct(e.scores.gap.test.accuracy)
-        );
-        evals.push(e);
-    }
-    if reused > 0 {
-        println!(
-            "{} unchanged since evaluation: files kept",
-            count(reused, "run")
-        );
-    }
-    let Some(folder) = folder_inputs else {
-        for e in &evals {
-            println!("{}", report::run_text(e, cli.normalize));
-        }
-        return Ok(ExitCode::SUCCESS);
-    };
-    let groups = findings::recipe_groups(&evals);
-    let ensembles = ensemble::find_ensembles(root)?;
-    let ensemble_rows: Vec<SummaryRow> = ensembles
-        .iter()
-        .filter_map(|r| SummaryRow::ensemble(r, &evals))
-        .collect();
-    let mut rows: Vec<SummaryRow> = evals.iter().map(SummaryRow::new).collect();
-    rows.extend(ensemble_rows.iter().cloned());
-    write_atomic(&root.join(files::SUMMARY_CSV), &report::summary_csv(&rows)?)?;
-    if plots_on {
-        plots::comparison(
-            &root.join(files::COMPARISON.stem),
-            &comparison_rows(&groups),
-        )?;
-        outputs::write_cross_run_plots(root, &groups, &data)?;
-        outputs::write_samples(root, &data)?;
-    }
-    let command = std::env::var("FMNIST_REPORT_COMMAND")
-        .unwrap_or_else(|_| "cargo run -p fmnist-eval".into());
-    for r in &ensembles {
-        let dir = root.join(&r.name);
-        write_atomic(
-            &dir.join(files::REPORT),
-            report::ensemble_markdown(r, &dir).as_bytes(),
-        )?;
-    }
-    let md = report::markdown(
-        &evals,
-        &groups,
-        &ensembles,
-        &ensemble_rows,
-        root,
-        &Provenance::detect(command),
-    );
-    write_atomic(&root.join(files::REPORT), md.as_bytes())?;
-    folder.record(root)?;
-    print_answer(&rows, root);
     Ok(ExitCode::SUCCESS)
-}
-
-/// `1 run`, `2 runs`.
-fn count(n: usize, noun: &str) -> String {
-    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// The test accuracy of every recipe folder, and where the report is.
@@ -344,7 +238,7 @@ fn predict(
 ) -> anyhow::Result<ExitCode> {
     let dir = match &args.run {
         Some(d) => d.clone(),
-        None => best_run(results)?,
+        None => pipeline::best_run(results)?,
     };
     let classifier = Classifier::load(&dir, device)?;
     let options = PredictOptions {
@@ -423,7 +317,7 @@ fn classifier_and_index(
 ) -> anyhow::Result<(PathBuf, Classifier, SimilarityIndex)> {
     let dir = match run {
         Some(d) => d.clone(),
-        None => best_run(results)?,
+        None => pipeline::best_run(results)?,
     };
     let classifier = Classifier::load(&dir, device)?;
     eprintln!("model: {} ({})", dir.display(), classifier.model().kind());
@@ -509,101 +403,4 @@ fn similar(
     similar::write_strip(&out, input.as_raw(), &neighbours, &data.train)?;
     eprintln!("wrote {}", out.display());
     Ok(ExitCode::SUCCESS)
-}
-
-/// The finished run under `results` with the best validation accuracy (from its summary.json),
-/// the first in path order among equals. The test set plays no part in the choice.
-fn best_run(results: &std::path::Path) -> anyhow::Result<PathBuf> {
-    let runs = if results.is_dir() {
-        find_runs(results)?
-    } else {
-        Vec::new()
-    };
-    runs.into_iter()
-        .filter_map(|(_, dir)| {
-            let s = RunDir::new(&dir).read_summary().ok()?;
-            Some((s.val.accuracy, dir))
-        })
-        .reduce(|best, next| if next.0 > best.0 { next } else { best })
-        .map(|(_, dir)| dir)
-        .with_context(|| format!("no finished run under {} to classify with: train one (`cargo xtask train-all`) or pass --run DIR", results.display()))
-}
-
-/// One row per recipe (mean ± std over its seeds), for the comparison plot.
-fn comparison_rows(groups: &[findings::RecipeRuns]) -> Vec<plots::ComparisonRow> {
-    // By model, then study before best, then settings: a model's recipes side by side.
-    let mut order: Vec<&findings::RecipeRuns> = groups.iter().collect();
-    order.sort_by_cached_key(|g| {
-        let study = g.preset == fmnist_train::Preset::Study;
-        (g.model.clone(), !study, g.settings_text())
-    });
-    order
-        .into_iter()
-        .map(|g| {
-            let acc = g.test_accuracy();
-            let seeds = if acc.n > 1 {
-                format!(", {} seeds", acc.n)
-            } else {
-                String::new()
-            };
-            plots::ComparisonRow {
-                label: format!("{} ({}{seeds})", g.label(), g.preset),
-                mean: acc.mean,
-                std: acc.std,
-                study: g.preset == fmnist_train::Preset::Study,
-            }
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use fmnist_models::Score;
-
-    /// A finished run as `best_run` sees it: checkpoint files and a summary.
-    fn fake_run(dir: &std::path::Path, val: f64, test: f64) {
-        let run = RunDir::new(dir);
-        let checkpoint = run.checkpoint();
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(checkpoint.config_path(), "{}").unwrap();
-        std::fs::write(checkpoint.weights_path(), "").unwrap();
-        let summary = fmnist_train::run::RunSummary {
-            model: fmnist_models::ModelKind::Mlp,
-            seed: 1,
-            param_count: 1,
-            epochs_run: 1,
-            best_epoch: 1,
-            stopped_early: false,
-            val: Score {
-                loss: 0.5,
-                accuracy: val,
-            },
-            test: Score {
-                loss: 0.5,
-                accuracy: test,
-            },
-            train_seconds: 1.0,
-            train_images_per_second: 1.0,
-        };
-        fmnist_train::run::write_json(&run.summary(), &summary).unwrap();
-    }
-
-    #[test]
-    fn the_default_run_is_chosen_on_validation_never_on_test() {
-        let results = tempfile::tempdir().unwrap();
-        fake_run(&results.path().join("a"), 0.91, 0.95);
-        fake_run(&results.path().join("b/seed-1"), 0.93, 0.90);
-        fake_run(&results.path().join("c"), 0.93, 0.99);
-        // A run without a summary (one stopped before its end) is passed over.
-        fake_run(&results.path().join("d"), 0.99, 0.99);
-        std::fs::remove_file(RunDir::new(results.path().join("d")).summary()).unwrap();
-        assert_eq!(
-            best_run(results.path()).unwrap(),
-            results.path().join("b/seed-1")
-        );
-        let empty = tempfile::tempdir().unwrap();
-        let message = best_run(empty.path()).unwrap_err().to_string();
-        assert!(message.starts_with("no finished run under "), "{message}");
-    }
 }
