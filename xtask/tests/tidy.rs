@@ -17,14 +17,23 @@ const LAYERS: [(&str, &[&str]); 5] = [
     ("fmnist-data", &[]),
     ("fmnist-models", &["fmnist-data"]),
     ("fmnist-train", &["fmnist-data", "fmnist-models"]),
-    ("fmnist-eval", &["fmnist-data", "fmnist-models", "fmnist-train"]),
+    (
+        "fmnist-eval",
+        &["fmnist-data", "fmnist-models", "fmnist-train"],
+    ),
     ("xtask", &[]),
 ];
 
 /// The fmnist crates each crate of the workspace depends on, from `cargo metadata`.
 fn fmnist_dependencies() -> Vec<(String, Vec<String>)> {
     let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(workspace())
         .output()
         .expect("running cargo metadata");
