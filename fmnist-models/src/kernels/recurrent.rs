@@ -810,10 +810,8 @@ mod tests {
         Lstm::new(w_ih, w_hh, b_ih, b_hh, Kernels::Fused)
     }
 
-    /// candle's own LSTM layer on the same weights, read for its last hidden state: the
-    /// reference both paths are held to.
-    fn candle_last_hidden(weights: [&Tensor; 4], x: &Tensor) -> Tensor {
-        use candle_nn::rnn::RNN;
+    /// candle's own LSTM layer on the same weights: the reference both paths are held to.
+    fn candle_lstm(weights: [&Tensor; 4]) -> candle_nn::LSTM {
         let (g4, i) = weights[0].dims2().unwrap();
         let names = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"];
         let tensors = names
@@ -821,33 +819,31 @@ mod tests {
             .zip(weights)
             .map(|(n, w)| (n.to_string(), w.clone()))
             .collect();
-        let layer = candle_nn::LSTM::new(
+        candle_nn::LSTM::new(
             i,
             g4 / 4,
             candle_nn::LSTMConfig::default(),
             candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
         )
-        .unwrap();
-        layer.seq(x).unwrap().last().unwrap().h.clone()
+        .unwrap()
     }
 
-    /// candle's own LSTM layer on the same weights, every step's hidden state `[B, T, H]`.
+    /// candle's LSTM read for its last hidden state `[B, H]`.
+    fn candle_last_hidden(weights: [&Tensor; 4], x: &Tensor) -> Tensor {
+        use candle_nn::rnn::RNN;
+        candle_lstm(weights)
+            .seq(x)
+            .unwrap()
+            .last()
+            .unwrap()
+            .h
+            .clone()
+    }
+
+    /// candle's LSTM read for every step's hidden state `[B, T, H]`.
     fn candle_hidden_states(weights: [&Tensor; 4], x: &Tensor) -> Tensor {
         use candle_nn::rnn::RNN;
-        let (g4, i) = weights[0].dims2().unwrap();
-        let names = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"];
-        let tensors = names
-            .iter()
-            .zip(weights)
-            .map(|(n, w)| (n.to_string(), w.clone()))
-            .collect();
-        let layer = candle_nn::LSTM::new(
-            i,
-            g4 / 4,
-            candle_nn::LSTMConfig::default(),
-            candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
-        )
-        .unwrap();
+        let layer = candle_lstm(weights);
         let states = layer.seq(x).unwrap();
         layer.states_to_tensor(&states).unwrap()
     }
