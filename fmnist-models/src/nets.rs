@@ -220,7 +220,8 @@ impl Net for Lstm {
     }
 
     fn features_t(&self, x: &Tensor, train: bool) -> candle::Result<Tensor> {
-        let state = self.read(&x.squeeze(1)?, train)?; // [B, 28 steps, 28 features]
+        // The rows as 28 steps of 28 features, `[B, 28, 28]`, read to the state `[B, S]`.
+        let state = self.read(&x.squeeze(1)?, train)?;
         let Some((dense, dropout)) = &self.head else {
             return Ok(state);
         };

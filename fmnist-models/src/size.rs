@@ -25,7 +25,8 @@ pub struct Size {
     /// Units of an LSTM's state (per direction).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden: Option<usize>,
-    /// An LSTM that also reads the rows bottom to top, its two last states side by side.
+    /// Each LSTM layer doubled by one reading the rows bottom to top, the two directions'
+    /// states side by side.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bidirectional: Option<bool>,
     /// Stacked LSTM layers, each reading the states of the one below at every step.

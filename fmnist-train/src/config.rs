@@ -411,8 +411,8 @@ pub struct Overrides {
     /// Units of the LSTM's state (per direction).
     #[arg(long, value_name = "H")]
     pub hidden: Option<usize>,
-    /// A second LSTM reads the rows bottom to top; the two last states feed the head
-    /// (true/false).
+    /// Each LSTM layer doubled by one reading the rows bottom to top, the two directions'
+    /// states side by side (true/false).
     #[arg(long, value_name = "BOOL")]
     pub bidirectional: Option<bool>,
     /// Stacked LSTM layers, each reading the states of the one below at every row.

@@ -12,8 +12,10 @@
 //! In training everything is batch-major (`[B, T, ·]`), so a block's steps are one contiguous
 //! run of each buffer; each step's GEMM accumulates straight into that step's rows of the
 //! projections (rows `T` apart), with no copy in or out and no allocation per step.
-//! Evaluation has a path of its own: each step one GEMM of the rows `[x_t, 1, h]` against all
-//! the weights, nothing kept.
+//! Evaluation of the last state has a path of its own: each step one GEMM of the rows
+//! `[x_t, 1, h]` against all the weights, nothing kept. Every step's state (for a layer above
+//! or attention) comes from the training path in both, its saved activations dropped at once
+//! in evaluation.
 //!
 //! The generic path (CUDA, Metal, `Kernels::Generic`) is built from candle operations in as
 //! few of them as candle allows: per step one GEMM of the rows `[x_t, 1, h]` against the same
