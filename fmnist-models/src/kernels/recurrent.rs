@@ -114,10 +114,11 @@ impl Lstm {
 
 /// The generic path from candle operations, each step one GEMM of the rows `[x_t, 1, h]`
 /// against the stacked weights `[W_ih | b_ih + b_hh | W_hh]` (`[4H, I + 1 + H]`), then one sigmoid over all four gates (the cell gate's sigmoid is computed and not used:
-/// cheaper than a fifth operation in the graph) and the cell gate's tanh. The input rows are
-/// data, so splitting them per step adds nothing to the backward pass; splitting a tracked
-/// projection of all steps would (the backward of each step's narrow is a concatenation the
-/// size of the whole projection). The last hidden state `[B, H]`, or with `every_step` the
+/// cheaper than a fifth operation in the graph) and the cell gate's tanh. A first layer's
+/// input rows are data, so splitting them per step adds nothing to the backward pass;
+/// splitting a tracked tensor would (the backward of each step's narrow is a concatenation the
+/// size of the whole tensor), which is what a layer above the first pays here, reading the
+/// tracked states of the one below. The last hidden state `[B, H]`, or with `every_step` the
 /// hidden state after each step `[B, T, H]`.
 fn generic_steps(x: &Tensor, stacked_weights: &Tensor, every_step: bool) -> candle::Result<Tensor> {
     let (batch, steps, inputs) = x.dims3()?;
