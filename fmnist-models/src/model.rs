@@ -13,7 +13,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::kind::ModelKind;
 use crate::nets::{
-    Cnn, Cnn3Conv, CnnBn, CnnBnPool, CnnDeep, CnnWide, Lstm, Mlp, MlpBn, Net, Resnet,
+    Cnn, Cnn3Conv, CnnBn, CnnBnPool, CnnDeep, CnnVgg, CnnWide, Lstm, Mlp, MlpBn, Net, Resnet,
 };
 
 /// A network of the registry with its parameters, built by [`ModelConfig::build`].
@@ -41,6 +41,7 @@ impl Model {
             ModelKind::Mlp => Box::new(Mlp::new(&mut b, &w)?),
             ModelKind::CnnWide => Box::new(CnnWide::new(&mut b, &w)?),
             ModelKind::CnnDeep => Box::new(CnnDeep::new(&mut b, &w)?),
+            ModelKind::CnnVgg => Box::new(CnnVgg::new(&mut b, &w)?),
             ModelKind::Resnet => Box::new(Resnet::new(&mut b, &w)?),
             ModelKind::Cnn3Conv => Box::new(Cnn3Conv::new(&mut b, &w)?),
             ModelKind::MlpBn => Box::new(MlpBn::new(&mut b, &w)?),

@@ -71,7 +71,7 @@ impl ModelKind {
             ModelKind::LstmDense => (0, 128, 128),
             ModelKind::Mlp => (0, 256, 0),
             ModelKind::MlpBn => (0, 512, 0),
-            ModelKind::CnnWide => (32, 128, 0),
+            ModelKind::CnnWide | ModelKind::CnnVgg => (32, 128, 0),
             ModelKind::Cnn3Conv | ModelKind::CnnDeep => (32, 256, 0),
             ModelKind::CnnBn | ModelKind::CnnBnPool => (32, 512, 0),
             ModelKind::Resnet => (32, 0, 0),

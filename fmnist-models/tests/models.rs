@@ -93,6 +93,7 @@ fn shapes_and_exact_parameter_counts() {
         (ModelKind::Mlp, 235_146),
         (ModelKind::CnnWide, 421_642),
         (ModelKind::CnnDeep, 538_346),
+        (ModelKind::CnnVgg, 435_754),
         (ModelKind::Resnet, 308_074),
         (ModelKind::Cnn3Conv, 1_701_130),
         (ModelKind::MlpBn, 569_226),
