@@ -13,7 +13,6 @@ pub mod pipeline;
 pub mod plots;
 pub mod predict;
 pub mod report;
-pub mod serve;
 pub mod similar;
 pub mod table;
 

@@ -1,18 +1,18 @@
 //! `fmnist-eval`: evaluates trained runs (tables, CSV, plots, REPORT.md).
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use fmnist_data::DataArgs;
 use fmnist_eval::pipeline::{self, Evaluated};
-use fmnist_eval::predict::{self, predict_files, Invert, PredictOptions};
+use fmnist_eval::predict::{self, predict_files, PredictOptions};
 use fmnist_eval::report::{self, SummaryRow};
-use fmnist_eval::similar::{self, SimilarityIndex};
-use fmnist_eval::{ensemble, files, outputs, serve};
+use fmnist_eval::{ensemble, files, outputs, similar};
+use fmnist_models::photo::{self, Invert};
+use fmnist_models::similar::{SimilarityIndex, INDEX_FILE};
 use fmnist_models::{Checkpoint, Classifier};
-use fmnist_train::{select_device, DeviceChoice};
+use fmnist_train::{best_run, select_device, DeviceChoice};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -62,38 +62,9 @@ enum Command {
     /// RESULTS/NAME with ensemble.json, metrics.json, the CSVs and plots of a run, and the
     /// ensemble joins REPORT.md at the next evaluation.
     Ensemble(EnsembleArgs),
-    /// Serve the classifier over HTTP: POST /classify and /similar, a page to try it at /,
-    /// /health and /metrics. Loads the model and the similarity index once.
-    Serve(ServeArgs),
     /// The training images nearest to IMAGE in the model's embedding: printed, and drawn as a
     /// strip of images (PNG).
     Similar(SimilarArgs),
-}
-
-#[derive(clap::Args, Debug)]
-struct ServeArgs {
-    /// Run whose best checkpoint classifies. Default: the run under --results with the best
-    /// test accuracy.
-    #[arg(long, value_name = "DIR")]
-    run: Option<PathBuf>,
-    /// Address to listen on (port 0: a free port, printed at start).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    addr: std::net::SocketAddr,
-    /// Largest request body in bytes; a larger one is refused (413) while it arrives.
-    #[arg(long, default_value_t = 10 * 1024 * 1024, value_name = "BYTES")]
-    max_body: usize,
-    /// Seconds to receive a request's body before answering 408.
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
-    read_timeout: f64,
-    /// Classes per prediction (a request can ask for others with ?top=N).
-    #[arg(long, default_value_t = 3)]
-    top: usize,
-    /// `needs_review` below this top probability (a request can set ?threshold=P).
-    #[arg(long, default_value_t = 0.5)]
-    threshold: f32,
-    /// Flip photos so the item is light on dark, like the training data.
-    #[arg(long, value_enum, default_value_t)]
-    invert: Invert,
 }
 
 #[derive(clap::Args, Debug)]
@@ -189,10 +160,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let data = cli.data.load()?;
             return ensemble(args, &cli.results, &data, &device);
         }
-        Some(Command::Serve(args)) => {
-            let data = cli.data.load()?;
-            return serve(args, &cli.results, data, &device);
-        }
         Some(Command::Similar(args)) => {
             let data = cli.data.load()?;
             return similar(args, &cli.results, &data, &device);
@@ -238,7 +205,7 @@ fn predict(
 ) -> anyhow::Result<ExitCode> {
     let dir = match &args.run {
         Some(d) => d.clone(),
-        None => pipeline::best_run(results)?,
+        None => best_run(results)?,
     };
     let classifier = Classifier::load(&dir, device)?;
     let options = PredictOptions {
@@ -317,60 +284,24 @@ fn classifier_and_index(
 ) -> anyhow::Result<(PathBuf, Classifier, SimilarityIndex)> {
     let dir = match run {
         Some(d) => d.clone(),
-        None => pipeline::best_run(results)?,
+        None => best_run(results)?,
     };
     let classifier = Classifier::load(&dir, device)?;
     eprintln!("model: {} ({})", dir.display(), classifier.model().kind());
     let start = std::time::Instant::now();
     let (index, cached) = SimilarityIndex::load_or_build(&dir, &classifier, &data.train)?;
+    let how = if cached {
+        "read from"
+    } else {
+        "built and cached in"
+    };
     eprintln!(
-        "similarity index: {} training images, {} ({:.1} s)",
+        "similarity index: {} training images, {how} {} ({:.1} s)",
         index.len(),
-        if cached {
-            format!("read from {}", dir.join(similar::INDEX_FILE).display())
-        } else {
-            format!(
-                "built and cached in {}",
-                dir.join(similar::INDEX_FILE).display()
-            )
-        },
+        dir.join(INDEX_FILE).display(),
         start.elapsed().as_secs_f64()
     );
     Ok((dir, classifier, index))
-}
-
-fn serve(
-    args: &ServeArgs,
-    results: &std::path::Path,
-    data: fmnist_data::FashionMnist,
-    device: &candle::Device,
-) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        args.read_timeout > 0.0 && args.read_timeout.is_finite(),
-        "--read-timeout must be a positive number of seconds"
-    );
-    let (dir, classifier, index) = classifier_and_index(&args.run, results, &data, device)?;
-    let app = Arc::new(serve::App::new(
-        classifier,
-        index,
-        data.train,
-        dir.display().to_string(),
-        serve::ServeOptions {
-            max_body: args.max_body,
-            read_timeout: std::time::Duration::from_secs_f64(args.read_timeout),
-            top: args.top,
-            threshold: args.threshold,
-            invert: args.invert,
-        },
-    ));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(serve::serve(app, args.addr, |addr| {
-        println!("listening on http://{addr}");
-        let _ = std::io::Write::flush(&mut std::io::stdout());
-    }))?;
-    Ok(ExitCode::SUCCESS)
 }
 
 fn similar(
@@ -380,9 +311,10 @@ fn similar(
     device: &candle::Device,
 ) -> anyhow::Result<ExitCode> {
     let img = predict::decode(&args.image)?;
-    let (input, _) = predict::preprocess(&img, args.invert);
+    let (input, _) = photo::fit(&img, args.invert);
     let (_, classifier, index) = classifier_and_index(&args.run, results, data, device)?;
-    let neighbours = similar::similar_to(&classifier, &index, input.as_raw(), args.top)?;
+    let neighbours =
+        fmnist_models::similar::similar_to(&classifier, &index, input.as_raw(), args.top)?;
     for (i, n) in neighbours.iter().enumerate() {
         println!(
             "{:>2}. training image {:>5}: {:<12} distance {:.4}",

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use candle::Device;
 use fmnist_data::{write_atomic, FashionMnist};
 use fmnist_models::Checkpoint;
-use fmnist_train::{find_runs, RunDir};
+use fmnist_train::find_runs;
 
 use crate::inputs::{ResultsInputs, RunInputs};
 use crate::report::{self, Provenance, SummaryRow};
@@ -162,24 +162,6 @@ pub fn count(n: usize, noun: &str) -> String {
     format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
-/// The finished run under `results` with the best validation accuracy (from its summary.json),
-/// the first in path order among equals. The test set plays no part in the choice.
-pub fn best_run(results: &std::path::Path) -> anyhow::Result<PathBuf> {
-    let runs = if results.is_dir() {
-        find_runs(results)?
-    } else {
-        Vec::new()
-    };
-    runs.into_iter()
-        .filter_map(|(_, dir)| {
-            let s = RunDir::new(&dir).read_summary().ok()?;
-            Some((s.val.accuracy, dir))
-        })
-        .reduce(|best, next| if next.0 > best.0 { next } else { best })
-        .map(|(_, dir)| dir)
-        .with_context(|| format!("no finished run under {} to classify with: train one (`cargo xtask train-all`) or pass --run DIR", results.display()))
-}
-
 /// One row per recipe (mean ± std over its seeds), for the comparison plot.
 fn comparison_rows(groups: &[findings::RecipeRuns]) -> Vec<plots::ComparisonRow> {
     // By model, then study before best, then settings: a model's recipes side by side.
@@ -205,56 +187,4 @@ fn comparison_rows(groups: &[findings::RecipeRuns]) -> Vec<plots::ComparisonRow>
             }
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use fmnist_models::Score;
-
-    /// A finished run as `best_run` sees it: checkpoint files and a summary.
-    fn fake_run(dir: &std::path::Path, val: f64, test: f64) {
-        let run = RunDir::new(dir);
-        let checkpoint = run.checkpoint();
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(checkpoint.config_path(), "{}").unwrap();
-        std::fs::write(checkpoint.weights_path(), "").unwrap();
-        let summary = fmnist_train::run::RunSummary {
-            model: fmnist_models::ModelKind::Mlp,
-            seed: 1,
-            param_count: 1,
-            epochs_run: 1,
-            best_epoch: 1,
-            stopped_early: false,
-            val: Score {
-                loss: 0.5,
-                accuracy: val,
-            },
-            test: Score {
-                loss: 0.5,
-                accuracy: test,
-            },
-            train_seconds: 1.0,
-            train_images_per_second: 1.0,
-        };
-        fmnist_train::run::write_json(&run.summary(), &summary).unwrap();
-    }
-
-    #[test]
-    fn the_default_run_is_chosen_on_validation_never_on_test() {
-        let results = tempfile::tempdir().unwrap();
-        fake_run(&results.path().join("a"), 0.91, 0.95);
-        fake_run(&results.path().join("b/seed-1"), 0.93, 0.90);
-        fake_run(&results.path().join("c"), 0.93, 0.99);
-        // A run without a summary (one stopped before its end) is passed over.
-        fake_run(&results.path().join("d"), 0.99, 0.99);
-        std::fs::remove_file(RunDir::new(results.path().join("d")).summary()).unwrap();
-        assert_eq!(
-            best_run(results.path()).unwrap(),
-            results.path().join("b/seed-1")
-        );
-        let empty = tempfile::tempdir().unwrap();
-        let message = best_run(empty.path()).unwrap_err().to_string();
-        assert!(message.starts_with("no finished run under "), "{message}");
-    }
 }

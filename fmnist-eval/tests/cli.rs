@@ -557,3 +557,54 @@ fn an_unchanged_run_is_not_evaluated_again_and_changed_weights_are() {
         |files: &std::collections::BTreeMap<_, Vec<u8>>| files[&run.join("metrics.json")].clone();
     assert!(metrics(&snapshot(results.path())) != metrics(&written));
 }
+
+#[test]
+fn similar_prints_the_nearest_training_images_and_draws_them() {
+    let (data, data_dir) = synthetic_data();
+    let results = tempfile::tempdir().unwrap();
+    let run = results.path().join("mlp");
+    fmnist_train::train(
+        &one_epoch_mlp(),
+        &data,
+        &run,
+        &Device::Cpu,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    // Training image 7 itself, as a PNG: its nearest neighbour is itself, at distance 0.
+    let query = results.path().join("seven.png");
+    let (pixels, label) = data.train.get(7).unwrap();
+    image::GrayImage::from_raw(28, 28, pixels.to_vec())
+        .unwrap()
+        .save(&query)
+        .unwrap();
+    let strip = results.path().join("strip.png");
+    let mut args: Vec<String> = ["similar", query.to_str().unwrap(), "--top", "5", "--run"]
+        .map(String::from)
+        .to_vec();
+    args.push(run.to_str().unwrap().into());
+    args.extend(["--out".into(), strip.to_str().unwrap().into()]);
+    args.extend(data_flags(data_dir.path()));
+    let similar = |args: &[String]| {
+        let out = eval(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let (stdout, stderr) = similar(&args);
+    assert!(stderr.contains("built and cached in"), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    let name = &class_names()[label as usize];
+    assert!(
+        lines[0].starts_with(&format!(
+            " 1. training image     7: {name:<12} distance 0.0000"
+        )),
+        "{stdout}"
+    );
+    assert!(image::open(&strip).unwrap().width() > 5 * 120);
+    // The index is read from the run's cache the second time, with the same answer.
+    let (again, stderr) = similar(&args);
+    assert!(stderr.contains("read from"), "{stderr}");
+    assert_eq!(again, stdout);
+}

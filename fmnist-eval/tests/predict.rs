@@ -6,7 +6,9 @@ use std::sync::OnceLock;
 
 use candle::Device;
 use fmnist_data::{DataArgs, FashionMnist, Normalization, FASHION_MNIST_CLASSES};
-use fmnist_eval::predict::{predict_files, Invert, PredictOptions};
+use fmnist_eval::predict::{predict_files, PredictOptions};
+use fmnist_models::photo::Invert;
+use fmnist_models::prediction::Prediction;
 use fmnist_models::{argmax, Classifier, ModelKind};
 use fmnist_train::{Preset, RunDir, RunOptions, TrainConfig};
 use image::GrayImage;
@@ -84,7 +86,7 @@ fn tensor_predictions(classifier: &Classifier, data: &FashionMnist, n: usize) ->
         .collect()
 }
 
-fn predicted_indices(preds: &[fmnist_eval::predict::Prediction]) -> Vec<usize> {
+fn predicted_indices(preds: &[Prediction]) -> Vec<usize> {
     let names = names();
     preds
         .iter()

@@ -1,9 +1,12 @@
 //! Classifies image files with a trained run: the ten probabilities, the most likely class.
 //!
 //! `cargo run --release -p fmnist-models --example classify -- [--run DIR] IMAGE...`
-//! (default run: `results/resnet-best`). Images are read as 28x28 grey levels with the item
-//! light on black, as in Fashion-MNIST; `fmnist-eval predict` also fits and inverts photos.
+//! (default run: `results/resnet-best`). Each image is decoded with bounds and fitted to the
+//! model's input as `fmnist-eval predict` does: a photo of a dark garment on a light
+//! background is inverted, cropped to the item and centred, a 28x28 Fashion-MNIST image is
+//! read as it is.
 use anyhow::Context;
+use fmnist_models::photo::{self, Invert};
 use fmnist_models::{argmax, Classifier};
 
 fn main() -> anyhow::Result<()> {
@@ -18,13 +21,13 @@ fn main() -> anyhow::Result<()> {
     };
     let classifier = Classifier::load(&run, &candle::Device::Cpu)?;
     for path in &args {
-        let image = image::open(path).with_context(|| format!("reading {path}"))?;
-        let gray = image.to_luma8();
-        let gray = image::imageops::resize(&gray, 28, 28, image::imageops::FilterType::Triangle);
-        let probabilities = classifier.classify(gray.as_raw())?;
+        let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+        let image = photo::decode_bytes(&bytes).with_context(|| path.clone())?;
+        let (probabilities, inverted) = classifier.classify_photo(&image, Invert::Auto)?;
         let best = argmax(&probabilities);
         let name = &classifier.class_names()[best];
-        println!("{path}: {name} ({:.1}%)", 100.0 * probabilities[best]);
+        let note = if inverted { " (inverted)" } else { "" };
+        println!("{path}: {name} ({:.1}%){note}", 100.0 * probabilities[best]);
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ use fmnist_data::{ImageSet, Normalizer, IMAGE_SIDE};
 use crate::checkpoint::{Checkpoint, CheckpointConfig};
 use crate::error::{ModelError, Result};
 use crate::model::Model;
+use crate::photo;
 use crate::scoring::softmax_rows;
 use crate::NUM_CLASSES;
 
@@ -70,6 +71,18 @@ impl Classifier {
     pub fn classify(&self, image: &[u8]) -> Result<[f32; NUM_CLASSES]> {
         let mut all = self.classify_all(&[image])?;
         Ok(all.remove(0))
+    }
+
+    /// The probabilities of the classes for a person's image of any size, fitted to the
+    /// model's input as [`photo::fit`] does (inverted per `invert`), and whether it was
+    /// inverted: the answer `predict` and the HTTP service give for the same file.
+    pub fn classify_photo(
+        &self,
+        image: &image::DynamicImage,
+        invert: photo::Invert,
+    ) -> Result<([f32; NUM_CLASSES], bool)> {
+        let (input, inverted) = photo::fit(image, invert);
+        Ok((self.classify(input.as_raw())?, inverted))
     }
 
     /// The normalized batch `[B, 1, 28, 28]` of `images`, each of [`IMAGE_PIXELS`] grey levels.

@@ -67,6 +67,9 @@ pub enum ModelError {
     /// A width out of range, or one the model does not have.
     #[error("{key}: {message}")]
     BadSize { key: &'static str, message: String },
+    /// A similarity index whose vectors are not the model's embeddings.
+    #[error("the similarity index was built by another model ({index} dimensions; this model's embedding has {model})")]
+    IndexOfAnotherModel { index: usize, model: usize },
     /// An unknown model name.
     #[error("unknown model '{name}' (known: {known})")]
     UnknownModel { name: String, known: String },

@@ -7,13 +7,17 @@
 //! - [`Checkpoint`] is a model on disk: `config.json` + `model.safetensors`.
 //! - [`Classifier`] loads a run folder and returns the ten probabilities for 28x28 images,
 //!   and, for CNNs, Grad-CAM maps of where the evidence for a class lies ([`explain`]).
+//! - [`photo`] turns a person's image (any size, a dark garment on a light background) into
+//!   that input, as `predict` and the HTTP service do ([`Classifier::classify_photo`]);
+//!   [`prediction`] ranks the classes; [`similar`] finds the nearest training images in the
+//!   model's embedding.
 //!
 //! Every model maps images `[B, 1, 28, 28]` to logits `[B, 10]` through
 //! [`Model::forward_t`], whose `train` flag switches dropout and BatchNorm.
 //!
 //! The model layer is the files at the top (the registry in [`kind`], the widths in [`size`],
 //! the architectures in [`nets`], construction in [`builder`], [`model`], [`checkpoint`],
-//! [`classifier`], [`explain`], [`scoring`]); the operations they run on, CPU and CUDA, are in
+//! [`classifier`], [`explain`], [`scoring`], [`photo`], [`prediction`], [`similar`]); the operations they run on, CPU and CUDA, are in
 //! [`kernels`].
 //!
 //! ```
@@ -33,7 +37,10 @@ pub mod kernels;
 pub mod kind;
 pub mod model;
 pub mod nets;
+pub mod photo;
+pub mod prediction;
 pub mod scoring;
+pub mod similar;
 pub mod size;
 
 #[cfg(feature = "cuda")]

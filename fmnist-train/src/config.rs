@@ -572,7 +572,10 @@ mod tests {
         assert!(c.augment.is_off());
         let normalization = |m, p| TrainConfig::preset(m, p).model.normalization;
         for m in ModelKind::ALL {
-            let study = if matches!(m, ModelKind::CnnWide | ModelKind::Cnn3Conv) {
+            let study = if matches!(
+                m,
+                ModelKind::CnnWide | ModelKind::Cnn3Conv | ModelKind::CnnVgg
+            ) {
                 Normalization::Standard
             } else {
                 Normalization::Unit
@@ -609,6 +612,16 @@ mod tests {
             c.model.init,
             Init::Pytorch,
             "the ANN-vs-CNN study used PyTorch"
+        );
+        // Its CNN: the same, with inputs standardized and a 54,000/6,000 split.
+        let v = TrainConfig::preset(ModelKind::CnnVgg, Preset::Study);
+        assert_eq!(
+            (v.epochs, v.batch_size, v.schedule, v.step_size, v.gamma),
+            (18, 128, ScheduleKind::PlateauAcc, 2, 0.5)
+        );
+        assert_eq!(
+            (v.model.normalization, v.val_frac, c.val_frac),
+            (Normalization::Standard, 0.1, 0.2)
         );
         // The R study: Keras, inputs /255, 48,000/12,000, Adam, batch 256, 10 epochs.
         for m in [ModelKind::CnnBn, ModelKind::CnnBnPool, ModelKind::LstmDense] {

@@ -12,5 +12,7 @@ pub mod trainer;
 
 pub use config::{ConfigChange, OptimizerKind, Overrides, Preset, ScheduleKind, TrainConfig};
 pub use device::{select_device, DeviceChoice};
-pub use run::{find_runs, EpochRecord, RunConfig, RunDir, RunState, RunStatus, RunSummary};
+pub use run::{
+    best_run, find_runs, EpochRecord, RunConfig, RunDir, RunState, RunStatus, RunSummary,
+};
 pub use trainer::{continue_run, prepare, resume, train, train_step, RunOptions, Step};

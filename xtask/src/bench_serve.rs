@@ -1,4 +1,4 @@
-//! `cargo xtask bench-serve`: a bounded load test of `fmnist-eval serve`. It starts the server
+//! `cargo xtask bench-serve`: a bounded load test of `fmnist-serve`. It starts the server
 //! on 127.0.0.1, sends the example images from several clients at once, checks every answer
 //! against `fmnist-eval predict` on the same files, and writes requests/s and latency
 //! percentiles into `results/BENCH-serve.md`.
@@ -19,7 +19,7 @@ pub const REPORT_FILE: &str = "BENCH-serve.md";
 /// The images sent, from docs/examples.
 const EXAMPLES: [&str; 3] = ["ankle-boot.png", "bag.png", "shirt.png"];
 
-/// Load test of `fmnist-eval serve`: concurrent clients, requests/s and latency into
+/// Load test of `fmnist-serve`: concurrent clients, requests/s and latency into
 /// BENCH-serve.md.
 #[derive(clap::Args, Debug)]
 pub struct BenchServe {
@@ -53,7 +53,8 @@ impl BenchServe {
             self.clients >= 1 && self.requests >= self.clients,
             "--clients must be at least 1 and --requests at least --clients"
         );
-        let bin = self.build.build(&["fmnist-eval"])?.join("fmnist-eval");
+        let bins = self.build.build(&["fmnist-eval", "fmnist-serve"])?;
+        let (bin, server_bin) = (bins.join("fmnist-eval"), bins.join("fmnist-serve"));
         let root = project_root();
         let examples: Vec<PathBuf> = EXAMPLES
             .iter()
@@ -82,13 +83,13 @@ impl BenchServe {
             .map(std::fs::read)
             .collect::<Result<_, _>>()?;
 
-        let mut server = Command::new(&bin)
+        let mut server = Command::new(&server_bin)
             .current_dir(&root)
-            .args(["serve", "--addr", "127.0.0.1:0", "--run"])
+            .args(["--addr", "127.0.0.1:0", "--run"])
             .arg(&self.run)
             .stdout(Stdio::piped())
             .spawn()
-            .context("starting fmnist-eval serve")?;
+            .context("starting fmnist-serve")?;
         let mut line = String::new();
         BufReader::new(server.stdout.take().context("the server's output")?)
             .read_line(&mut line)?;
@@ -108,7 +109,7 @@ impl BenchServe {
             "# Serving benchmark\n\n\
              - Machine: {}\n\
              - Command: `cargo xtask bench-serve --run {} --clients {} --requests {}`\n\
-             - `fmnist-eval serve` (release build) on 127.0.0.1; each client keeps one connection \
+             - `fmnist-serve` (release build) on 127.0.0.1; each client keeps one connection \
              and sends POST /classify with the example images in turn; every answer is checked \
              against `fmnist-eval predict` on the same file.\n\n\
              | model run | clients | requests | failed | requests/s | p50 ms | p90 ms | p99 ms |\n\

@@ -38,7 +38,7 @@ enum Task {
     Bench(bench::Bench),
     /// Train models × settings × seeds here or as a Slurm job array, then evaluate the sweep.
     Sweep(sweep::Sweep),
-    /// Load test of `fmnist-eval serve`: concurrent clients, requests/s and latency into BENCH.md.
+    /// Load test of `fmnist-serve`: concurrent clients, requests/s and latency into BENCH.md.
     BenchServe(bench_serve::BenchServe),
     /// Build the binaries with `--features cuda` here, with a CUDA 13.0 toolchain from PyPI.
     CudaCheck(cuda_check::CudaCheck),

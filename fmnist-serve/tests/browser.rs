@@ -1,4 +1,4 @@
-//! The page of `fmnist-eval serve` in a real browser: Debian's headless Chromium, driven
+//! The page of `fmnist-serve` in a real browser: Debian's headless Chromium, driven
 //! through ChromeDriver's WebDriver API, uploads an example image and reads the class the page
 //! shows and its similar items, then draws on the canvas with the pointer and has the drawing
 //! classified. Needs `chromium` and `chromium-driver` and the installed Fashion-MNIST, so it is
@@ -68,9 +68,9 @@ fn the_page_classifies_an_uploaded_image_in_headless_chromium() {
         return;
     }
     let run = run_copy();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_fmnist-eval"))
+    let mut server = Command::new(env!("CARGO_BIN_EXE_fmnist-serve"))
         .current_dir(workspace())
-        .args(["serve", "--addr", "127.0.0.1:0", "--no-download", "--run"])
+        .args(["--addr", "127.0.0.1:0", "--no-download", "--run"])
         .arg(run.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -1,6 +1,7 @@
-//! `fmnist-eval serve`: the classifier behind HTTP (axum on tokio). The model and the
-//! similarity index are loaded once; each request's image is decoded with bounds, turned into
-//! the 28x28 input as `predict` does, and classified on a blocking thread.
+//! `fmnist-serve`: a trained model behind HTTP (axum on tokio). The model and the similarity
+//! index are loaded once; each request's image is decoded with bounds, fitted to the 28x28
+//! input by the model library ([`fmnist_models::photo`], as `predict` does), and classified
+//! on a blocking thread.
 //!
 //! - `POST /classify`: an image body (`image/*` or `application/octet-stream`) answers one
 //!   prediction; `multipart/form-data` with several files answers `{"results": [...]}`.
@@ -29,8 +30,9 @@ use fmnist_models::Classifier;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::predict::{decode_bytes, preprocess, DecodeError, Invert, Prediction};
-use crate::similar::{similar_to, SimilarityIndex};
+use fmnist_models::photo::{self, decode_bytes, DecodeError, Invert};
+use fmnist_models::prediction::{top_k, Prediction};
+use fmnist_models::similar::{similar_to, SimilarityIndex};
 
 /// How the server answers.
 #[derive(Debug, Clone)]
@@ -326,7 +328,7 @@ struct ClassifyQuery {
 /// The 28x28 input of an uploaded file, and whether it was inverted.
 fn input_of(bytes: &[u8], invert: Invert) -> Result<(Vec<u8>, bool), DecodeError> {
     let img = decode_bytes(bytes)?;
-    let (input, inverted) = preprocess(&img, invert);
+    let (input, inverted) = photo::fit(&img, invert);
     Ok((input.into_raw(), inverted))
 }
 
@@ -442,14 +444,12 @@ async fn similar(
     let worker = app.clone();
     let answer = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
         let (input, inverted) = input_of(&bytes, worker.options.invert)?;
-        let internal =
-            |e: anyhow::Error| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"));
-        let probs = worker
-            .classifier
-            .classify(&input)
-            .map_err(|e| internal(e.into()))?;
+        let internal = |e: fmnist_models::ModelError| {
+            ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        };
+        let probs = worker.classifier.classify(&input).map_err(internal)?;
         let names = worker.classifier.class_names();
-        let best = crate::predict::top_k(&probs, names, 1).remove(0);
+        let best = top_k(&probs, names, 1).remove(0);
         let neighbours =
             similar_to(&worker.classifier, &worker.index, &input, k).map_err(internal)?;
         let neighbours: Vec<serde_json::Value> = neighbours
