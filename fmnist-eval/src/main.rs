@@ -152,7 +152,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    fmnist_train::device::set_threads(cli.threads)?;
+    // Before any thread starts: candle reads its thread count once.
+    for (key, value) in fmnist_train::device::thread_environment(cli.threads)? {
+        std::env::set_var(key, value);
+    }
     let (device, _) = select_device(cli.device)?;
     match &cli.command {
         Some(Command::Predict(args)) => return predict(args, &cli.results, &device),

@@ -72,7 +72,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cli.read_timeout > 0.0 && cli.read_timeout.is_finite(),
         "--read-timeout must be a positive number of seconds"
     );
-    fmnist_train::device::set_threads(cli.threads)?;
+    // Before any thread starts: candle reads its thread count once.
+    for (key, value) in fmnist_train::device::thread_environment(cli.threads)? {
+        std::env::set_var(key, value);
+    }
     let (device, _) = select_device(cli.device)?;
     let data = cli.data.load()?;
     let dir = match &cli.run {

@@ -74,13 +74,10 @@ pub struct StepOps {
     pub optimizer: usize,
 }
 
-/// The environment variable with which candle's backward pass keeps each gradient attached
-/// to the graph that computed it; it is read once per thread, at the thread's first backward.
-const KEEP_GRADIENT_GRAPHS: &str = "CANDLE_GRAD_DO_NOT_DETACH";
-
 /// Counts the tensor operations of one training step of `model` on `batch` (see [`StepOps`]).
-/// The backward pass runs on a thread of its own, started with [`KEEP_GRADIENT_GRAPHS`] set
-/// so that the gradients' graphs can be walked; no other thread's backward is affected. The
+/// The backward pass runs on a thread of its own that keeps each gradient attached to the
+/// graph that computed it, so that the gradients' graphs can be walked; no other thread's
+/// backward is affected. The
 /// parameters are not updated, but the forward pass is a training one: it draws dropout masks
 /// and moves BatchNorm's running statistics, as a step would.
 pub fn count_step_ops(
@@ -91,10 +88,10 @@ pub fn count_step_ops(
 ) -> anyhow::Result<StepOps> {
     let vars = model.trainable_vars();
     let (images, labels) = (batch.images.clone(), batch.labels.clone());
-    std::env::set_var(KEEP_GRADIENT_GRAPHS, "1");
     let counted = std::thread::scope(|scope| {
         scope
             .spawn(|| -> anyhow::Result<(usize, usize)> {
+                candle::backprop::keep_gradient_graphs_on_this_thread(true);
                 let out = model.forward_t(&images, true)?;
                 let loss = smoothed_cross_entropy(&out, &labels, label_smoothing)?;
                 let nodes = loss.sorted_nodes();
@@ -119,7 +116,6 @@ pub fn count_step_ops(
             })
             .join()
     });
-    std::env::remove_var(KEEP_GRADIENT_GRAPHS);
     let (forward, backward) =
         counted.map_err(|_| anyhow::anyhow!("the operation count panicked"))??;
     Ok(StepOps {
@@ -309,7 +305,6 @@ mod tests {
             count_step_ops(&model, &optimizer, &batch(), 0.0).unwrap()
         );
         assert_eq!(weights(&model), before);
-        assert!(std::env::var_os(KEEP_GRADIENT_GRAPHS).is_none());
         // The fused recurrence is one operation in the graph whatever the sequence length.
         let (fused, optimizer) = lstm(Kernels::Fused);
         let ops = count_step_ops(&fused, &optimizer, &batch(), 0.0).unwrap();

@@ -65,17 +65,21 @@ fn headline(e: &candle::Error) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
-/// Sets the CPU thread count before candle first reads it (it reads `RAYON_NUM_THREADS` once).
-/// `None` keeps candle's choice; 0 is refused.
-pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
-    if let Some(n) = threads {
-        if n == 0 {
-            bail!("--threads must be at least 1 (leave it out for candle's choice, the physical cores)");
-        }
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+/// The environment variables that give candle (and the rayon pools it and the kernels run
+/// on) `threads` CPU threads: none for `None` (candle's choice, the physical cores); 0 is
+/// refused. A program sets them at the start of `main`, before any thread starts and before
+/// candle first reads them (it reads them once); no library sets them.
+pub fn thread_environment(threads: Option<usize>) -> anyhow::Result<Vec<(&'static str, String)>> {
+    match threads {
+        None => Ok(Vec::new()),
+        Some(0) => bail!(
+            "--threads must be at least 1 (leave it out for candle's choice, the physical cores)"
+        ),
+        Some(n) => Ok(vec![
+            ("RAYON_NUM_THREADS", n.to_string()),
+            ("CANDLE_NUM_THREADS", n.to_string()),
+        ]),
     }
-    Ok(())
 }
 
 /// The thread count candle uses on the CPU.
@@ -144,8 +148,15 @@ mod tests {
 
     #[test]
     fn zero_threads_is_an_error_not_a_default() {
-        let e = set_threads(Some(0)).unwrap_err().to_string();
+        let e = thread_environment(Some(0)).unwrap_err().to_string();
         assert!(e.starts_with("--threads must be at least 1"), "{e}");
-        set_threads(None).unwrap();
+        assert!(thread_environment(None).unwrap().is_empty());
+        assert_eq!(
+            thread_environment(Some(3)).unwrap(),
+            [
+                ("RAYON_NUM_THREADS", "3".to_string()),
+                ("CANDLE_NUM_THREADS", "3".to_string())
+            ]
+        );
     }
 }

@@ -92,7 +92,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    fmnist_train::device::set_threads(cli.threads)?;
+    // Before any thread starts: candle reads its thread count once.
+    for (key, value) in fmnist_train::device::thread_environment(cli.threads)? {
+        std::env::set_var(key, value);
+    }
     if cli.status {
         return print_status(&cli);
     }

@@ -69,7 +69,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     anyhow::ensure!(cli.batches > 0, "--batches must be at least 1");
-    fmnist_train::device::set_threads(cli.threads)?;
+    // Before any thread starts: candle reads its thread count once.
+    for (key, value) in fmnist_train::device::thread_environment(cli.threads)? {
+        std::env::set_var(key, value);
+    }
     let (device, why) = select_device(cli.device)?;
     let start = Instant::now();
     let data = cli.data.load()?;

@@ -17,14 +17,21 @@ fn broadcast_back(arg: &Tensor, node: &Tensor, reduced_dims: &[usize]) -> Result
 }
 
 thread_local! {
-    static CANDLE_GRAD_DO_NOT_DETACH: bool = {
-        match std::env::var("CANDLE_GRAD_DO_NOT_DETACH") {
+    static CANDLE_GRAD_DO_NOT_DETACH: std::cell::Cell<bool> = {
+        std::cell::Cell::new(match std::env::var("CANDLE_GRAD_DO_NOT_DETACH") {
             Ok(s) => {
                 !s.is_empty() && s != "0"
             },
             Err(_) => false,
-        }
+        })
     }
+}
+
+/// fmnist patch: whether this thread's backward passes keep each gradient attached to the
+/// graph that computed it, as `CANDLE_GRAD_DO_NOT_DETACH` sets it for a thread that starts
+/// with the variable set; a program can switch it without changing its environment.
+pub fn keep_gradient_graphs_on_this_thread(keep: bool) {
+    CANDLE_GRAD_DO_NOT_DETACH.with(|b| b.set(keep))
 }
 
 impl Tensor {
@@ -178,7 +185,7 @@ impl Tensor {
             // do not have to allocate too often. Here we just call `.detach` to avoid computing
             // the backprop graph of the backprop itself. This would be an issue for second order
             // derivatives but these are out of scope at the moment.
-            let do_not_detach = CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b);
+            let do_not_detach = CANDLE_GRAD_DO_NOT_DETACH.with(|b| b.get());
             let grad = if do_not_detach { grad } else { grad.detach() };
             if let Some(op) = node.op() {
                 match op {
@@ -766,7 +773,7 @@ impl GradStore {
                 Entry::Occupied(mut entry) => {
                     let new_grad = entry.get().add(&grad)?;
 
-                    let do_not_detach = CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b);
+                    let do_not_detach = CANDLE_GRAD_DO_NOT_DETACH.with(|b| b.get());
                     let new_grad = if do_not_detach {
                         new_grad
                     } else {
