@@ -54,6 +54,8 @@ pub struct App {
     pub index: SimilarityIndex,
     pub train: ImageSet,
     pub run: String,
+    /// The machine it runs on, as `/health` reports it.
+    pub machine: String,
     pub options: ServeOptions,
     metrics: Metrics,
 }
@@ -64,6 +66,7 @@ impl App {
         index: SimilarityIndex,
         train: ImageSet,
         run: String,
+        machine: String,
         options: ServeOptions,
     ) -> Self {
         App {
@@ -71,6 +74,7 @@ impl App {
             index,
             train,
             run,
+            machine,
             options,
             metrics: Metrics::default(),
         }
@@ -169,6 +173,7 @@ async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     Json(json!({
         "status": "ok",
         "run": app.run,
+        "machine": app.machine,
         "model": app.classifier.model().kind().to_string(),
         "parameters": app.classifier.model().param_count(),
         "classes": app.classifier.class_names(),

@@ -102,6 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         index,
         data.train,
         dir.display().to_string(),
+        fmnist_train::device::machine_description(),
         ServeOptions {
             max_body: cli.max_body,
             read_timeout: std::time::Duration::from_secs_f64(cli.read_timeout),

@@ -193,6 +193,8 @@ fn serve_answers_as_the_library_does_and_survives_bad_input() {
     let health: Value = serde_json::from_slice(&health).unwrap();
     assert_eq!(health["model"], "cnn");
     assert_eq!(health["index_images"], 60000);
+    let machine = health["machine"].as_str().unwrap();
+    assert!(machine.contains(" cores, "), "{machine}");
 
     // The library's answers, from an image body and from a form of several files.
     let expected = predicted(run.path());

@@ -98,6 +98,16 @@ impl BenchServe {
             .strip_prefix("listening on ")
             .with_context(|| format!("the server printed {line:?}"))?
             .to_string();
+        // The server describes its machine as every fmnist measurement does.
+        let health = ureq::get(format!("{url}/health"))
+            .call()
+            .context("GET /health")?
+            .body_mut()
+            .read_to_string()?;
+        let machine = serde_json::from_str::<Value>(&health)?["machine"]
+            .as_str()
+            .context("/health names no machine")?
+            .to_string();
         let measured = self.load(&url, &bodies, &expected);
         let _ = server.kill();
         let _ = server.wait();
@@ -115,7 +125,7 @@ impl BenchServe {
              | model run | clients | requests | failed | requests/s | p50 ms | p90 ms | p99 ms |\n\
              |---|---:|---:|---:|---:|---:|---:|---:|\n\
              | {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
-            machine(),
+            machine,
             self.run.display(),
             self.clients,
             self.requests,
@@ -201,18 +211,4 @@ impl BenchServe {
         let latencies = per_client.into_iter().flat_map(|(l, _)| l).collect();
         Ok((latencies, failures, seconds))
     }
-}
-
-/// The CPU and its core count, as /proc/cpuinfo and the OS say.
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.into());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{cpu}, {cores} cores, {}", std::env::consts::OS)
 }
