@@ -19,17 +19,17 @@ pub const EVALUATION_VERSION: u32 = 6;
 
 /// The version of the files across runs (summary.csv, REPORT.md, their plots), raised by a
 /// change to them alone: the next evaluation writes them again and keeps every run's files.
-pub const REPORT_VERSION: u32 = 6;
+pub const REPORT_VERSION: u32 = 7;
 
 /// The record's file name, in a run folder and in the results folder.
 pub const EVALUATED: &str = "evaluated.json";
 
 /// The run files an evaluation reads.
 const RUN_FILES: [&str; 4] = [
-    "config.json",
-    "model.safetensors",
-    "history.csv",
-    "summary.json",
+    fmnist_runs::CONFIG,
+    fmnist_runs::WEIGHTS,
+    fmnist_runs::HISTORY,
+    fmnist_runs::SUMMARY,
 ];
 
 /// What one run's evaluation was computed from.

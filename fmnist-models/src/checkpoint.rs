@@ -24,7 +24,7 @@ pub struct CheckpointConfig {
     pub class_names: Vec<String>,
 }
 
-/// The folder of a trained model. The file names are defined here, once.
+/// The folder of a trained model (its file names are the run layout's, [`fmnist_runs`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
     dir: PathBuf,
@@ -32,9 +32,9 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// The configuration file's name.
-    pub const CONFIG: &'static str = "config.json";
+    pub const CONFIG: &'static str = fmnist_runs::CONFIG;
     /// The weights' file name (the best epoch on validation, for a training run).
-    pub const WEIGHTS: &'static str = "model.safetensors";
+    pub const WEIGHTS: &'static str = fmnist_runs::WEIGHTS;
 
     /// The checkpoint in `dir` (nothing is read yet).
     pub fn new(dir: impl Into<PathBuf>) -> Self {

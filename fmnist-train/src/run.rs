@@ -88,9 +88,6 @@ impl std::fmt::Display for RunStatus {
     }
 }
 
-/// How the folder of each seed of a multi-seed run is named: `seed-42`.
-const SEED_PREFIX: &str = "seed-";
-
 /// The files of a run folder: the checkpoint ([`Checkpoint`]: `config.json` and
 /// `model.safetensors`, the best epoch on validation) and what training keeps beside it.
 #[derive(Debug, Clone)]
@@ -105,12 +102,12 @@ impl RunDir {
 
     /// The folder of seed `seed` of a multi-seed run in `group`: `group/seed-N`.
     pub fn seed(group: &Path, seed: u64) -> Self {
-        RunDir::new(group.join(format!("{SEED_PREFIX}{seed}")))
+        RunDir::new(fmnist_runs::seed_folder(group, seed))
     }
 
     /// The seed of a run folder named `seed-N`.
     pub fn seed_of(name: &str) -> Option<u64> {
-        name.strip_prefix(SEED_PREFIX)?.parse().ok()
+        fmnist_runs::seed_of(name)
     }
 
     /// The run's checkpoint (what evaluation and predict load).
@@ -126,19 +123,19 @@ impl RunDir {
     }
     /// The checkpoint of the last completed epoch (what `--resume` continues from).
     pub fn last_model(&self) -> PathBuf {
-        self.root.join("last.safetensors")
+        self.root.join(fmnist_runs::LAST_WEIGHTS)
     }
     pub fn optimizer(&self) -> PathBuf {
-        self.root.join("optimizer.safetensors")
+        self.root.join(fmnist_runs::OPTIMIZER)
     }
     pub fn state(&self) -> PathBuf {
-        self.root.join("state.json")
+        self.root.join(fmnist_runs::STATE)
     }
     pub fn history(&self) -> PathBuf {
-        self.root.join("history.csv")
+        self.root.join(fmnist_runs::HISTORY)
     }
     pub fn summary(&self) -> PathBuf {
-        self.root.join("summary.json")
+        self.root.join(fmnist_runs::SUMMARY)
     }
 
     /// Finished (a summary), resumable (a state after a completed epoch) or new.

@@ -163,7 +163,7 @@ fn plan(models: &[String], preset: &str, axes: &[Axis], seeds: &[u64]) -> Vec<Pl
                     args.push(value.to_string());
                 }
                 runs.push(PlannedRun {
-                    name: format!("{name}/seed-{seed}"),
+                    name: format!("{name}/{}", fmnist_runs::seed_name(*seed)),
                     args,
                 });
             }
@@ -600,7 +600,7 @@ impl Sweep {
         loop {
             let finished = runs
                 .iter()
-                .filter(|r| out.join(&r.name).join("summary.json").is_file())
+                .filter(|r| fmnist_runs::is_finished(&out.join(&r.name)))
                 .count();
             bar.set_position(finished as u64);
             // Empty: both jobs have ended. "Invalid job id": they have ended and been purged.
@@ -645,7 +645,7 @@ impl Sweep {
         let unfinished: Vec<String> = runs
             .iter()
             .enumerate()
-            .filter(|(_, r)| !out.join(&r.name).join("summary.json").is_file())
+            .filter(|(_, r)| !fmnist_runs::is_finished(&out.join(&r.name)))
             .map(|(i, r)| {
                 format!(
                     "  {} (log: {})",
@@ -686,13 +686,9 @@ impl Sweep {
     }
 }
 
-/// The test accuracy in a finished run's summary.json, as `88.64%`.
+/// The test accuracy of a finished run, as `88.64%`.
 fn test_accuracy(run: &Path) -> String {
-    std::fs::read_to_string(run.join("summary.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["test"]["accuracy"].as_f64())
-        .map_or("?".into(), |a| format!("{:.2}%", 100.0 * a))
+    fmnist_runs::test_accuracy(run).map_or("?".into(), |a| format!("{:.2}%", 100.0 * a))
 }
 
 #[cfg(test)]
