@@ -10,7 +10,7 @@ use fmnist_eval::predict::{self, predict_files, PredictOptions};
 use fmnist_eval::report::{self, SummaryRow};
 use fmnist_eval::{ensemble, files, outputs, similar};
 use fmnist_models::photo::{self, Invert};
-use fmnist_models::similar::{SimilarityIndex, INDEX_FILE};
+use fmnist_models::similar::SimilarityIndex;
 use fmnist_models::{Checkpoint, Classifier};
 use fmnist_train::{best_run, select_device, DeviceChoice};
 
@@ -291,19 +291,8 @@ fn classifier_and_index(
     };
     let classifier = Classifier::load(&dir, device)?;
     eprintln!("model: {} ({})", dir.display(), classifier.model().kind());
-    let start = std::time::Instant::now();
-    let (index, cached) = SimilarityIndex::load_or_build(&dir, &classifier, &data.train)?;
-    let how = if cached {
-        "read from"
-    } else {
-        "built and cached in"
-    };
-    eprintln!(
-        "similarity index: {} training images, {how} {} ({:.1} s)",
-        index.len(),
-        dir.join(INDEX_FILE).display(),
-        start.elapsed().as_secs_f64()
-    );
+    let (index, how) = SimilarityIndex::load_or_build(&dir, &classifier, &data.train)?;
+    eprintln!("similarity index: {how}");
     Ok((dir, classifier, index))
 }
 

@@ -1,6 +1,7 @@
 //! The `fmnist-eval` binary: an empty results folder is a clear error, the numbers it prints
 //! agree with metrics.json, per_class.csv, confusion.csv and summary.csv, an ensemble's
-//! probabilities are the mean of its members', and an unchanged run is not evaluated again.
+//! probabilities are the mean of its members', an unchanged run is not evaluated again, and
+//! `similar` finds a training image itself first and reads its index from the run's cache.
 use std::path::Path;
 use std::process::Command;
 

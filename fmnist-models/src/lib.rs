@@ -17,8 +17,8 @@
 //!
 //! The model layer is the files at the top (the registry in [`kind`], the widths in [`size`],
 //! the architectures in [`nets`], construction in [`builder`], [`model`], [`checkpoint`],
-//! [`classifier`], [`explain`], [`scoring`], [`photo`], [`prediction`], [`similar`]); the operations they run on, CPU and CUDA, are in
-//! [`kernels`].
+//! [`classifier`], [`explain`], [`scoring`], [`photo`], [`prediction`], [`similar`]); the
+//! operations they run on, CPU and CUDA, are in [`kernels`].
 //!
 //! ```
 //! use fmnist_models::{ModelConfig, ModelKind};

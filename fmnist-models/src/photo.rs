@@ -9,6 +9,7 @@ use image::{GrayImage, Luma};
 pub const SIDE: u32 = 28;
 /// Images wider or taller than this are refused before decoding.
 pub const MAX_SIDE: u32 = 8192;
+
 /// Whether a photo's colours are flipped so the item is light on a dark background.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
@@ -81,9 +82,10 @@ fn border_mean(g: &GrayImage) -> f64 {
 
 /// The 28x28 input the model sees for `img`, and whether it was inverted.
 ///
-/// An image already 28x28 with a dark background is taken as it is (it is in the dataset's
-/// format). Otherwise: grayscale, inverted if needed, cropped to the item, its longer side
-/// resized to 28, placed on black with its centre of mass at the centre (kept in frame).
+/// Grayscale, inverted if needed (with [`Invert::Auto`]: where the border is mostly light); an
+/// image then 28x28 is taken as it is (it is in the dataset's format). Any other is cropped to
+/// the item, its longer side resized to 28, and placed on black with its centre of mass at the
+/// centre (kept in frame).
 pub fn fit(img: &image::DynamicImage, invert: Invert) -> (GrayImage, bool) {
     let mut g = to_gray(img);
     let flip = match invert {

@@ -41,6 +41,7 @@ fn the_embedding_is_what_the_last_layer_reads() {
         (ModelKind::Mlp, 128),
         (ModelKind::CnnWide, 128),
         (ModelKind::CnnDeep, 256),
+        (ModelKind::CnnVgg, 128),
         (ModelKind::Resnet, 128),
         (ModelKind::Cnn3Conv, 256),
         (ModelKind::MlpBn, 128),
@@ -492,7 +493,11 @@ fn analytic_gradients_match_finite_differences() {
     // For every parameter tensor of every model, the coordinate with the largest gradient is
     // checked against a central difference (train mode; dropout masks replayed by reseeding).
     // Sixteen images: with four, a BatchNorm of dense features moves so much with one
-    // weight that the difference step crosses ReLU kinks (mlp-bn).
+    // weight that the difference step crosses ReLU kinks (mlp-bn). Where a step still crosses
+    // one it shrinks to 1e-3, then 2e-4 (below, f32 rounding dominates): a weight of cnn-vgg's
+    // second convolution feeds 12,544 ReLUs (a 28x28 channel of 16 images), and its difference
+    // at 5e-3 is 20% off the gradient, 9% at 1e-3, 0.1% at 2e-4 (candle's generic layers give
+    // the same gradient to 1e-6).
     let x = batch(16);
     let y = Tensor::new(
         &[1u32, 3, 5, 7, 0, 2, 4, 6, 8, 9, 1, 3, 5, 7, 9, 0],
@@ -530,13 +535,20 @@ fn analytic_gradients_match_finite_differences() {
                     .unwrap();
                 loss().to_scalar::<f32>().unwrap()
             };
-            let eps = 5e-3;
-            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+            let mut tried = Vec::new();
+            for eps in [5e-3, 1e-3, 2e-4] {
+                let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+                tried.push(numeric);
+                if (g[i] - numeric).abs() / g[i].abs().max(1e-4) < 0.15 {
+                    break;
+                }
+            }
             at(0.0);
+            let numeric = *tried.last().unwrap();
             let rel = (g[i] - numeric).abs() / g[i].abs().max(1e-4);
             assert!(
                 rel < 0.15,
-                "{kind} {name}[{i}]: analytic {} vs numeric {numeric}",
+                "{kind} {name}[{i}]: analytic {} vs numeric {tried:?} (steps 5e-3, 1e-3, 2e-4)",
                 g[i]
             );
         }

@@ -1,9 +1,10 @@
-//! The layout of a run folder, in one place for training, evaluation, the service and xtask.
+//! The layout of a run folder, in one place for the checkpoint, training, evaluation and xtask.
 //!
 //! A run is a folder holding its checkpoint ([`CONFIG`] and [`WEIGHTS`], the best epoch on
 //! validation) and what training keeps beside it; the runs of several seeds of one recipe sit
 //! in `seed-N` folders of a common folder ([`seed_folder`]). A run is finished once it has a
-//! [`SUMMARY`]. This crate only names the files; fmnist-train writes and reads them.
+//! [`SUMMARY`]. This crate names the files (fmnist-train writes and reads them) and reads one
+//! figure, a finished run's test accuracy, for programs that link nothing else of fmnist.
 use std::path::{Path, PathBuf};
 
 /// The run's configuration (the model's, training's, and provenance).

@@ -330,7 +330,8 @@ struct ClassifyQuery {
     threshold: Option<f32>,
 }
 
-/// The 28x28 input of an uploaded file, and whether it was inverted.
+/// The 28x28 input of an uploaded file (for the search, which embeds it), and whether it was
+/// inverted.
 fn input_of(bytes: &[u8], invert: Invert) -> Result<(Vec<u8>, bool), DecodeError> {
     let img = decode_bytes(bytes)?;
     let (input, inverted) = photo::fit(&img, invert);
@@ -353,12 +354,15 @@ async fn classify(
         files
             .into_iter()
             .map(|(name, bytes)| {
-                let answer = input_of(&bytes, worker.options.invert)
+                let answer = decode_bytes(&bytes)
                     .map_err(ApiError::from)
-                    .and_then(|(input, inverted)| {
-                        let probs = worker.classifier.classify(&input).map_err(|e| {
-                            ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                        })?;
+                    .and_then(|photo| {
+                        let (probs, inverted) = worker
+                            .classifier
+                            .classify_photo(&photo, worker.options.invert)
+                            .map_err(|e| {
+                                ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                            })?;
                         Ok(Prediction::new(
                             name.clone(),
                             &probs,

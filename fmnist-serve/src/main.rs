@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::Parser;
 use fmnist_data::DataArgs;
 use fmnist_models::photo::Invert;
-use fmnist_models::similar::{SimilarityIndex, INDEX_FILE};
+use fmnist_models::similar::SimilarityIndex;
 use fmnist_models::Classifier;
 use fmnist_serve::{App, ServeOptions};
 use fmnist_train::{best_run, select_device, DeviceChoice};
@@ -84,19 +84,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let classifier = Classifier::load(&dir, &device)?;
     eprintln!("model: {} ({})", dir.display(), classifier.model().kind());
-    let start = std::time::Instant::now();
-    let (index, cached) = SimilarityIndex::load_or_build(&dir, &classifier, &data.train)?;
-    let how = if cached {
-        "read from"
-    } else {
-        "built and cached in"
-    };
-    eprintln!(
-        "similarity index: {} training images, {how} {} ({:.1} s)",
-        index.len(),
-        dir.join(INDEX_FILE).display(),
-        start.elapsed().as_secs_f64()
-    );
+    let (index, how) = SimilarityIndex::load_or_build(&dir, &classifier, &data.train)?;
+    eprintln!("similarity index: {how}");
     let app = Arc::new(App::new(
         classifier,
         index,

@@ -1,8 +1,8 @@
 //! `fmnist-serve`, against a server the test starts on 127.0.0.1 with the committed `cnn`
 //! run: the answers equal the model library's (what `predict` and a Rust program get) for the
-//! same files,
-//! bad input gets a 4xx with a JSON error and the next request is served, eight clients at
-//! once get the same answers, and visual search returns the nearest training images.
+//! same files, bad input gets a 4xx with a JSON error and the next request is served, eight
+//! clients at once get the same answers, visual search returns the nearest training images,
+//! and a second start reads the search index from the run's cache.
 //! Needs the installed Fashion-MNIST (its training images are the search index): fails, not
 //! skips, when `CI` is set and the data is missing.
 use std::io::{BufRead, BufReader, Read, Write};

@@ -77,9 +77,8 @@ pub struct StepOps {
 /// Counts the tensor operations of one training step of `model` on `batch` (see [`StepOps`]).
 /// The backward pass runs on a thread of its own that keeps each gradient attached to the
 /// graph that computed it, so that the gradients' graphs can be walked; no other thread's
-/// backward is affected. The
-/// parameters are not updated, but the forward pass is a training one: it draws dropout masks
-/// and moves BatchNorm's running statistics, as a step would.
+/// backward is affected. The parameters are not updated, but the forward pass is a training
+/// one: it draws dropout masks and moves BatchNorm's running statistics, as a step would.
 pub fn count_step_ops(
     model: &Model,
     optimizer: &Optimizer,

@@ -1,5 +1,5 @@
-//! The layout of a run folder (the checkpoint's two files, and what training adds beside
-//! them), the `seed-N` folders of a multi-seed run, and the records each file holds.
+//! A run folder's files (named by [`fmnist_runs`]) and the records they hold: configuration,
+//! loop state, history, summary; finding the runs under a folder and the best of them.
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -140,7 +140,7 @@ impl RunDir {
 
     /// Finished (a summary), resumable (a state after a completed epoch) or new.
     pub fn status(&self) -> RunStatus {
-        if self.summary().is_file() {
+        if fmnist_runs::is_finished(&self.root) {
             RunStatus::Finished
         } else if self.state().is_file() {
             RunStatus::Resumable
@@ -290,5 +290,10 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let message = best_run(empty.path()).unwrap_err().to_string();
         assert!(message.starts_with("no finished run under "), "{message}");
+        // The run layout reads the test accuracy where the summary writes it.
+        assert_eq!(
+            fmnist_runs::test_accuracy(&results.path().join("c")),
+            Some(0.99)
+        );
     }
 }

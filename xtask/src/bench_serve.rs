@@ -83,15 +83,17 @@ impl BenchServe {
             .map(std::fs::read)
             .collect::<Result<_, _>>()?;
 
-        let mut server = Command::new(&server_bin)
-            .current_dir(&root)
-            .args(["--addr", "127.0.0.1:0", "--run"])
-            .arg(&self.run)
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting fmnist-serve")?;
+        let mut server = Stopped(
+            Command::new(&server_bin)
+                .current_dir(&root)
+                .args(["--addr", "127.0.0.1:0", "--run"])
+                .arg(&self.run)
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("starting fmnist-serve")?,
+        );
         let mut line = String::new();
-        BufReader::new(server.stdout.take().context("the server's output")?)
+        BufReader::new(server.0.stdout.take().context("the server's output")?)
             .read_line(&mut line)?;
         let url = line
             .trim()
@@ -109,8 +111,7 @@ impl BenchServe {
             .context("/health names no machine")?
             .to_string();
         let measured = self.load(&url, &bodies, &expected);
-        let _ = server.kill();
-        let _ = server.wait();
+        drop(server);
         let (mut latencies, failures, seconds) = measured?;
 
         latencies.sort_by(f64::total_cmp);
@@ -210,5 +211,15 @@ impl BenchServe {
         let failures = per_client.iter().map(|(_, f)| f).sum();
         let latencies = per_client.into_iter().flat_map(|(l, _)| l).collect();
         Ok((latencies, failures, seconds))
+    }
+}
+
+/// The server's process, stopped when dropped: on every path out, errors included.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -86,7 +86,14 @@ impl CudaCheck {
                 .env("CARGO_TARGET_DIR", &target)
                 .env("RUSTFLAGS", format!("-L native={}", link_dir.display()));
         };
-        let packages = ["-p", "fmnist-train", "-p", "fmnist-eval"];
+        let packages = [
+            "-p",
+            "fmnist-train",
+            "-p",
+            "fmnist-eval",
+            "-p",
+            "fmnist-serve",
+        ];
         if self.check_only {
             let mut cmd = crate::cargo();
             env(&mut cmd);
@@ -105,12 +112,14 @@ impl CudaCheck {
         // Which driver functions the link needs: link once against an empty stub with no cap
         // on the linker's error count (a flag of the final crate only, so nothing else is
         // rebuilt; the libraries are LLVM bitcode under LTO, so nm cannot read them).
-        // fmnist-eval depends on fmnist-train, so its features unify as the two packages do.
+        // fmnist-eval and fmnist-serve depend on fmnist-train, so their features unify as the
+        // three packages do.
         // Each binary that calls the driver is probed: they do not all call the same functions.
         write_stub(&[], &link_dir)?;
         let mut symbols = Vec::new();
         for (package, bin) in [
             ("fmnist-eval", "fmnist-eval"),
+            ("fmnist-serve", "fmnist-serve"),
             ("fmnist-train", "fmnist-bench"),
         ] {
             let mut probe = crate::cargo();
@@ -139,9 +148,10 @@ impl CudaCheck {
         run(&mut bins)?;
         let out = target.join("release");
         println!(
-            "xtask: cuda-check passed: {} and {} built with --features cuda (stub libcuda with {} driver functions). On a GPU machine put the CUDA 13 libraries on LD_LIBRARY_PATH next to the driver's and run them with --device cuda.",
+            "xtask: cuda-check passed: {}, {} and {} built with --features cuda (stub libcuda with {} driver functions). On a GPU machine put the CUDA 13 libraries on LD_LIBRARY_PATH next to the driver's and run them with --device cuda.",
             out.join("fmnist-train").display(),
             out.join("fmnist-eval").display(),
+            out.join("fmnist-serve").display(),
             symbols.len()
         );
         Ok(())

@@ -1,8 +1,8 @@
 //! `cargo xtask`: orchestration of the fmnist workspace (the cargo-xtask convention).
 //!
-//! It links none of the fmnist crates: it builds the binaries through cargo (forwarding
-//! `--features cuda` and the like) and runs them, so every step is also a command a person
-//! could type.
+//! Of the fmnist crates it links only fmnist-runs (the run layout, without candle): it builds
+//! the binaries through cargo (forwarding `--features cuda` and the like) and runs them, so
+//! every step is also a command a person could type.
 mod bench;
 mod bench_serve;
 mod cuda_check;
@@ -38,7 +38,8 @@ enum Task {
     Bench(bench::Bench),
     /// Train models × settings × seeds here or as a Slurm job array, then evaluate the sweep.
     Sweep(sweep::Sweep),
-    /// Load test of `fmnist-serve`: concurrent clients, requests/s and latency into BENCH.md.
+    /// Load test of `fmnist-serve`: concurrent clients, requests/s and latency into
+    /// BENCH-serve.md.
     BenchServe(bench_serve::BenchServe),
     /// Build the binaries with `--features cuda` here, with a CUDA 13.0 toolchain from PyPI.
     CudaCheck(cuda_check::CudaCheck),

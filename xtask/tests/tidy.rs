@@ -1,5 +1,5 @@
 //! The workspace's layering and file conventions, checked on every `cargo test`: each fmnist
-//! crate depends only on the crates below it (runs <- data <- models <- train <- eval, serve
+//! crate depends only on the crates below it (runs, data <- models <- train <- eval, serve
 //! beside eval; xtask on the run layout alone), and every Rust file of the workspace opens
 //! with a `//!` line saying what it is.
 use std::path::{Path, PathBuf};
@@ -90,7 +90,7 @@ fn every_crate_depends_only_on_the_layers_below_it() {
         for dep in deps {
             assert!(
                 allowed.contains(&dep.as_str()),
-                "{name} depends on {dep}, against the layering runs <- data <- models <- train <- eval (serve beside eval; xtask on runs)"
+                "{name} depends on {dep}, against the layering runs, data <- models <- train <- eval (serve beside eval; xtask on runs)"
             );
         }
     }
