@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod plots;
 pub mod predict;
 pub mod report;
+pub mod results_outputs;
 pub mod similar;
 pub mod table;
 

@@ -12,7 +12,10 @@ use fmnist_train::find_runs;
 
 use crate::inputs::{ResultsInputs, RunInputs};
 use crate::report::{self, Provenance, SummaryRow};
-use crate::{ensemble, evaluate_run, files, findings, outputs, plots, reload_run, Evaluation};
+use crate::{
+    ensemble, evaluate_run, files, findings, outputs, plots, reload_run, results_outputs,
+    Evaluation,
+};
 
 /// Which runs to evaluate: a checkpoint's run, the runs given, or every run under `results`
 /// (by their paths under it).
@@ -132,8 +135,8 @@ pub fn evaluate_all(
             &root.join(files::COMPARISON.stem),
             &comparison_rows(&groups),
         )?;
-        outputs::write_cross_run_plots(root, &groups, data)?;
-        outputs::write_samples(root, data)?;
+        results_outputs::write_cross_run_plots(root, &groups, data)?;
+        results_outputs::write_samples(root, data)?;
     }
     let command = std::env::var("FMNIST_REPORT_COMMAND")
         .unwrap_or_else(|_| "cargo run -p fmnist-eval".into());
