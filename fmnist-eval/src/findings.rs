@@ -181,7 +181,7 @@ pub const COMPARISONS: [Comparison; 5] = [
     },
     Comparison {
         title: "MLP vs CNN",
-        models: &["mlp", "mlp-bn", "cnn", "cnn-wide"],
+        models: &["mlp", "mlp-bn", "cnn", "cnn-wide", "cnn-vgg"],
     },
     Comparison {
         title: "Depth",
