@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Preset {
-    /// The studies' setup: Adam lr 1e-3, batch 256, 8 epochs, 80/20 split, seed 42; cnn-3conv
-    /// and mlp-bn as their studies trained them (batch 64 for 20 epochs; batch 128 for 18
-    /// epochs with reduce-on-plateau).
+    /// The studies' setup: Adam lr 1e-3, batch 256, 8 epochs, 80/20 split, seed 42; the seed
+    /// models as their studies trained them (cnn-3conv: batch 64, 20 epochs; mlp-bn and cnn-vgg:
+    /// batch 128, 18 epochs, reduce-on-plateau; the R study's: 10 epochs).
     Study,
     /// Our per-model recipe: augmentation, AdamW, one-cycle schedule, label smoothing, more epochs.
     Best,
